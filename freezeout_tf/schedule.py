@@ -1,0 +1,145 @@
+"""The FreezeOut schedule as pure functions of the step (REFERENCE §2-3).
+
+Nothing here touches TensorFlow: these functions are the single source of
+truth for *when* a unit freezes and *how fast* it learns. The in-graph
+version used by the train step (`freezeout_tf.schedule_state`) is tested
+against them step by step.
+
+Units are numbered 0..n-1 in forward order; the head is unit n and never
+freezes (its fraction is 1).
+"""
+
+import numpy as np
+
+SCALINGS = {
+    "linear": lambda x: x,
+    "squared": lambda x: x**2,
+    "cubic": lambda x: x**3,
+}
+
+
+def check_t_0(t_0):
+    """Raises `ValueError` unless `0 < t_0 <= 1`."""
+    if not isinstance(t_0, (int, float, np.floating, np.integer)) or not (
+        0.0 < float(t_0) <= 1.0
+    ):
+        raise ValueError(
+            f"t_0 must be a number in (0, 1] (the fraction of training, before "
+            f"scaling, after which the first unit freezes); got {t_0!r}."
+        )
+
+
+def check_how_scale(how_scale):
+    """Raises `ValueError` unless `how_scale` names a known scaling."""
+    if how_scale not in SCALINGS:
+        raise ValueError(
+            f"how_scale must be one of {sorted(SCALINGS)}; got {how_scale!r}."
+        )
+
+
+def check_total_steps(total_steps):
+    """Raises `ValueError` unless `total_steps` is a positive integer."""
+    if (
+        isinstance(total_steps, bool)
+        or not isinstance(total_steps, (int, np.integer))
+        or total_steps < 1
+    ):
+        raise ValueError(
+            f"total_steps must be a positive integer (the number of training "
+            f"steps of the whole run); got {total_steps!r}."
+        )
+
+
+def scale(x, how_scale="cubic"):
+    """Applies the named scaling (`linear`, `squared` or `cubic`) to `x`."""
+    check_how_scale(how_scale)
+    return SCALINGS[how_scale](np.asarray(x, dtype=np.float64))
+
+
+def freeze_fractions(num_units, t_0=0.8, how_scale="cubic"):
+    """Fraction of training after which each unit freezes.
+
+    `t_i = scale(t_0 + (1 - t_0) * i / n)` for units `i = 0..n-1`, and the
+    head (index `n`) gets `scale(1) = 1`, so it never freezes.
+
+    Args:
+        num_units: number of freeze units `n` (the head not included).
+        t_0: fraction of training, *before* scaling, at which unit 0 freezes.
+        how_scale: `"linear"`, `"squared"` or `"cubic"`.
+
+    Returns:
+        float64 array of length `num_units + 1`, non-decreasing, last = 1.
+
+    Example:
+
+    >>> freeze_fractions(4, t_0=0.8, how_scale="linear")
+    array([0.8 , 0.85, 0.9 , 0.95, 1.  ])
+    """
+    if (
+        isinstance(num_units, bool)
+        or not isinstance(num_units, (int, np.integer))
+        or num_units < 1
+    ):
+        raise ValueError(
+            f"num_units must be a positive integer; got {num_units!r}."
+        )
+    check_t_0(t_0)
+    check_how_scale(how_scale)
+    i = np.arange(num_units + 1, dtype=np.float64)
+    return scale(t_0 + (1.0 - t_0) * i / num_units, how_scale)
+
+
+def freeze_steps(total_steps, fractions):
+    """First 0-based step at which each unit is frozen.
+
+    A unit with fraction `t` trains while `step <= t * T` and is frozen from
+    the first step with `step > t * T`, i.e. from `floor(t * T) + 1`. The head
+    (`t = 1`) gets `T + 1`: it trains for the whole run.
+
+    Args:
+        total_steps: total number of training steps `T` of the run.
+        fractions: output of `freeze_fractions`.
+
+    Returns:
+        int64 array, same length as `fractions`.
+    """
+    check_total_steps(total_steps)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    return np.floor(fractions * total_steps).astype(np.int64) + 1
+
+
+def lr_multipliers(step, total_steps, fractions, scale_lr=True):
+    """Per-unit multiplier of the base learning rate at a 0-based step.
+
+    `m_i(j) = 1/2 * (1 + cos(pi * j / (t_i * T)))`, divided by `t_i` when
+    `scale_lr` (so units that train for less time start faster), and 0 once
+    the unit is frozen (`j > t_i * T`).
+
+    Args:
+        step: 0-based training step `j`, counted before the step is taken.
+        total_steps: total number of training steps `T`.
+        fractions: output of `freeze_fractions`.
+        scale_lr: whether to divide the initial rate by `t_i`.
+
+    Returns:
+        float64 array, same length as `fractions`.
+
+    Example:
+
+    >>> lr_multipliers(0, 100, [0.5, 1.0], scale_lr=True)
+    array([2., 1.])
+    """
+    check_total_steps(total_steps)
+    if step < 0:
+        raise ValueError(f"step must be >= 0; got {step!r}.")
+    fractions = np.asarray(fractions, dtype=np.float64)
+    cosine = 0.5 * (1.0 + np.cos(np.pi * step / (fractions * total_steps)))
+    initial = 1.0 / fractions if scale_lr else np.ones_like(fractions)
+    frozen = step >= freeze_steps(total_steps, fractions)
+    return np.where(frozen, 0.0, initial * cosine)
+
+
+def num_frozen(step, total_steps, fractions):
+    """How many units (a prefix, the head excluded) are frozen at `step`."""
+    steps = freeze_steps(total_steps, fractions)[:-1]
+    return int(np.sum(step >= steps))

@@ -1,0 +1,92 @@
+"""The FreezeOut schedule as in-graph TensorFlow state.
+
+The train step and the optimizer read the schedule from these variables and
+compute the per-unit state from the optimizer's iteration counter, so a
+freeze event changes *values*, never the traced graph: one trace serves the
+whole run, and the schedule is exact per step even when several steps run
+in one `tf.function` call (`steps_per_execution > 1`).
+
+The math mirrors `freezeout_tf.schedule.lr_multipliers`; the integer freeze
+steps are computed there in float64 and only looked up here, so "frozen" is
+decided exactly as the pure schedule decides it.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from freezeout_tf import schedule
+
+# Freeze step of a unit that never freezes (no schedule set yet).
+NEVER = np.iinfo(np.int64).max
+
+
+class ScheduleState:
+    """Holds the schedule of `num_units` freeze units plus the head.
+
+    Until `set` is called, nothing is frozen and every multiplier is 1, so a
+    `FreezeOutModel` trained without the `FreezeOut` callback behaves like a
+    plain Keras model.
+
+    Args:
+        num_units: number of freeze units (the head not included).
+    """
+
+    def __init__(self, num_units):
+        self.num_units = num_units
+        size = num_units + 1
+        # Plain tf.Variables, not model weights: the callback sets them at the
+        # start of every fit, so they need no saving, and they stay out of
+        # the model's parameter counts.
+        self.fractions = tf.Variable(
+            np.ones(size, np.float32), trainable=False, name="fo_fractions"
+        )
+        self.freeze_steps = tf.Variable(
+            np.full(size, NEVER, np.int64), trainable=False, name="fo_steps"
+        )
+        self.total_steps = tf.Variable(
+            1.0, dtype=tf.float32, trainable=False, name="fo_total_steps"
+        )
+        self.scale_lr = tf.Variable(False, trainable=False, name="fo_scale_lr")
+        self.annealing = tf.Variable(False, trainable=False, name="fo_anneal")
+
+    def set(self, total_steps, fractions, scale_lr=True):
+        """Installs a schedule (`fractions` from `schedule.freeze_fractions`)."""
+        fractions = np.asarray(fractions, np.float64)
+        if fractions.shape != (self.num_units + 1,):
+            raise ValueError(
+                f"Expected {self.num_units + 1} fractions (one per unit plus "
+                f"the head); got shape {fractions.shape}."
+            )
+        self.fractions.assign(fractions.astype(np.float32))
+        self.freeze_steps.assign(schedule.freeze_steps(total_steps, fractions))
+        self.total_steps.assign(float(total_steps))
+        self.scale_lr.assign(bool(scale_lr))
+        self.annealing.assign(True)
+
+    def clear(self):
+        """Back to no schedule: nothing frozen, all multipliers 1."""
+        self.fractions.assign(np.ones(self.num_units + 1, np.float32))
+        self.freeze_steps.assign(np.full(self.num_units + 1, NEVER, np.int64))
+        self.annealing.assign(False)
+
+    def host_freeze_steps(self):
+        """The freeze steps as a NumPy array (for callbacks, not the graph)."""
+        return self.freeze_steps.numpy()
+
+    # In-graph reads. `step` is the optimizer's iteration counter before the
+    # update, i.e. the 0-based step being taken.
+
+    def frozen(self, step, unit):
+        """Scalar bool tensor: is `unit` (an int) frozen at `step`?"""
+        return tf.cast(step, tf.int64) >= self.freeze_steps[unit]
+
+    def multiplier(self, step, unit):
+        """Scalar float32 tensor: learning-rate multiplier of `unit`."""
+        t = self.fractions[unit]
+        j = tf.cast(step, tf.float32)
+        cosine = 0.5 * (1.0 + tf.cos(math.pi * j / (t * self.total_steps)))
+        initial = tf.where(self.scale_lr, 1.0 / t, 1.0)
+        annealed = tf.where(self.frozen(step, unit), 0.0, initial * cosine)
+        return tf.where(self.annealing, annealed, 1.0)
