@@ -1,0 +1,142 @@
+"""The `FreezeOut` Keras callback: installs the schedule, tracks freezes."""
+
+import keras
+import numpy as np
+
+from freezeout_tf import schedule
+
+
+@keras.saving.register_keras_serializable(package="freezeout_tf")
+class FreezeOut(keras.callbacks.Callback):
+    """Trains a `FreezeOutModel` with the FreezeOut schedule.
+
+    At the start of `fit` it derives the run's total number of steps
+    (`epochs * steps_per_epoch`), and writes the schedule into the model's
+    in-graph state; from then on the train step itself freezes units and
+    sets per-unit learning rates at the exact step, with one traced graph.
+    As units freeze the callback also sets their `trainable = False`, so
+    `model.summary()` and saved models show it, and it adds `active_units`
+    (freeze units still training, the head not counted) and `learning_rate`
+    (the optimizer's base rate) to the logs.
+
+    Put it before `CSVLogger` / `TensorBoard` in the callback list so that
+    those see the added logs.
+
+    Resuming: the schedule is a function of the optimizer's iteration
+    counter. To continue a run, call `fit(..., epochs=E_total,
+    initial_epoch=E_done)` on a model whose optimizer has taken
+    `E_done * steps_per_epoch` steps (a loaded checkpoint, or the same model
+    after an earlier `fit`); anything else is rejected before training.
+
+    Args:
+        t_0: fraction of training, before scaling, at which the first unit
+            freezes; in (0, 1].
+        how_scale: `"linear"`, `"squared"` or `"cubic"`.
+        scale_lr: divide each unit's initial learning rate by its t_i.
+        total_steps: total steps of the run; by default
+            `epochs * steps_per_epoch` of the `fit` call.
+
+    Example:
+
+    >>> model = freezeout_tf.models.densenet_bc(depth=40)
+    >>> model.compile(freezeout_tf.original_sgd(),
+    ...               "sparse_categorical_crossentropy", metrics=["accuracy"])
+    >>> model.fit(train_ds, epochs=100, callbacks=[FreezeOut(t_0=0.8)])
+    """
+
+    def __init__(self, t_0=0.8, how_scale="cubic", scale_lr=True,
+                 total_steps=None):
+        super().__init__()
+        schedule.check_t_0(t_0)
+        schedule.check_how_scale(how_scale)
+        if total_steps is not None:
+            schedule.check_total_steps(total_steps)
+        self.t_0 = t_0
+        self.how_scale = how_scale
+        self.scale_lr = bool(scale_lr)
+        self.total_steps = total_steps
+        self._configured = False
+        self._freeze_steps = None
+
+    def get_config(self):
+        return {
+            "t_0": self.t_0,
+            "how_scale": self.how_scale,
+            "scale_lr": self.scale_lr,
+            "total_steps": self.total_steps,
+        }
+
+    def on_train_begin(self, logs=None):
+        # Imported here: model.py imports this package's optimizer module.
+        from freezeout_tf.model import FreezeOutModel
+
+        if not isinstance(self.model, FreezeOutModel):
+            raise ValueError(
+                "FreezeOut needs a freezeout_tf.FreezeOutModel; got "
+                f"{type(self.model).__name__}. Build one from your units "
+                "with FreezeOutModel(units, head) or "
+                "FreezeOutModel.from_sequential(...)."
+            )
+        steps = self.params.get("steps")
+        if self.total_steps is None and not steps:
+            raise ValueError(
+                "FreezeOut needs the number of steps per epoch to place the "
+                "schedule, but it cannot be known here (steps="
+                f"{steps!r}: an endless or unsized dataset). Pass "
+                "steps_per_epoch= to fit, or total_steps= to FreezeOut."
+            )
+        self._configured = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._configured:
+            return
+        # First epoch of this fit: `epoch` is fit's initial_epoch.
+        steps = self.params.get("steps")
+        done = self._iterations()
+        if self.total_steps is None:
+            expected = epoch * steps
+            if done != expected:
+                raise ValueError(
+                    f"Cannot place the FreezeOut schedule: the optimizer has "
+                    f"taken {done} steps, but fit starts at epoch {epoch} "
+                    f"(= {expected} steps at {steps} steps per epoch). To "
+                    f"continue a run, pass initial_epoch={done // steps} "
+                    f"(with epochs = the run's total epochs); to start over, "
+                    f"recompile with a fresh optimizer."
+                )
+            total = self.params["epochs"] * steps
+        else:
+            total = self.total_steps
+        fractions = schedule.freeze_fractions(
+            self.model.num_units, self.t_0, self.how_scale
+        )
+        self.model.schedule_state.set(total, fractions, self.scale_lr)
+        self._freeze_steps = schedule.freeze_steps(total, fractions)[:-1]
+        self._configured = True
+        self._sync_trainable(done)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._sync_trainable(self._iterations(), logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._sync_trainable(self._iterations(), logs)
+
+    def _iterations(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def num_frozen(self, step):
+        """Units frozen for the step after `step` steps were taken."""
+        return int(np.sum(step >= self._freeze_steps))
+
+    def _sync_trainable(self, step, logs=None):
+        """Mirrors the in-graph frozen state in the units' `trainable` flags
+        (for summary and saving; the graph does not read them)."""
+        frozen = self.num_frozen(step)
+        for i, unit in enumerate(self.model.freeze_units):
+            if unit.trainable != (i >= frozen):
+                unit.trainable = i >= frozen
+        if logs is not None:
+            logs["active_units"] = self.model.num_units - frozen
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )

@@ -1,0 +1,156 @@
+"""Per-unit learning rates on stock Keras optimizers, and the original recipe.
+
+FreezeOut needs two things from the optimizer that Keras does not offer:
+each variable's learning rate is the base rate times its unit's multiplier,
+and a frozen unit's variables get *no* update of any kind: not the gradient
+step, not momentum or Adam moments, not (decoupled) weight decay. A zero
+learning rate is not enough: SGD momentum would still move the weight and
+decay the velocity.
+
+`attach_schedule` does this on any Keras optimizer (SGD, Adam, AdamW, ...)
+by wrapping, on that one instance, the two per-variable hooks every Keras
+optimizer goes through: `update_step(gradient, variable, learning_rate)` and
+`_apply_weight_decay(variables)`. Each wrapped update runs under a `tf.cond`
+on the unit's in-graph frozen flag, so a frozen variable's update (and its
+slots) is skipped at run time without retracing.
+"""
+
+import keras
+import tensorflow as tf
+
+_ATTACHED = "_freezeout_attached"
+
+
+def _base_optimizer(optimizer):
+    # LossScaleOptimizer (mixed_float16) delegates the real updates.
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def attach_schedule(optimizer, variables, variable_units, state):
+    """Makes `optimizer` follow the FreezeOut schedule held in `state`.
+
+    Idempotent: attaching again to the same optimizer only refreshes the
+    variable-to-unit map.
+
+    Args:
+        optimizer: a Keras optimizer (or a `LossScaleOptimizer` around one).
+        variables: the Keras variables the optimizer trains.
+        variable_units: for each of `variables`, the index of its unit
+            (the head is `state.num_units`).
+        state: the `ScheduleState` the model's train step reads too.
+    """
+    opt = _base_optimizer(optimizer)
+    unit_of = {opt._var_key(v): u for v, u in zip(variables, variable_units)}
+    if getattr(opt, _ATTACHED, None) is not None:
+        getattr(opt, _ATTACHED)["unit_of"] = unit_of
+        return
+    hooks = {"unit_of": unit_of}
+    setattr(opt, _ATTACHED, hooks)
+    plain_update_step = opt.update_step
+
+    def update_step(gradient, variable, learning_rate):
+        unit = hooks["unit_of"][opt._var_key(variable)]
+        step = opt.iterations
+
+        def update():
+            lr = tf.cast(learning_rate, tf.float32) * state.multiplier(
+                step, unit
+            )
+            plain_update_step(gradient, variable, lr)
+            return tf.constant(True)
+
+        # Frozen: no gradient step, no slot update.
+        tf.cond(state.frozen(step, unit), lambda: tf.constant(False), update)
+
+    def apply_weight_decay(variables):
+        if opt.weight_decay is None:
+            return
+
+        def decay_one(variable):
+            unit = hooks["unit_of"][opt._var_key(variable)]
+            step = opt.iterations
+
+            def decay():
+                rate = (
+                    tf.cast(opt.learning_rate, tf.float32)
+                    * state.multiplier(step, unit)
+                    * opt.weight_decay
+                )
+                variable.assign_sub(variable * tf.cast(rate, variable.dtype))
+                return tf.constant(True)
+
+            tf.cond(state.frozen(step, unit), lambda: tf.constant(False), decay)
+
+        # As Keras does: per-variable updates go through the strategy.
+        def distributed(distribution, variables):
+            for variable in variables:
+                if not opt._use_weight_decay(variable):
+                    continue
+                if isinstance(variable, keras.Variable):
+                    variable = variable.value
+                distribution.extended.update(variable, decay_one, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            distributed, opt._distribution_strategy, variables
+        )
+
+    opt.update_step = update_step
+    opt._apply_weight_decay = apply_weight_decay
+
+
+@keras.saving.register_keras_serializable(package="freezeout_tf")
+class SGDWithL2(keras.optimizers.SGD):
+    """SGD with L2 weight decay added to the gradient, as in PyTorch.
+
+    Keras' own `weight_decay` is decoupled (the variable shrinks by
+    `lr * wd`, outside the momentum). PyTorch's SGD, which FreezeOut's
+    original recipe uses, adds `l2 * variable` to the gradient *before* the
+    momentum. This class does the latter.
+
+    Args:
+        learning_rate: base learning rate.
+        momentum: momentum (Keras convention: velocity = m * v - lr * g).
+        nesterov: whether to use Nesterov momentum.
+        l2: coefficient of the L2 term added to every gradient.
+        **kwargs: passed to `keras.optimizers.SGD`.
+
+    Example:
+
+    >>> opt = SGDWithL2(0.1, momentum=0.9, nesterov=True, l2=1e-4)
+    """
+
+    def __init__(self, learning_rate=0.1, momentum=0.9, nesterov=True,
+                 l2=1e-4, **kwargs):
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            **kwargs,
+        )
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0; got {l2!r}.")
+        self.l2 = l2
+
+    def update_step(self, gradient, variable, learning_rate):
+        gradient = tf.cast(gradient, variable.dtype)
+        gradient = gradient + tf.cast(self.l2, variable.dtype) * variable
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config["l2"] = self.l2
+        return config
+
+
+def original_sgd(learning_rate=0.1):
+    """The original FreezeOut recipe (REFERENCE §3).
+
+    SGD, Nesterov momentum 0.9, L2 weight decay 1e-4 added to the gradient,
+    base learning rate 0.1. Use it with the `FreezeOut` callback, which
+    supplies the per-unit cosine schedule; add no other LR schedule.
+
+    Example:
+
+    >>> model.compile(optimizer=original_sgd(), loss=..., metrics=[...])
+    """
+    return SGDWithL2(learning_rate, momentum=0.9, nesterov=True, l2=1e-4)

@@ -1,0 +1,229 @@
+"""The one-graph train step: exact gradients, frozen means frozen, one trace."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import LOSS, tiny_data, tiny_model
+from freezeout_tf import FreezeOut, FreezeOutModel, original_sgd, schedule
+
+
+def optimizer_slots(opt, variable):
+    """The optimizer's slot variables (momentum, Adam moments) of one variable."""
+    i = opt._get_variable_index(variable)
+    slots = []
+    for name in ("momentums", "_momentums", "_velocities"):
+        if hasattr(opt, name) and getattr(opt, name):
+            slots.append(getattr(opt, name)[i])
+    return slots
+
+
+class Snapshot(keras.callbacks.Callback):
+    """Copies unit 0's weights, BN statistics and optimizer slots right after
+    the last step before it freezes."""
+
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step = at_step
+        self.values = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.at_step:
+            self.values = unit_state(self.model, 0)
+
+
+def unit_state(model, i):
+    unit = model.freeze_units[i]
+    values = [v.numpy().copy() for v in unit.weights]  # incl. moving stats
+    for v in unit._flatten_layers():
+        for w in v._trainable_variables:
+            values += [s.numpy().copy() for s in optimizer_slots(model.optimizer, w)]
+    return values
+
+
+OPTIMIZERS = {
+    "sgd_nesterov": lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+    "adam": lambda: keras.optimizers.Adam(1e-2),
+    "adamw": lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.1),
+    "original": original_sgd,
+}
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_frozen_unit_is_bit_identical_from_its_freeze_step(opt, data):
+    x, y = data
+    model = tiny_model()
+    model.compile(OPTIMIZERS[opt](), LOSS)
+    steps_per_epoch, epochs = 4, 6
+    fr = schedule.freeze_fractions(model.num_units, 0.3, "cubic")
+    first_frozen = schedule.freeze_steps(steps_per_epoch * epochs, fr)[0]
+    snap = Snapshot(at_step=first_frozen)
+    model.optimizer.build(model.trainable_variables)
+    start_last = unit_state(model, model.num_units - 1)
+    model.fit(x, y, batch_size=16, epochs=epochs, verbose=0,
+              callbacks=[FreezeOut(t_0=0.3), snap])
+    assert snap.values is not None
+    end = unit_state(model, 0)
+    assert len(end) == len(snap.values) >= 5  # kernel, gamma, beta, stats, slots
+    for before, after in zip(snap.values, end):
+        assert np.array_equal(before, after)
+    # The last unit kept training to the end: its state did move.
+    moved = unit_state(model, model.num_units - 1)
+    assert any(not np.array_equal(a, b) for a, b in zip(start_last, moved))
+
+
+def test_single_trace_across_every_freeze_event(data):
+    x, y = data
+    model = tiny_model()
+    model.compile(original_sgd(), LOSS, metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=16, epochs=6, verbose=0,
+                        callbacks=[FreezeOut(t_0=0.2, how_scale="linear")])
+    assert history.history["active_units"][0] > 0
+    assert history.history["active_units"][-1] == 0  # every unit froze
+    assert model.train_step_traces == 1
+    assert [u.trainable for u in model.freeze_units] == [False] * 4
+    assert model.head.trainable
+
+
+def _plain_gradients(model, x, y, k):
+    """Reference: a plain GradientTape over the same model in the same modes
+    (units < k in inference mode, the rest in training mode)."""
+    variables = [v for u in model.freeze_units[k:] + [model.head]
+                 for v in u.trainable_weights]
+    with tf.GradientTape() as tape:
+        h = x
+        for i, unit in enumerate(model.freeze_units):
+            h = unit(h, training=i >= k)
+        loss = LOSS(y, model.head(h, training=True))
+    return variables, tape.gradient(loss, variables)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_gradients_equal_plain_tape_with_k_frozen(k, data):
+    x, y = data
+    x, y = tf.constant(x[:16]), tf.constant(y[:16])
+    model = tiny_model()
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    # A schedule whose first k units are frozen at step 10.
+    fr = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
+    model.schedule_state.set(100, fr)
+    model.optimizer.iterations.assign(10)
+    _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
+    by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+    # Compare against a fresh model with the same initial weights (that call
+    # updated the moving statistics), variable by variable in unit order.
+    ref = tiny_model()
+    _, ref_grads = tf.function(_plain_gradients, autograph=False)(ref, x, y, k)
+    own = [by_var[id(v)] for u in model.freeze_units[k:] + [model.head]
+           for v in u.trainable_weights]
+    assert len(own) == len(ref_grads) > 0
+    for g, r in zip(own, ref_grads):
+        r = r.numpy()
+        err = np.max(np.abs(g.numpy() - r)) / max(np.max(np.abs(r)), 1e-12)
+        assert err <= 1e-5
+    frozen_vars = [v for u in model.freeze_units[:k] for v in u.trainable_weights]
+    for v in frozen_vars:
+        assert not np.any(by_var[id(v)].numpy())
+
+
+def _fit_weights(steps_per_execution, jit_compile=False, epochs=4):
+    x, y = tiny_data()
+    model = tiny_model()
+    model.compile(original_sgd(), LOSS, steps_per_execution=steps_per_execution,
+                  jit_compile=jit_compile)
+    model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0,
+              callbacks=[FreezeOut(t_0=0.4)])
+    return model, [v.numpy() for v in model.weights]
+
+
+def test_steps_per_execution_4_matches_1():
+    _, one = _fit_weights(1)
+    _, four = _fit_weights(4)
+    for a, b in zip(one, four):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_jit_compile_true_matches_false():
+    model, xla = _fit_weights(1, jit_compile=True, epochs=3)
+    _, plain = _fit_weights(1, jit_compile=False, epochs=3)
+    assert model.train_step_traces == 1
+    for a, b in zip(xla, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_twice_with_initial_epoch_continues_exactly():
+    _, whole = _fit_weights(1, epochs=4)
+    x, y = tiny_data()
+    model = tiny_model()
+    model.compile(original_sgd(), LOSS)
+    fo = FreezeOut(t_0=0.4)
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+              callbacks=[FreezeOut(t_0=0.4, total_steps=16)])
+    model.fit(x, y, batch_size=16, epochs=4, initial_epoch=2, shuffle=False,
+              verbose=0, callbacks=[fo])
+    assert model.train_step_traces == 1
+    for a, b in zip(whole, [v.numpy() for v in model.weights]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_at_wrong_epoch_is_rejected_before_training(data):
+    x, y = data
+    model = tiny_model()
+    model.compile(original_sgd(), LOSS)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[FreezeOut()])
+    before = [v.numpy() for v in model.weights]
+    with pytest.raises(ValueError, match="initial_epoch=1"):
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                  callbacks=[FreezeOut()])
+    for a, b in zip(before, [v.numpy() for v in model.weights]):
+        assert np.array_equal(a, b)
+
+
+def test_evaluate_and_predict_are_the_plain_forward(data):
+    x, y = data
+    model = tiny_model()
+    model.compile(original_sgd(), LOSS)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+              callbacks=[FreezeOut(t_0=0.3)])
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), model(x, training=False).numpy(),
+        rtol=1e-5, atol=1e-5,
+    )
+    expected = float(LOSS(y, model(x, training=False)))
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(expected, rel=1e-4)
+
+
+def test_without_callback_trains_like_plain_keras(data):
+    x, y = data
+    model = tiny_model()
+    model.compile(keras.optimizers.SGD(0.05), LOSS)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    plain = tiny_model()
+    plain_seq = keras.Sequential(plain.freeze_units + [plain.head])
+    plain_seq.compile(keras.optimizers.SGD(0.05), LOSS)
+    plain_seq.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.weights, plain_seq.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_from_sequential_and_bad_units():
+    seq = keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(4),
+                            keras.layers.Dense(2)])
+    model = FreezeOutModel.from_sequential(seq)
+    assert model.num_units == 2 and model.head is seq.layers[-1]
+    with pytest.raises(ValueError, match="num_head_layers"):
+        FreezeOutModel.from_sequential(seq, num_head_layers=3)
+    with pytest.raises(ValueError, match="unit 1 is 'oops'"):
+        FreezeOutModel([keras.layers.Dense(2), "oops"], keras.layers.Dense(2))
+
+
+def test_sgd_with_l2_adds_decay_to_gradient():
+    opt = original_sgd()
+    w = keras.Variable(np.array([2.0], "float32"))
+    opt.apply([tf.constant([1.0])], [w])
+    # g' = 1 + 1e-4 * 2; velocity = -0.1 g'; nesterov: w += 0.9 v - 0.1 g'.
+    g = 1 + 1e-4 * 2
+    assert float(w.numpy()[0]) == pytest.approx(2 + 0.9 * (-0.1 * g) - 0.1 * g)
+    assert keras.optimizers.deserialize(
+        keras.optimizers.serialize(opt)).get_config()["l2"] == 1e-4
