@@ -1,0 +1,104 @@
+"""Atomic ``.keras`` checkpoints, written after every epoch, and resuming.
+
+A checkpoint is the whole model with its compiled optimizer (so its iteration
+counter and momentum / Adam slots).  It is first written to a temporary file
+in the same directory, flushed to disk and then moved over the old one with
+``os.replace``, so a run killed at any moment leaves either the previous
+checkpoint or the new one, never a torn file.
+
+The FreezeOut schedule is a function of ``optimizer.iterations``; a loaded
+checkpoint taken after epoch ``E`` has taken ``E * steps_per_epoch`` steps, and
+``fit(initial_epoch=E)`` continues the schedule at the exact step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import keras
+
+__all__ = [
+    "CheckpointError",
+    "EpochCheckpoint",
+    "completed_epochs",
+    "load_checkpoint",
+    "save_atomic",
+    "temporary_path",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing or does not fit the run that wants to resume it."""
+
+
+def temporary_path(path: str) -> str:
+    """Where ``save_atomic`` writes before the rename (Keras needs ``.keras``)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.tmp.keras")
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(model: keras.Model, path: str) -> None:
+    """Saves ``model`` (with optimizer state) to ``path``, atomically."""
+    if not path.endswith(".keras"):
+        raise ValueError(f"checkpoint path must end in .keras, got {path!r}")
+    tmp = temporary_path(path)
+    try:
+        model.save(tmp, include_optimizer=True)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        _fsync_path(os.path.dirname(os.path.abspath(path)))
+    except OSError:  # pragma: no cover - directories cannot be fsynced everywhere
+        pass
+
+
+def load_checkpoint(path: str) -> keras.Model:
+    """Loads a checkpoint written by ``save_atomic`` (compiled, with optimizer)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint to resume at {path!r}")
+    import freezeout_tf.model  # noqa: F401  (registers the serializable classes)
+    import freezeout_tf.optimizer  # noqa: F401
+
+    return keras.saving.load_model(path, compile=True)
+
+
+def completed_epochs(model: keras.Model, steps_per_epoch: int) -> int:
+    """Epochs a loaded model has trained, from its optimizer's step counter.
+
+    Raises ``CheckpointError`` when the counter is not a whole number of
+    epochs (the checkpoint was made with another batch size or data set).
+    """
+    optimizer: Optional[keras.optimizers.Optimizer] = getattr(model, "optimizer", None)
+    if optimizer is None:
+        raise CheckpointError("the checkpoint has no optimizer state; it cannot be resumed")
+    steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    if steps % steps_per_epoch:
+        raise CheckpointError(
+            f"the checkpoint has taken {steps} steps, not a whole number of epochs of "
+            f"{steps_per_epoch} steps: was it made with another batch size or data set?"
+        )
+    return steps // steps_per_epoch
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves an atomic checkpoint to ``path`` at the end of every epoch."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_atomic(self.model, self.path)
