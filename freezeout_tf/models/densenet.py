@@ -168,8 +168,10 @@ def densenet_bc(depth=76, growth_rate=12, num_classes=100, dropout=0.0,
     Example:
 
     >>> model = densenet_bc(depth=100, growth_rate=12, num_classes=100)
-    >>> model.num_units, model.count_params()
-    (51, 800032)
+    >>> model.num_units
+    51
+    >>> sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    800032
     """
     m = _check_depth(depth, bottleneck)
     init.check_positive_int("growth_rate", growth_rate)

@@ -93,8 +93,9 @@ def vgg(config="E", num_classes=100, batch_norm=True,
         units.append(keras.Sequential(layers, name=f"conv{len(units) + 1}"))
 
     def dense(units_, activation=None, name=None):
+        kernel_init = init.vgg_dense_kernel_initializer()
         return init.dense(units_, activation=activation, name=name,
-                          kernel_initializer=init.vgg_dense_kernel_initializer())
+                          kernel_initializer=kernel_init)
 
     head = keras.Sequential(
         [

@@ -159,8 +159,10 @@ def wide_resnet(depth=28, widen_factor=10, num_classes=100, dropout=0.0,
     Example:
 
     >>> model = wide_resnet(depth=16, widen_factor=4, num_classes=100)
-    >>> model.num_units, model.count_params()
-    (7, 2772020)
+    >>> model.num_units
+    7
+    >>> sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    2772020
     """
     n = _check_depth(depth)
     init.check_positive_int("widen_factor", widen_factor)

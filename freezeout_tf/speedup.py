@@ -1,0 +1,357 @@
+"""How much training compute FreezeOut saves: estimates and their inverse.
+
+Two estimates:
+
+* `calc_speedup`: the original's formula for DenseNet-BC on 32x32 inputs
+  (REFERENCE §5), kept exactly, quirks included, to compare with the paper.
+* `estimate_speedup`: for any built `FreezeOutModel`, from the real forward
+  cost of each unit (`unit_flops`) and a backward pass costing twice the
+  forward.
+
+`t0_for_speedup` inverts `estimate_speedup`: which `t_0` saves a given
+fraction of compute.
+
+The arithmetic lives in `speedup_from_costs` (plain numbers, no
+TensorFlow); only `unit_flops` runs the model.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+
+from freezeout_tf import schedule
+
+
+def _check_positive_int(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < 1
+    ):
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+
+def densenet_costs(growth_rate, n_dense_blocks):
+    """The per-layer forward costs the original `calc_speedup` uses.
+
+    Multiply-accumulates for one 32x32 image: the stem conv
+    `3 * 2k * 32^2 * 9`, then each bottleneck layer of block `b`
+    `q * 4k^2 * HW_b + 36 * k^2 * HW_b` with `HW_b` = 32^2, 16^2, 8^2, and
+    `q` (the layer's input channels in units of `k`) starting at 2, +1
+    after every layer and halved (floored) after every block. Transitions
+    and the head are not listed.
+
+    Args:
+        growth_rate: `k`.
+        n_dense_blocks: `m`, layers per dense block (the original's name).
+
+    Returns:
+        list of `3 * m + 1` ints.
+    """
+    _check_positive_int("growth_rate", growth_rate)
+    _check_positive_int("n_dense_blocks", n_dense_blocks)
+    k = int(growth_rate)
+    costs = [3 * (2 * k) * 32**2 * 9]
+    q = 2
+    for hw in (32**2, 16**2, 8**2):
+        for _ in range(int(n_dense_blocks)):
+            costs.append(q * 4 * k * k * hw + 36 * k * k * hw)
+            q += 1
+        q = math.floor(q * 0.5)
+    return costs
+
+
+def calc_speedup(growth_rate, n_dense_blocks, t_0=0.8, how_scale="cubic"):
+    """The original FreezeOut's speedup estimate for a DenseNet-BC, exactly.
+
+    With `c` the costs of `densenet_costs` (`L = 3m + 1` of them):
+    `C = 2 * sum(c)` without FreezeOut and
+    `C_f = sum(c) + sum_i c_i * scale(t_0 + (1 - t_0) * i / L)` with it;
+    the result is `1 - C_f / C`, times 1.3 for linear scaling.
+
+    Quirks kept from the original (use `estimate_speedup` for a real
+    model):
+
+    * the backward pass of a layer is taken to cost the same as its
+      forward pass;
+    * transitions and the head are not counted, and `q` is halved as a
+      whole number of `k`, which drifts from the real channel count when
+      it is odd (block 3 is assumed to start at 9k channels instead of
+      9.5k for m = 12);
+    * the schedule divides by `L = 3m + 1`, the number of listed layers,
+      not by the head index `3m + 3` that the training schedule uses;
+    * with `how_scale="linear"` the result is multiplied by 1.3, an
+      unexplained fudge factor of the original.
+
+    Args:
+        growth_rate: `k`.
+        n_dense_blocks: `m`, layers per dense block (`(depth - 4) // 6`
+            for DenseNet-BC).
+        t_0: fraction of training, before scaling, at which the first unit
+            freezes; in (0, 1].
+        how_scale: `"linear"`, `"squared"` or `"cubic"`.
+
+    Returns:
+        float: the estimated fraction of training compute saved.
+
+    Example:
+
+    >>> round(calc_speedup(12, 12, 0.8, "cubic"), 4)
+    0.1778
+    """
+    schedule.check_t_0(t_0)
+    schedule.check_how_scale(how_scale)
+    costs = densenet_costs(growth_rate, n_dense_blocks)
+    total = 2 * sum(costs)
+    with_freezeout = sum(costs) + sum(
+        c * float(schedule.scale(t_0 + (1 - t_0) * float(i) / len(costs),
+                                 how_scale))
+        for i, c in enumerate(costs)
+    )
+    saving = 1 - float(with_freezeout) / total
+    return 1.3 * saving if how_scale == "linear" else saving
+
+
+def speedup_from_costs(costs, fractions):
+    """Fraction of training compute saved, from per-unit costs.
+
+    Each unit's forward costs `c_i` and its backward `2 * c_i` (gradients
+    with respect to both its input and its weights). Without FreezeOut a
+    step costs `sum(3 * c_i)`. With it, every unit still runs its forward,
+    but unit `i` runs its backward only for the fraction `t_i` of training:
+    `C_f = sum(c_i + 2 * t_i * c_i)`.
+
+    Args:
+        costs: forward costs of the units and the head (any unit).
+        fractions: `t_i` for each entry of `costs` (the head's is 1), e.g.
+            from `freeze_fractions`.
+
+    Returns:
+        float `1 - C_f / C` in [0, 1); 0 when everything costs 0.
+
+    Example:
+
+    >>> speedup_from_costs([1.0, 1.0], [0.5, 1.0])
+    0.16666666666666663
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if costs.shape != fractions.shape or costs.ndim != 1:
+        raise ValueError(
+            f"costs and fractions must be 1-D and of the same length; got "
+            f"shapes {costs.shape} and {fractions.shape}."
+        )
+    if np.any(costs < 0):
+        raise ValueError(f"costs must be >= 0; got {costs.tolist()}.")
+    total = 3.0 * costs.sum()
+    if total == 0:
+        return 0.0
+    with_freezeout = costs.sum() + 2.0 * (fractions * costs).sum()
+    return float(1.0 - with_freezeout / total)
+
+
+# Layers whose cost `unit_flops` counts: output elements per example times
+# the kernel's elements per output channel (kh * kw * in / groups for a
+# conv, `in` for a Dense).
+_COUNTED = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Dense,
+)
+
+
+def _macs(layer, outputs):
+    per_output = int(np.prod(tuple(layer.kernel.shape)[:-1]))
+    elements = int(np.prod(tuple(outputs.shape)[1:]))
+    return elements * per_output
+
+
+def _default_input_shape(model):
+    try:
+        shape = model.get_build_config()["input_shape"]
+    except (TypeError, KeyError, AttributeError):
+        shape = None
+    if shape is not None:
+        shape = tuple(shape)[1:]
+        if all(d is not None for d in shape):
+            return shape
+    return (32, 32, 3)
+
+
+def unit_flops(model, input_shape=None):
+    """Forward multiply-accumulates of each freeze unit and of the head.
+
+    Runs one forward pass on a single zero image and, on the way, records
+    every call of a `Conv1D`/`Conv2D`/`Conv3D` or `Dense` layer inside each
+    unit (nested `Sequential`s, functional models and custom layers
+    included): a call costs (output elements) x (kernel elements per output
+    channel), i.e. `H_out * W_out * C_out * kh * kw * C_in / groups` for a
+    conv and `units * in` for a Dense. A layer called twice counts twice.
+
+    Left out: BatchNorm, activations, pooling, padding, concatenation,
+    additions, dropout, biases, and any layer not listed above (depthwise,
+    separable and transposed convs, attention, ...). They are cheap next to
+    the convs of the networks here.
+
+    Args:
+        model: a `FreezeOutModel` (built, or buildable by one call).
+        input_shape: shape of one input without the batch dimension; by
+            default the model's built input shape, else `(32, 32, 3)`.
+
+    Returns:
+        list of `model.num_units + 1` ints: the units' costs, then the
+        head's, per example.
+
+    Example:
+
+    >>> model = densenet_bc(depth=40, growth_rate=12)
+    >>> unit_flops(model)[0]  # stem: 32 * 32 * 24 * 3 * 3 * 3
+    663552
+    """
+    if input_shape is None:
+        input_shape = _default_input_shape(model)
+    parts = list(model.freeze_units) + [model.head]
+    counted = []
+    seen = set()
+    for part in parts:
+        for layer in part._flatten_layers(include_self=True, recursive=True):
+            if isinstance(layer, _COUNTED) and id(layer) not in seen:
+                seen.add(id(layer))
+                counted.append(layer)
+
+    totals = [0]
+
+    def wrap(layer):
+        original = layer.call
+
+        def counting_call(*args, **kwargs):
+            outputs = original(*args, **kwargs)
+            totals[0] += _macs(layer, outputs)
+            return outputs
+
+        return counting_call
+
+    # Shadow each counted layer's `call` on the instance only, for this one
+    # forward pass; `Layer.__call__` looks `self.call` up at call time.
+    for layer in counted:
+        object.__setattr__(layer, "call", wrap(layer))
+    costs = []
+    try:
+        x = keras.ops.zeros((1,) + tuple(input_shape))
+        for part in parts:
+            totals[0] = 0
+            x = part(x, training=False)
+            costs.append(int(totals[0]))
+    finally:
+        for layer in counted:
+            object.__delattr__(layer, "call")
+    return costs
+
+
+def estimate_speedup(model, t_0=0.8, how_scale="cubic", input_shape=None):
+    """Fraction of training compute that FreezeOut saves on `model`.
+
+    Per unit forward cost `c_i` from `unit_flops`, backward `2 * c_i`;
+    unit `i` runs its backward for the fraction
+    `t_i = freeze_fractions(n, t_0, how_scale)[i]` of training and the head
+    always (see `speedup_from_costs`). Unlike `calc_speedup` this counts
+    the real layers of the model (transitions and head included), and is
+    a compute estimate: wall-clock time also depends on the parts not
+    counted and on the hardware.
+
+    Args:
+        model: a `FreezeOutModel`.
+        t_0: fraction of training, before scaling, at which the first unit
+            freezes; in (0, 1].
+        how_scale: `"linear"`, `"squared"` or `"cubic"`.
+        input_shape: see `unit_flops`.
+
+    Returns:
+        float in [0, 1): `1 - C_f / C`.
+
+    Example:
+
+    >>> model = densenet_bc(depth=76, growth_rate=12)
+    >>> round(estimate_speedup(model, t_0=0.8), 3)
+    0.234
+    """
+    fractions = schedule.freeze_fractions(model.num_units, t_0, how_scale)
+    return speedup_from_costs(unit_flops(model, input_shape), fractions)
+
+
+def _limit_fractions(num_units, how_scale):
+    """`freeze_fractions` at t_0 -> 0+ (where it is continuous)."""
+    i = np.arange(num_units + 1, dtype=np.float64)
+    return schedule.scale(i / num_units, how_scale)
+
+
+def t0_for_speedup(model, target, how_scale="cubic", input_shape=None,
+                   tol=1e-9):
+    """The `t_0` at which `estimate_speedup(model, t_0, how_scale)` equals
+    `target`.
+
+    The saving falls monotonically from its supremum as `t_0 -> 0+` (unit
+    0 never trains) to 0 at `t_0 = 1`; the answer is found by bisection on
+    (0, 1], with `unit_flops` run only once.
+
+    Args:
+        model: a `FreezeOutModel`.
+        target: the fraction of training compute to save, in
+            `[0, max)`; `max` is the saving as `t_0 -> 0+`.
+        how_scale: `"linear"`, `"squared"` or `"cubic"`.
+        input_shape: see `unit_flops`.
+        tol: width of the final bracket on `t_0`.
+
+    Returns:
+        float `t_0` in (0, 1].
+
+    Raises:
+        ValueError: `target` is not a number, is negative, or is at or
+            beyond what any `t_0` reaches (the message gives that maximum).
+
+    Example:
+
+    >>> model = wide_resnet(depth=16, widen_factor=4)
+    >>> t_0 = t0_for_speedup(model, 0.2)
+    >>> round(estimate_speedup(model, t_0), 6)
+    0.2
+    """
+    schedule.check_how_scale(how_scale)
+    if isinstance(target, bool) or not isinstance(target, numbers.Real) or (
+        not np.isfinite(target)
+    ):
+        raise ValueError(f"target must be a number; got {target!r}.")
+    if target < 0:
+        raise ValueError(
+            f"target must be a fraction of compute saved, >= 0; got "
+            f"{target!r}."
+        )
+    costs = unit_flops(model, input_shape)
+    n = model.num_units
+
+    def saving(t_0):
+        return speedup_from_costs(
+            costs, schedule.freeze_fractions(n, t_0, how_scale)
+        )
+
+    maximum = speedup_from_costs(costs, _limit_fractions(n, how_scale))
+    if target >= maximum:
+        raise ValueError(
+            f"target {target!r} is out of reach: with how_scale="
+            f"{how_scale!r} this model saves at most {maximum:.4f} of its "
+            f"training compute (as t_0 -> 0), and only less for any t_0 in "
+            f"(0, 1]."
+        )
+    if target == 0:
+        return 1.0
+    lo, hi = 0.0, 1.0  # saving(lo+) > target >= saving(hi)
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if saving(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
