@@ -65,6 +65,15 @@ class ScheduleState:
         self.scale_lr.assign(bool(scale_lr))
         self.annealing.assign(True)
 
+    def freeze_prefix(self, k):
+        """Freezes units 0..k-1 from now on, with no annealing: for
+        benchmarks and tests that need a fixed number of frozen units."""
+        steps = np.full(self.num_units + 1, NEVER, np.int64)
+        steps[:k] = 0
+        self.fractions.assign(np.ones(self.num_units + 1, np.float32))
+        self.freeze_steps.assign(steps)
+        self.annealing.assign(False)
+
     def clear(self):
         """Back to no schedule: nothing frozen, all multipliers 1."""
         self.fractions.assign(np.ones(self.num_units + 1, np.float32))

@@ -1,0 +1,106 @@
+"""Benchmark: time per training step with 0-100 % of the units frozen.
+
+A chain of conv units (conv3x3 + BN + ReLU, constant width) is trained with
+the FreezeOut train step while the first k units are frozen, for k covering
+0, 25, 50, 75 and 100 % of the units. All settings share ONE traced train
+step (the frozen prefix is in-graph state), and are timed interleaved
+(round-robin over settings, repeated) so machine noise hits them alike; the
+table reports medians.
+
+The "FLOP-predicted" saving counts conv multiply-accumulates per unit
+(`freezeout_tf.speedup.unit_flops`) with the backward at twice the forward:
+freezing units with forward cost F_frozen out of F_total saves
+2 F_frozen / (3 F_total) of the step.
+
+Usage:
+    python scripts/benchmark_step.py [--units 8] [--channels 64] [--size 32]
+        [--batch-size 32] [--repeats 7] [--steps 5]
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from freezeout_tf import FreezeOutModel  # noqa: E402
+from freezeout_tf.speedup import unit_flops  # noqa: E402
+
+
+def conv_chain(num_units, channels, num_classes=10):
+    def unit():
+        return keras.Sequential([
+            keras.layers.Conv2D(channels, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+        ])
+
+    head = keras.Sequential([
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(num_classes),
+    ])
+    return FreezeOutModel([unit() for _ in range(num_units)], head)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--units", type=int, default=8)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--size", type=int, default=32, help="image side")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=7,
+                   help="rounds over all settings")
+    p.add_argument("--steps", type=int, default=5,
+                   help="timed steps per setting per round")
+    args = p.parse_args(argv)
+
+    keras.utils.set_random_seed(0)
+    model = conv_chain(args.units, args.channels)
+    model.build((None, args.size, args.size, 3))
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.optimizer.build(model.trainable_variables)
+    x = tf.random.normal((args.batch_size, args.size, args.size, 3))
+    y = tf.random.uniform((args.batch_size,), 0, 10, tf.int32)
+    step = tf.function(model.train_step)
+
+    fractions = [0.0, 0.25, 0.5, 0.75, 1.0]
+    ks = [round(f * args.units) for f in fractions]
+    state = model.schedule_state
+    for k in ks:  # warm-up (and the one trace)
+        state.freeze_prefix(k)
+        step((x, y))
+    times = {k: [] for k in ks}
+    for _ in range(args.repeats):
+        for k in ks:
+            state.freeze_prefix(k)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                logs = step((x, y))
+            float(logs["loss"])  # wait for the last step
+            times[k].append((time.perf_counter() - start) / args.steps)
+
+    flops = unit_flops(model, (args.size, args.size, 3))
+    total = sum(flops)
+    base = statistics.median(times[0])
+    print(f"{args.units} units of conv3x3({args.channels}) + BN + ReLU on "
+          f"{args.size}x{args.size}, batch {args.batch_size}, "
+          f"{os.cpu_count()} CPU cores; medians of {args.repeats} rounds x "
+          f"{args.steps} steps; train_step traces: {model.train_step_traces}")
+    print("| frozen | units | ms/step | saving vs 0 % | FLOP-predicted saving |")
+    print("|---:|---:|---:|---:|---:|")
+    for f, k in zip(fractions, ks):
+        med = statistics.median(times[k])
+        predicted = 2 * sum(flops[:k]) / (3 * total)
+        print(f"| {f:.0%} | {k} | {1000 * med:.1f} | {1 - med / base:.1%} "
+              f"| {predicted:.1%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
