@@ -70,6 +70,7 @@ def load_checkpoint(path: str) -> keras.Model:
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint to resume at {path!r}")
     import freezeout_tf.model  # noqa: F401  (registers the serializable classes)
+    import freezeout_tf.models  # noqa: F401
     import freezeout_tf.optimizer  # noqa: F401
 
     return keras.saving.load_model(path, compile=True)
