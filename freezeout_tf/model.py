@@ -171,10 +171,23 @@ class FreezeOutModel(keras.Model):
             def frozen(unit=unit, x=x):
                 return tf.stop_gradient(unit(x, training=False))
 
+            def first_active(unit=unit, x=x):
+                # Nothing before this unit trains: do not compute the
+                # gradient with respect to its input.
+                return unit(tf.stop_gradient(x), training=True)
+
             def active(unit=unit, x=x):
                 return unit(x, training=True)
 
-            x = tf.cond(state.frozen(step, i), frozen, active)
+            if i == 0:
+                x = tf.cond(state.frozen(step, 0), frozen, first_active)
+            else:
+                # 0: frozen, 1: first active unit, 2: after an active unit.
+                branch = tf.where(
+                    state.frozen(step, i), 0,
+                    tf.where(state.frozen(step, i - 1), 1, 2),
+                )
+                x = tf.switch_case(branch, [frozen, first_active, active])
         return self.head(x, training=True)
 
     def compute_freezeout_gradients(self, x, y, sample_weight=None):
