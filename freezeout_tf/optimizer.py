@@ -13,10 +13,16 @@ optimizer goes through: `update_step(gradient, variable, learning_rate)` and
 `_apply_weight_decay(variables)`. Each wrapped update runs under a `tf.cond`
 on the unit's in-graph frozen flag, so a frozen variable's update (and its
 slots) is skipped at run time without retracing.
+
+Under a `tf.distribute` strategy it also wraps `_all_reduce_sum_gradients`,
+where the TF optimizer sums the gradients over replicas: each unit's
+gradients are all-reduced under a `tf.cond` on its frozen flag, so a frozen
+unit sends nothing over the wire (see `_unit_all_reduce`).
 """
 
 import keras
 import tensorflow as tf
+from tensorflow.python.distribute import values as tf_dist_values
 
 _ATTACHED = "_freezeout_attached"
 
@@ -94,8 +100,98 @@ def attach_schedule(optimizer, variables, variable_units, state):
             distributed, opt._distribution_strategy, variables
         )
 
+    plain_all_reduce = opt._all_reduce_sum_gradients
+
+    def all_reduce_sum_gradients(grads_and_vars):
+        return _unit_all_reduce(
+            opt, plain_all_reduce, grads_and_vars, hooks["unit_of"], state
+        )
+
     opt.update_step = update_step
     opt._apply_weight_decay = apply_weight_decay
+    opt._all_reduce_sum_gradients = all_reduce_sum_gradients
+
+
+def _unit_all_reduce(opt, plain_all_reduce, grads_and_vars, unit_of, state):
+    """Sums gradients over replicas, one unit at a time, skipping frozen units.
+
+    Keras' TF optimizer all-reduces every gradient in one batch. Here the
+    gradients are grouped by unit and each group is reduced under
+    `tf.cond(frozen, skip, reduce)`: a frozen unit launches no collective (its
+    gradient stays the local zero placeholder, which the wrapped `update_step`
+    ignores). All replicas and workers read the same frozen flags (same
+    iteration counter, same schedule), so they all take the same branch.
+
+    Where the all-reduce goes through `merge_call` (every strategy except
+    XLA on GPUs), the conds are placed in the cross-replica context: a
+    `merge_call` inside a `tf.cond` branch in replica context is rejected by
+    `MirroredStrategy` (the branch is a separate graph), as Keras' own
+    `LossScaleOptimizer` notes. So one `merge_call` (as in plain Keras) hands
+    the per-replica gradients over, and each unit's `batch_reduce_to` runs
+    inside its cond. Without `merge_call` (XLA on GPUs) the collectives are
+    launched per replica, so the cond stays in replica context.
+    """
+    grads_and_vars = list(grads_and_vars)
+    if (
+        not tf.distribute.has_strategy()
+        or tf.distribute.in_cross_replica_context()
+    ):
+        return plain_all_reduce(grads_and_vars)
+    replica_context = tf.distribute.get_replica_context()
+    strategy = replica_context.strategy
+    step = opt.iterations
+    groups = {}  # unit -> indices of its non-None gradients
+    for i, (g, v) in enumerate(grads_and_vars):
+        if g is not None:
+            groups.setdefault(unit_of[opt._var_key(v)], []).append(i)
+    grads = [g for g, _ in grads_and_vars]
+    if not groups:
+        return plain_all_reduce(grads_and_vars)
+    total = tf.distribute.ReduceOp.SUM
+
+    if strategy.extended._use_merge_call():
+
+        def merge_fn(distribution, per_replica):
+            local = distribution.experimental_local_results
+            out = dict(per_replica)
+            for unit, idx in sorted(groups.items()):
+
+                def skip(idx=idx):
+                    return [list(local(per_replica[i])) for i in idx]
+
+                def reduce(idx=idx):
+                    reduced = distribution.extended.batch_reduce_to(
+                        total, [(per_replica[i], per_replica[i]) for i in idx]
+                    )
+                    return [list(local(r)) for r in reduced]
+
+                results = tf.cond(state.frozen(step, unit), skip, reduce)
+                for i, values in zip(idx, results):
+                    out[i] = tf_dist_values.PerReplica(tuple(values))
+            return out
+
+        present = {i: g for i, g in enumerate(grads) if g is not None}
+        reduced = replica_context.merge_call(merge_fn, args=(present,))
+        reduced = [reduced.get(i) for i in range(len(grads))]
+    else:
+        reduced = list(grads)
+        for unit, idx in sorted(groups.items()):
+
+            def skip(idx=idx):
+                return [grads[i] for i in idx]
+
+            def reduce(idx=idx):
+                return replica_context.all_reduce(
+                    total, [grads[i] for i in idx]
+                )
+
+            results = tf.cond(state.frozen(step, unit), skip, reduce)
+            for i, g in zip(idx, results):
+                reduced[i] = g
+    return [
+        (None if g is None else r, v)
+        for r, (g, v) in zip(reduced, grads_and_vars)
+    ]
 
 
 @keras.saving.register_keras_serializable(package="freezeout_tf")
