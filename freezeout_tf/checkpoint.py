@@ -6,6 +6,11 @@ in the same directory, flushed to disk and then moved over the old one with
 ``os.replace``, so a run killed at any moment leaves either the previous
 checkpoint or the new one, never a torn file.
 
+Keras does not save the state of random seed generators (dropout's), so a
+resumed run with dropout would draw other masks than an uninterrupted one;
+``save_atomic`` adds those states to the ``.keras`` archive (an extra member
+that Keras ignores) and ``load_checkpoint`` restores them.
+
 The FreezeOut schedule is a function of ``optimizer.iterations``; a loaded
 checkpoint taken after epoch ``E`` has taken ``E * steps_per_epoch`` steps, and
 ``fit(initial_epoch=E)`` continues the schedule at the exact step.
@@ -13,10 +18,13 @@ checkpoint taken after epoch ``E`` has taken ``E * steps_per_epoch`` steps, and
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional
+import zipfile
+from typing import List, Optional
 
 import keras
+import numpy as np
 
 __all__ = [
     "CheckpointError",
@@ -46,6 +54,14 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+RNG_MEMBER = "freezeout_rng_state.json"
+
+
+def _rng_variables(model: keras.Model) -> List:
+    """The model's seed-generator states, in model order."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
 def save_atomic(model: keras.Model, path: str) -> None:
     """Saves ``model`` (with optimizer state) to ``path``, atomically."""
     if not path.endswith(".keras"):
@@ -53,6 +69,10 @@ def save_atomic(model: keras.Model, path: str) -> None:
     tmp = temporary_path(path)
     try:
         model.save(tmp, include_optimizer=True)
+        states = [np.asarray(keras.ops.convert_to_numpy(v)).tolist()
+                  for v in _rng_variables(model)]
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(RNG_MEMBER, json.dumps(states))
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -73,7 +93,15 @@ def load_checkpoint(path: str) -> keras.Model:
     import freezeout_tf.models  # noqa: F401
     import freezeout_tf.optimizer  # noqa: F401
 
-    return keras.saving.load_model(path, compile=True)
+    model = keras.saving.load_model(path, compile=True)
+    with zipfile.ZipFile(path) as archive:
+        states = (json.loads(archive.read(RNG_MEMBER))
+                  if RNG_MEMBER in archive.namelist() else None)
+    variables = _rng_variables(model)
+    if states is not None and len(states) == len(variables):
+        for variable, state in zip(variables, states):
+            variable.assign(np.asarray(state, dtype=variable.dtype))
+    return model
 
 
 def completed_epochs(model: keras.Model, steps_per_epoch: int) -> int:

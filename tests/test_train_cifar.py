@@ -29,6 +29,7 @@ TINY = ["--dataset", "synthetic", "-L", "10", "-k", "4", "--batch-size", "50",
 # Resume / kill runs: 4 epochs of 16 steps, slow enough to be killed mid-epoch.
 RESUME = ["--dataset", "synthetic", "-L", "10", "-k", "4", "--batch-size", "25",
           "--synthetic-train-size", "400", "--synthetic-val-size", "50", "--epochs", "4",
+          "--dropout", "0.1",  # dropout masks must also resume exactly
           "--verbose", "0", "--save-weights", "run"]
 
 
