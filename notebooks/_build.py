@@ -137,8 +137,6 @@ QUICKSTART = [
             self._start = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
-            # FreezeOut (earlier in the list) has already read the step
-            # counter, so the step has finished running.
             self.seconds.append(time.perf_counter() - self._start)
             self.steps.append(self._step)
 
@@ -435,8 +433,9 @@ SCHEDULES = [
     md("""
     Pass the chosen value to the callback, e.g.
     `FreezeOut(t_0=t0_for_speedup(model, 0.15, "cubic"), how_scale="cubic")`.
-    The seed README reports that speedups under 20 % stayed within a 3 %
-    relative error envelope on CIFAR, and around 10 % cost nothing for scaled
+    How much accuracy a speedup costs is an empirical question: the
+    original's README says speedups under 20 % should stay within a 3 %
+    relative error envelope, and around 10 % seem to cost nothing for scaled
     cubic and unscaled linear.
     """),
 ]
