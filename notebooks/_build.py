@@ -704,6 +704,8 @@ BYOM = [
 
 def write(name, cells):
     nb = new_notebook(cells=cells)
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding changes only what changed
     nb.metadata["kernelspec"] = {
         "name": "python3", "display_name": "Python 3", "language": "python",
     }
