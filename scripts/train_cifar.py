@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="EPOCH",
                      help="stop after this epoch (the schedule still spans --epochs); "
                           "continue later with --resume, e.g. on preemptible machines")
+    out.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                     help="check the options, open the data set, build the model, print the "
+                          "plan and exit, writing nothing")
     out.add_argument("--summary", action="store_true",
                      help="print the full Keras model summary")
     out.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
@@ -354,10 +357,35 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help (0) or an argparse error (2)
         return int(stop.code or 0)
+    saved = _global_state()
     try:
         return _run(args)
     except UsageError as err:
         return _error(parser, str(err))
+    finally:
+        _restore_global_state(saved)
+
+
+def _global_state():
+    """Process-wide settings that a run changes (``main`` may be called in-process)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    import keras
+    from tensorflow.python.framework import config as tf_config
+
+    return (keras.mixed_precision.global_policy().name, tf_config.is_op_determinism_enabled())
+
+
+def _restore_global_state(saved) -> None:
+    import keras
+    from tensorflow.python.framework import config as tf_config
+
+    policy, deterministic = saved if saved is not None else ("float32", False)
+    keras.mixed_precision.set_global_policy(policy)
+    if deterministic:
+        tf_config.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -460,6 +488,10 @@ def _run(args: argparse.Namespace) -> int:
     if initial_epoch:
         print(f"resuming after epoch {initial_epoch} (step "
               f"{initial_epoch * ds.steps_per_epoch}) from {ckpt_path}")
+
+    if args.dry_run:
+        print("--dry-run: nothing written")
+        return 0
 
     # 4. Only now write anything.
     os.makedirs(out_dir, exist_ok=True)

@@ -33,7 +33,17 @@ RESUME = ["--dataset", "synthetic", "-L", "10", "-k", "4", "--batch-size", "25",
           "--verbose", "0", "--save-weights", "run"]
 
 
+_LOADED = {}
+
+
 def _weights(path):
+    key = (path, os.path.getmtime(path))
+    if key not in _LOADED:
+        _LOADED[key] = _load_state(path)
+    return _LOADED[key]
+
+
+def _load_state(path):
     model = checkpoint.load_checkpoint(path)
     return ([np.asarray(w) for w in model.get_weights()],
             [np.asarray(v) for v in model.optimizer.variables])
@@ -52,10 +62,17 @@ def _digest(path):
 
 
 def test_synthetic_end_to_end(tmp_path, capsys):
+    import keras
+    from tensorflow.python.framework import config as tf_config
+
+    before = (tf_config.is_op_determinism_enabled(), keras.mixed_precision.global_policy().name)
     out = tmp_path / "out"
     rc = train_cifar.main(TINY + ["--epochs", "2", "--output-dir", str(out),
                                   "--save-weights", "demo"])
     assert rc == 0
+    # In-process runs leave the process-wide settings as they found them.
+    assert (tf_config.is_op_determinism_enabled(),
+            keras.mixed_precision.global_policy().name) == before
     stdout = capsys.readouterr().out
     assert "trainable parameters" in stdout and "estimated speedup" in stdout
     assert "epoch 2/2: train loss" in stdout and "active units" in stdout
@@ -243,7 +260,8 @@ def test_original_and_hyphenated_names_agree():
 def test_const_time_scales_the_epochs(tmp_path, capsys):
     out = tmp_path / "out"
     assert train_cifar.main(TINY + ["--epochs", "2", "--const_time", "--output-dir", str(out),
-                                    "--stop-after", "1"]) == 0
+                                    "--dry-run"]) == 0
+    assert not out.exists()
     stdout = capsys.readouterr().out
     line = next(x for x in stdout.splitlines() if x.startswith("training:"))
     assert "--const_time: 2 / (1 - " in line
