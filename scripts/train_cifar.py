@@ -429,28 +429,34 @@ def _run(args: argparse.Namespace) -> int:
     with strategy.scope():
         model = build_model(args, ds.num_classes)
         initial_epoch = 0
-        if args.resume:
-            if not os.path.isfile(ckpt_path):
+        fresh = not args.resume
+        if args.resume and os.path.isfile(args_path):
+            with open(args_path, encoding="utf-8") as f:
+                saved = json.load(f)
+            changed = [f"--{k} {saved.get(k)!r} -> {run_args[k]!r}"
+                       for k in RESUME_KEYS if k in saved and saved[k] != run_args[k]]
+            if changed:
+                raise UsageError("--resume with options other than the run's: "
+                                 + ", ".join(changed))
+        if args.resume and not os.path.isfile(ckpt_path):
+            if not os.path.isfile(args_path):
                 raise UsageError(f"--resume: there is no checkpoint {ckpt_path!r} to resume")
-            if os.path.isfile(args_path):
-                with open(args_path, encoding="utf-8") as f:
-                    saved = json.load(f)
-                changed = [f"--{k} {saved.get(k)!r} -> {run_args[k]!r}"
-                           for k in RESUME_KEYS if k in saved and saved[k] != run_args[k]]
-                if changed:
-                    raise UsageError("--resume with options other than the run's: "
-                                     + ", ".join(changed))
+            # The run was stopped in its first epoch: start it over, appending to its log.
+            print(f"--resume: {name} has no checkpoint yet; starting it from epoch 0")
+            fresh = True
+        if args.resume and not fresh:
             try:
                 model = checkpoint.load_checkpoint(ckpt_path)
                 initial_epoch = checkpoint.completed_epochs(model, ds.steps_per_epoch)
             except (ValueError, OSError) as err:
                 raise UsageError(f"--resume: cannot use {ckpt_path!r}: {err}") from None
-        else:
+        elif not args.resume:
             for path in (ckpt_path, log_path):
                 if os.path.exists(path):
                     raise UsageError(
                         f"{path!r} exists: pass --resume to continue that run, or choose "
                         "another --output-dir or --save-weights")
+        if fresh:
             compile_model(model, args)
 
     speedup, speedup_text = estimate_speedup(model, args)
