@@ -69,8 +69,10 @@ def save_atomic(model: keras.Model, path: str) -> None:
     tmp = temporary_path(path)
     try:
         model.save(tmp, include_optimizer=True)
-        states = [np.asarray(keras.ops.convert_to_numpy(v)).tolist()
-                  for v in _rng_variables(model)]
+        states = [
+            np.asarray(keras.ops.convert_to_numpy(v)).tolist()
+            for v in _rng_variables(model)
+        ]
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(RNG_MEMBER, json.dumps(states))
         _fsync_path(tmp)
@@ -95,8 +97,11 @@ def load_checkpoint(path: str) -> keras.Model:
 
     model = keras.saving.load_model(path, compile=True)
     with zipfile.ZipFile(path) as archive:
-        states = (json.loads(archive.read(RNG_MEMBER))
-                  if RNG_MEMBER in archive.namelist() else None)
+        states = (
+            json.loads(archive.read(RNG_MEMBER))
+            if RNG_MEMBER in archive.namelist()
+            else None
+        )
     variables = _rng_variables(model)
     if states is not None and len(states) == len(variables):
         for variable, state in zip(variables, states):
@@ -112,7 +117,9 @@ def completed_epochs(model: keras.Model, steps_per_epoch: int) -> int:
     """
     optimizer: Optional[keras.optimizers.Optimizer] = getattr(model, "optimizer", None)
     if optimizer is None:
-        raise CheckpointError("the checkpoint has no optimizer state; it cannot be resumed")
+        raise CheckpointError(
+            "the checkpoint has no optimizer state; it cannot be resumed"
+        )
     steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
     if steps % steps_per_epoch:
         raise CheckpointError(

@@ -81,8 +81,10 @@ class CifarData:
     train_images: np.ndarray = dataclasses.field(repr=False)
     train_labels: np.ndarray = dataclasses.field(repr=False)
 
-    def train(self, initial_epoch: int = 0, epochs: Optional[int] = None) -> tf.data.Dataset:
-        """Training batches of epochs ``initial_epoch .. epochs - 1`` (endless if None)."""
+    def train(
+        self, initial_epoch: int = 0, epochs: Optional[int] = None
+    ) -> tf.data.Dataset:
+        """Batches of epochs ``initial_epoch .. epochs - 1`` (endless if None)."""
         return _train_pipeline(
             self.train_images,
             self.train_labels,
@@ -118,10 +120,14 @@ def _augment_batch(images: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
     offsets = tf.random.stateless_uniform(
         [batch, 2], seed=key, minval=0, maxval=2 * PAD + 1, dtype=tf.int32
     )
-    flip = tf.random.stateless_uniform([batch], seed=key[::-1], minval=0, maxval=2, dtype=tf.int32)
+    flip = tf.random.stateless_uniform(
+        [batch], seed=key[::-1], minval=0, maxval=2, dtype=tf.int32
+    )
     rows = offsets[:, :1] + tf.range(height)[tf.newaxis, :]  # [B, 32]
     forward = tf.range(width)[tf.newaxis, :]
-    cols = offsets[:, 1:] + tf.where(flip[:, tf.newaxis] > 0, width - 1 - forward, forward)
+    cols = offsets[:, 1:] + tf.where(
+        flip[:, tf.newaxis] > 0, width - 1 - forward, forward
+    )
     out = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, 32, 40, 3]
     out = tf.gather(out, cols, axis=2, batch_dims=1)  # [B, 32, 32, 3]
     return out
@@ -150,7 +156,9 @@ def _train_pipeline(
 
     def one_epoch(epoch):
         key = tf.random.experimental.stateless_fold_in(shuffle_key, epoch)
-        order = tf.random.experimental.stateless_shuffle(tf.range(num, dtype=tf.int32), seed=key)
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(num, dtype=tf.int32), seed=key
+        )
         order = tf.reshape(order[:per_epoch], [steps_per_epoch, batch_size])
         steps = tf.range(steps_per_epoch, dtype=tf.int64) + epoch * steps_per_epoch
         return tf.data.Dataset.from_tensor_slices((steps, order))
@@ -169,10 +177,14 @@ def _train_pipeline(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _eval_pipeline(images: np.ndarray, labels: np.ndarray, *, name: str, batch_size: int):
+def _eval_pipeline(
+    images: np.ndarray, labels: np.ndarray, *, name: str, batch_size: int
+):
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
     ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (_normalize(x, name), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
+        lambda x, y: (_normalize(x, name), y), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -206,13 +218,16 @@ def _default_data_dir(data_dir: Optional[str]) -> str:
     return env or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
 
-def _tfds_arrays(name: str, split: str, data_dir: Optional[str]) -> Tuple[np.ndarray, np.ndarray]:
+def _tfds_arrays(
+    name: str, split: str, data_dir: Optional[str]
+) -> Tuple[np.ndarray, np.ndarray]:
     """Loads a split of a prepared tfds data set into memory; never downloads."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:  # pragma: no cover - a dependency of the package
         raise DatasetNotFoundError(
-            f"data set {name!r} needs tensorflow-datasets, which failed to import: {err}"
+            f"data set {name!r} needs tensorflow-datasets, which failed to import: "
+            f"{err}"
         ) from err
     where = _default_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=where)
@@ -221,7 +236,11 @@ def _tfds_arrays(name: str, split: str, data_dir: Optional[str]) -> Tuple[np.nda
     # what ``tfds.testing.mock_data`` replaces, so tests can run it.
     try:
         ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-    except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as err:
+    except (
+        AssertionError,
+        FileNotFoundError,
+        tfds.core.registered.DatasetNotFoundError,
+    ) as err:
         raise DatasetNotFoundError(
             f"data set {name!r} is not prepared under {where!r} (it is not downloaded "
             f"automatically); prepare it on a machine with internet with: python -c "
@@ -236,7 +255,9 @@ def _tfds_arrays(name: str, split: str, data_dir: Optional[str]) -> Tuple[np.nda
         images.append(np.asarray(x, np.uint8))
         labels.append(np.asarray(y).astype(np.int32))
     if not images:
-        raise DatasetNotFoundError(f"split {split!r} of data set {name!r} under {where!r} is empty")
+        raise DatasetNotFoundError(
+            f"split {split!r} of data set {name!r} under {where!r} is empty"
+        )
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -263,10 +284,13 @@ def load_data(
     ``ValueError``) when a tfds data set is not prepared under ``data_dir``.
     """
     if dataset not in DATASETS:
-        raise ValueError(f"unknown data set {dataset!r}; allowed: {', '.join(DATASETS)}")
+        raise ValueError(
+            f"unknown data set {dataset!r}; allowed: {', '.join(DATASETS)}"
+        )
     if validation not in VALIDATION_MODES:
         raise ValueError(
-            f"unknown validation mode {validation!r}; allowed: {', '.join(VALIDATION_MODES)}"
+            f"unknown validation mode {validation!r}; allowed: "
+            f"{', '.join(VALIDATION_MODES)}"
         )
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -286,8 +310,12 @@ def load_data(
                 synthetic_validation_size, NUM_CLASSES[dataset], seed=2
             )
     elif validation == "validate":
-        train_images, train_labels = _tfds_arrays(dataset, f"train[:{NUM_TRAIN_IMAGES - NUM_HELD_OUT}]", data_dir)
-        val_images, val_labels = _tfds_arrays(dataset, f"train[{NUM_TRAIN_IMAGES - NUM_HELD_OUT}:]", data_dir)
+        train_images, train_labels = _tfds_arrays(
+            dataset, f"train[:{NUM_TRAIN_IMAGES - NUM_HELD_OUT}]", data_dir
+        )
+        val_images, val_labels = _tfds_arrays(
+            dataset, f"train[{NUM_TRAIN_IMAGES - NUM_HELD_OUT}:]", data_dir
+        )
     else:
         train_images, train_labels = _tfds_arrays(dataset, "train", data_dir)
         if validation == "test":
@@ -297,13 +325,16 @@ def load_data(
     steps_per_epoch = num_train // batch_size
     if steps_per_epoch < 1:
         raise ValueError(
-            f"batch size {batch_size} is larger than the {num_train} training images of {dataset!r}"
+            f"batch size {batch_size} is larger than the {num_train} training images "
+            f"of {dataset!r}"
         )
     validation_ds = None
     num_validation = 0
     if val_images is not None:
         num_validation = int(val_images.shape[0])
-        validation_ds = _eval_pipeline(val_images, val_labels, name=dataset, batch_size=batch_size)
+        validation_ds = _eval_pipeline(
+            val_images, val_labels, name=dataset, batch_size=batch_size
+        )
     return CifarData(
         name=dataset,
         num_classes=NUM_CLASSES[dataset],

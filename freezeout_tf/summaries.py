@@ -32,8 +32,16 @@ class FreezeOutSummaries(keras.callbacks.Callback):
         t_0, how_scale, scale_lr: the FreezeOut options of the run.
     """
 
-    def __init__(self, log_dir: str, *, num_units: int, total_steps: int, t_0: float,
-                 how_scale: str, scale_lr: bool):
+    def __init__(
+        self,
+        log_dir: str,
+        *,
+        num_units: int,
+        total_steps: int,
+        t_0: float,
+        how_scale: str,
+        scale_lr: bool,
+    ):
         super().__init__()
         self.log_dir = log_dir
         self.total_steps = int(total_steps)
@@ -60,7 +68,9 @@ class FreezeOutSummaries(keras.callbacks.Callback):
         # Multipliers of the step the next update will take (the last one
         # taken is step - 1); clipped at the end of the run.
         at = min(max(step - 1, 0), self.total_steps)
-        multipliers = schedule.lr_multipliers(at, self.total_steps, self.fractions, self.scale_lr)
+        multipliers = schedule.lr_multipliers(
+            at, self.total_steps, self.fractions, self.scale_lr
+        )
         base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         with self._writer.as_default(step=step):
             tf.summary.scalar("freezeout/base_learning_rate", base)
@@ -68,8 +78,12 @@ class FreezeOutSummaries(keras.callbacks.Callback):
                 tf.summary.scalar("freezeout/active_units", float(logs["active_units"]))
             tf.summary.scalar("freezeout/epoch_time", elapsed)
             if "val_accuracy" in logs:
-                tf.summary.scalar("freezeout/val_err", 100.0 * (1.0 - float(logs["val_accuracy"])))
-            tf.summary.histogram("freezeout/lr_multipliers", multipliers.astype(np.float32))
+                tf.summary.scalar(
+                    "freezeout/val_err", 100.0 * (1.0 - float(logs["val_accuracy"]))
+                )
+            tf.summary.histogram(
+                "freezeout/lr_multipliers", multipliers.astype(np.float32)
+            )
             width = len(str(len(multipliers) - 1))
             for i, m in enumerate(multipliers):
                 name = "head" if i == len(multipliers) - 1 else f"unit_{i:0{width}d}"

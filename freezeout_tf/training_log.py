@@ -70,8 +70,15 @@ class MetricsLogger(keras.callbacks.Callback):
     ``active_units`` and ``learning_rate``.
     """
 
-    def __init__(self, log: MetricsLog, *, epochs: int, num_units: Optional[int] = None,
-                 stream=None, print_epochs: bool = True):
+    def __init__(
+        self,
+        log: MetricsLog,
+        *,
+        epochs: int,
+        num_units: Optional[int] = None,
+        stream=None,
+        print_epochs: bool = True,
+    ):
         super().__init__()
         self.log = log
         self.epochs = epochs
@@ -110,9 +117,7 @@ class MetricsLogger(keras.callbacks.Callback):
         train["epoch_time"] = round(elapsed, 3)
         train["time"] = now
         self.log.append(train)
-        line = (
-            f"epoch {epoch + 1}/{self.epochs}: train loss {train['train_loss']:.4f}"
-        )
+        line = f"epoch {epoch + 1}/{self.epochs}: train loss {train['train_loss']:.4f}"
         if "val_loss" in logs:
             val = {
                 "epoch": epoch + 1,
@@ -133,4 +138,3 @@ class MetricsLogger(keras.callbacks.Callback):
 
 def _float(value) -> Optional[float]:
     return None if value is None else float(value)
-

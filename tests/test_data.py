@@ -16,8 +16,13 @@ def _batches(ds):
 
 @pytest.fixture(scope="module")
 def synthetic():
-    return data.load_data("synthetic", batch_size=32, seed=3, synthetic_train_size=200,
-                          synthetic_validation_size=70)
+    return data.load_data(
+        "synthetic",
+        batch_size=32,
+        seed=3,
+        synthetic_train_size=200,
+        synthetic_validation_size=70,
+    )
 
 
 def test_synthetic_sizes_and_shapes(synthetic):
@@ -42,8 +47,12 @@ def test_synthetic_is_deterministic_and_learnable():
     assert a_y.min() >= 0 and a_y.max() < 100
     # The class is visible in the mean colour: nearest class colour wins.
     means = a_x.reshape(300, -1, 3).mean(axis=1)
-    palette = np.stack([means[a_y == c].mean(axis=0) if np.any(a_y == c) else np.full(3, 1e9)
-                        for c in range(100)])
+    palette = np.stack(
+        [
+            means[a_y == c].mean(axis=0) if np.any(a_y == c) else np.full(3, 1e9)
+            for c in range(100)
+        ]
+    )
     pred = np.argmin(((means[:, None, :] - palette[None]) ** 2).sum(-1), axis=1)
     assert np.mean(pred == a_y) > 0.5
 
@@ -53,7 +62,7 @@ def test_epoch_order_does_not_depend_on_earlier_epochs(synthetic):
     full = _batches(synthetic.train(0, 3))
     resumed = _batches(synthetic.train(2, 3))
     assert len(full) == 3 * steps and len(resumed) == steps
-    for (x1, y1), (x2, y2) in zip(full[2 * steps:], resumed):
+    for (x1, y1), (x2, y2) in zip(full[2 * steps :], resumed):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
     # ... and epochs differ from one another (reshuffled every epoch).
@@ -65,7 +74,10 @@ def test_epoch_order_does_not_depend_on_earlier_epochs(synthetic):
 
 def test_endless_train_pipeline(synthetic):
     ds = synthetic.train(5)
-    assert len(_batches(ds.take(3 * synthetic.steps_per_epoch))) == 3 * synthetic.steps_per_epoch
+    assert (
+        len(_batches(ds.take(3 * synthetic.steps_per_epoch)))
+        == 3 * synthetic.steps_per_epoch
+    )
 
 
 def _normalized(images, name="synthetic"):
@@ -74,16 +86,24 @@ def _normalized(images, name="synthetic"):
 
 
 def test_no_augment_gives_normalized_images():
-    d = data.load_data("synthetic", batch_size=10, augment=False, synthetic_train_size=40)
+    d = data.load_data(
+        "synthetic", batch_size=10, augment=False, synthetic_train_size=40
+    )
     images, labels = data.make_synthetic_arrays(40, seed=1)
     for x, y in _batches(d.train(0, 1)):
         for xi, yi in zip(x, y):
-            match = [i for i in range(40) if np.allclose(_normalized(images[i]), xi, atol=1e-5)]
+            match = [
+                i
+                for i in range(40)
+                if np.allclose(_normalized(images[i]), xi, atol=1e-5)
+            ]
             assert match and labels[match[0]] == yi
 
 
 def test_augmentation_is_a_padded_crop_and_maybe_a_flip():
-    d = data.load_data("synthetic", batch_size=8, augment=True, synthetic_train_size=8, seed=0)
+    d = data.load_data(
+        "synthetic", batch_size=8, augment=True, synthetic_train_size=8, seed=0
+    )
     images, _ = data.make_synthetic_arrays(8, seed=1)
     order = np.asarray(_batches(d.train(0, 1))[0][1])
     x, y = _batches(d.train(0, 1))[0]
@@ -96,7 +116,7 @@ def test_augmentation_is_a_padded_crop_and_maybe_a_flip():
             padded = np.pad(images[i], [[4, 4], [4, 4], [0, 0]])
             for dy in range(9):
                 for dx in range(9):
-                    crop = padded[dy:dy + 32, dx:dx + 32]
+                    crop = padded[dy : dy + 32, dx : dx + 32]
                     for flip in (False, True):
                         c = crop[:, ::-1] if flip else crop
                         if np.allclose(_normalized(c), out, atol=1e-5):
@@ -117,12 +137,14 @@ def test_cifar_from_mocked_tfds(tmp_path):
         x, y = _batches(d.train(0, 1))[0]
         assert x.shape == (16, 32, 32, 3) and y.max() < 100
         assert d.validation is not None
-        d10 = data.load_data("cifar10", data_dir=str(tmp_path), validation="test",
-                             batch_size=16)
+        d10 = data.load_data(
+            "cifar10", data_dir=str(tmp_path), validation="test", batch_size=16
+        )
         assert d10.num_classes == 10 and d10.validation_split == "test"
         assert d10.num_validation > 0
-        none = data.load_data("cifar10", data_dir=str(tmp_path), validation="none",
-                              batch_size=16)
+        none = data.load_data(
+            "cifar10", data_dir=str(tmp_path), validation="none", batch_size=16
+        )
         assert none.validation is None and none.num_validation == 0
 
 
@@ -138,12 +160,15 @@ def test_missing_dataset_raises_one_clear_error(tmp_path):
     assert not where.exists()  # nothing created, nothing downloaded
 
 
-@pytest.mark.parametrize("kwargs, text", [
-    (dict(dataset="imagenet"), "imagenet"),
-    (dict(validation="sometimes"), "sometimes"),
-    (dict(batch_size=0), "0"),
-    (dict(dataset="synthetic", batch_size=64, synthetic_train_size=10), "64"),
-])
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        (dict(dataset="imagenet"), "imagenet"),
+        (dict(validation="sometimes"), "sometimes"),
+        (dict(batch_size=0), "0"),
+        (dict(dataset="synthetic", batch_size=64, synthetic_train_size=10), "64"),
+    ],
+)
 def test_bad_arguments(kwargs, text):
     kwargs.setdefault("dataset", "synthetic")
     with pytest.raises(ValueError, match=text):

@@ -4,7 +4,6 @@ outputs and log format, exact resume, a SIGKILL mid-run, and bad input."""
 import glob
 import hashlib
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -24,13 +23,45 @@ _spec.loader.exec_module(train_cifar)
 
 from freezeout_tf import checkpoint, training_log  # noqa: E402
 
-TINY = ["--dataset", "synthetic", "-L", "10", "-k", "4", "--batch-size", "50",
-        "--synthetic-train-size", "200", "--synthetic-val-size", "60", "--verbose", "0"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "-L",
+    "10",
+    "-k",
+    "4",
+    "--batch-size",
+    "50",
+    "--synthetic-train-size",
+    "200",
+    "--synthetic-val-size",
+    "60",
+    "--verbose",
+    "0",
+]
 # Resume / kill runs: 4 epochs of 16 steps, slow enough to be killed mid-epoch.
-RESUME = ["--dataset", "synthetic", "-L", "10", "-k", "4", "--batch-size", "25",
-          "--synthetic-train-size", "400", "--synthetic-val-size", "50", "--epochs", "4",
-          "--dropout", "0.1",  # dropout masks must also resume exactly
-          "--verbose", "0", "--save-weights", "run"]
+RESUME = [
+    "--dataset",
+    "synthetic",
+    "-L",
+    "10",
+    "-k",
+    "4",
+    "--batch-size",
+    "25",
+    "--synthetic-train-size",
+    "400",
+    "--synthetic-val-size",
+    "50",
+    "--epochs",
+    "4",
+    "--dropout",
+    "0.1",  # dropout masks must also resume exactly
+    "--verbose",
+    "0",
+    "--save-weights",
+    "run",
+]
 
 
 _LOADED = {}
@@ -45,8 +76,10 @@ def _weights(path):
 
 def _load_state(path):
     model = checkpoint.load_checkpoint(path)
-    return ([np.asarray(w) for w in model.get_weights()],
-            [np.asarray(v) for v in model.optimizer.variables])
+    return (
+        [np.asarray(w) for w in model.get_weights()],
+        [np.asarray(v) for v in model.optimizer.variables],
+    )
 
 
 def _assert_same_state(path_a, path_b):
@@ -65,14 +98,20 @@ def test_synthetic_end_to_end(tmp_path, capsys):
     import keras
     from tensorflow.python.framework import config as tf_config
 
-    before = (tf_config.is_op_determinism_enabled(), keras.mixed_precision.global_policy().name)
+    before = (
+        tf_config.is_op_determinism_enabled(),
+        keras.mixed_precision.global_policy().name,
+    )
     out = tmp_path / "out"
-    rc = train_cifar.main(TINY + ["--epochs", "2", "--output-dir", str(out),
-                                  "--save-weights", "demo"])
+    rc = train_cifar.main(
+        TINY + ["--epochs", "2", "--output-dir", str(out), "--save-weights", "demo"]
+    )
     assert rc == 0
     # In-process runs leave the process-wide settings as they found them.
-    assert (tf_config.is_op_determinism_enabled(),
-            keras.mixed_precision.global_policy().name) == before
+    assert (
+        tf_config.is_op_determinism_enabled(),
+        keras.mixed_precision.global_policy().name,
+    ) == before
     stdout = capsys.readouterr().out
     assert "trainable parameters" in stdout and "estimated speedup" in stdout
     assert "epoch 2/2: train loss" in stdout and "active units" in stdout
@@ -87,8 +126,15 @@ def test_synthetic_end_to_end(tmp_path, capsys):
     val = [r for r in records if "val_loss" in r]
     assert [r["epoch"] for r in train] == [1, 2] and [r["epoch"] for r in val] == [1, 2]
     for r in train:
-        assert {"epoch", "train_loss", "time", "epoch_time", "active_units",
-                "learning_rate", "train_err"} <= set(r)
+        assert {
+            "epoch",
+            "train_loss",
+            "time",
+            "epoch_time",
+            "active_units",
+            "learning_rate",
+            "train_err",
+        } <= set(r)
         assert r["epoch_time"] > 0 and r["time"] > 1e9
     assert train[0]["active_units"] == 6 and train[-1]["active_units"] == 0
     for r in val:
@@ -109,29 +155,74 @@ def test_synthetic_end_to_end(tmp_path, capsys):
     tags = set()
     for event in tf.compat.v1.train.summary_iterator(events[0]):
         tags.update(v.tag for v in event.summary.value)
-    assert {"freezeout/base_learning_rate", "freezeout/active_units",
-            "freezeout/lr_multipliers", "freezeout/epoch_time", "freezeout/val_err",
-            "lr_multiplier/unit_0", "lr_multiplier/head"} <= tags
+    assert {
+        "freezeout/base_learning_rate",
+        "freezeout/active_units",
+        "freezeout/lr_multipliers",
+        "freezeout/epoch_time",
+        "freezeout/val_err",
+        "lr_multiplier/unit_0",
+        "lr_multiplier/head",
+    } <= tags
 
     # A second run into the same files is refused and changes nothing.
     before = {p: _digest(p) for p in glob.glob(str(out / "demo.*"))}
-    assert train_cifar.main(TINY + ["--epochs", "2", "--output-dir", str(out),
-                                    "--save-weights", "demo"]) == 2
+    assert (
+        train_cifar.main(
+            TINY + ["--epochs", "2", "--output-dir", str(out), "--save-weights", "demo"]
+        )
+        == 2
+    )
     assert "--resume" in capsys.readouterr().err
     assert {p: _digest(p) for p in glob.glob(str(out / "demo.*"))} == before
     # Resuming a finished run does nothing and writes nothing.
-    assert train_cifar.main(TINY + ["--epochs", "2", "--output-dir", str(out),
-                                    "--save-weights", "demo", "--resume"]) == 0
+    assert (
+        train_cifar.main(
+            TINY
+            + [
+                "--epochs",
+                "2",
+                "--output-dir",
+                str(out),
+                "--save-weights",
+                "demo",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert {p: _digest(p) for p in glob.glob(str(out / "demo.*"))} == before
 
 
 def test_mocked_cifar100_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     with tfds.testing.mock_data(num_examples=40):
-        rc = train_cifar.main(["--which_dataset", "100", "--data-dir", str(tmp_path / "tfds"),
-                               "-L", "10", "-k", "4", "--batch_size", "20", "--epochs", "1",
-                               "--validate-test", "--no_scale", "--how_scale", "linear",
-                               "--t_0", "0.5", "--verbose", "0", "--output-dir", str(out)])
+        rc = train_cifar.main(
+            [
+                "--which_dataset",
+                "100",
+                "--data-dir",
+                str(tmp_path / "tfds"),
+                "-L",
+                "10",
+                "-k",
+                "4",
+                "--batch_size",
+                "20",
+                "--epochs",
+                "1",
+                "--validate-test",
+                "--no_scale",
+                "--how_scale",
+                "linear",
+                "--t_0",
+                "0.5",
+                "--verbose",
+                "0",
+                "--output-dir",
+                str(out),
+            ]
+        )
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "cifar100" in stdout and "test images" in stdout and "linear" in stdout
@@ -139,8 +230,15 @@ def test_mocked_cifar100_end_to_end(tmp_path, capsys):
     assert "cifar100" in os.path.basename(log) and "unscaled" in os.path.basename(log)
     records = training_log.read_log(log)
     assert [sorted(r) for r in records] == [
-        ["active_units", "epoch", "epoch_time", "learning_rate", "time", "train_err",
-         "train_loss"],
+        [
+            "active_units",
+            "epoch",
+            "epoch_time",
+            "learning_rate",
+            "time",
+            "train_err",
+            "train_loss",
+        ],
         ["epoch", "time", "val_err", "val_loss"],
     ]
 
@@ -155,11 +253,17 @@ def uninterrupted(tmp_path_factory):
 
 def test_resume_gives_the_same_weights(uninterrupted, tmp_path, capsys):
     out = tmp_path / "out"
-    assert train_cifar.main(RESUME + ["--output-dir", str(out), "--stop-after", "2"]) == 0
+    assert (
+        train_cifar.main(RESUME + ["--output-dir", str(out), "--stop-after", "2"]) == 0
+    )
     records = training_log.read_log(str(out / "run.jsonl"))
     assert max(r["epoch"] for r in records) == 2
-    assert checkpoint.completed_epochs(checkpoint.load_checkpoint(str(out / "run.keras")),
-                                       16) == 2
+    assert (
+        checkpoint.completed_epochs(
+            checkpoint.load_checkpoint(str(out / "run.keras")), 16
+        )
+        == 2
+    )
     log_before = (out / "run.jsonl").read_text()
 
     assert train_cifar.main(RESUME + ["--output-dir", str(out), "--resume"]) == 0
@@ -172,11 +276,15 @@ def test_resume_gives_the_same_weights(uninterrupted, tmp_path, capsys):
 
     _assert_same_state(str(uninterrupted / "run.keras"), str(out / "run.keras"))
     # The per-epoch losses match too.
-    ref = [r for r in training_log.read_log(str(uninterrupted / "run.jsonl"))
-           if "train_loss" in r]
+    ref = [
+        r
+        for r in training_log.read_log(str(uninterrupted / "run.jsonl"))
+        if "train_loss" in r
+    ]
     got = [r for r in records if "train_loss" in r]
-    np.testing.assert_allclose([r["train_loss"] for r in got],
-                               [r["train_loss"] for r in ref], rtol=1e-6)
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in got], [r["train_loss"] for r in ref], rtol=1e-6
+    )
     assert [r["active_units"] for r in got] == [r["active_units"] for r in ref]
 
 
@@ -196,10 +304,16 @@ def test_resume_with_other_options_is_refused(uninterrupted, tmp_path, capsys):
 def test_sigkill_mid_epoch_then_resume(uninterrupted, tmp_path):
     out = tmp_path / "killed"
     ckpt = out / "run.keras"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
     stderr = open(tmp_path / "stderr.txt", "w+b")
-    proc = subprocess.Popen([sys.executable, SCRIPT] + RESUME + ["--output-dir", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT] + RESUME + ["--output-dir", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 120
         while not ckpt.exists():
@@ -228,30 +342,106 @@ def test_sigkill_mid_epoch_then_resume(uninterrupted, tmp_path):
 def test_help_lists_every_option(capsys):
     assert train_cifar.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for option in ["--t_0", "--t-0", "--how_scale", "--how-scale", "--no_scale", "--no-scale",
-                   "--scale_lr", "--batch_size", "--batch-size", "--which_dataset",
-                   "--which-dataset", "-L", "--depth", "-k", "--growth-rate", "--growth_rate",
-                   "--dropout", "--augment", "--no-augment", "--validate", "--no-validate",
-                   "--validate-test", "--epochs", "--const_time", "--seed", "--resume",
-                   "--model", "--save-weights", "--dataset", "--data-dir", "--output-dir",
-                   "--learning-rate", "--optimizer", "--jit-compile", "--steps-per-execution",
-                   "--synthetic-train-size", "--strategy", "--mixed-precision"]:
+    for option in [
+        "--t_0",
+        "--t-0",
+        "--how_scale",
+        "--how-scale",
+        "--no_scale",
+        "--no-scale",
+        "--scale_lr",
+        "--batch_size",
+        "--batch-size",
+        "--which_dataset",
+        "--which-dataset",
+        "-L",
+        "--depth",
+        "-k",
+        "--growth-rate",
+        "--growth_rate",
+        "--dropout",
+        "--augment",
+        "--no-augment",
+        "--validate",
+        "--no-validate",
+        "--validate-test",
+        "--epochs",
+        "--const_time",
+        "--seed",
+        "--resume",
+        "--model",
+        "--save-weights",
+        "--dataset",
+        "--data-dir",
+        "--output-dir",
+        "--learning-rate",
+        "--optimizer",
+        "--jit-compile",
+        "--steps-per-execution",
+        "--synthetic-train-size",
+        "--strategy",
+        "--mixed-precision",
+    ]:
         assert option in text, option
 
 
 def test_original_and_hyphenated_names_agree():
     parse = train_cifar.build_parser().parse_args
-    a = parse(["--t_0", "0.5", "--how_scale", "linear", "--no_scale", "--batch_size", "64",
-               "--which_dataset", "10", "--growth_rate", "24", "--const_time"])
-    b = parse(["--t-0", "0.5", "--how-scale", "linear", "--no-scale", "--batch-size", "64",
-               "--which-dataset", "10", "--growth-rate", "24", "--const-time"])
+    a = parse(
+        [
+            "--t_0",
+            "0.5",
+            "--how_scale",
+            "linear",
+            "--no_scale",
+            "--batch_size",
+            "64",
+            "--which_dataset",
+            "10",
+            "--growth_rate",
+            "24",
+            "--const_time",
+        ]
+    )
+    b = parse(
+        [
+            "--t-0",
+            "0.5",
+            "--how-scale",
+            "linear",
+            "--no-scale",
+            "--batch-size",
+            "64",
+            "--which-dataset",
+            "10",
+            "--growth-rate",
+            "24",
+            "--const-time",
+        ]
+    )
     assert vars(a) == vars(b)
-    assert (a.t_0, a.how_scale, a.scale_lr, a.batch_size, a.which_dataset, a.growth_rate,
-            a.const_time) == (0.5, "linear", False, 64, "10", 24, True)
+    assert (
+        a.t_0,
+        a.how_scale,
+        a.scale_lr,
+        a.batch_size,
+        a.which_dataset,
+        a.growth_rate,
+        a.const_time,
+    ) == (0.5, "linear", False, 64, "10", 24, True)
     d = parse([])
-    assert (d.t_0, d.how_scale, d.scale_lr, d.batch_size, d.epochs, d.seed, d.model,
-            d.augment, d.validate, d.dropout) == (0.8, "cubic", True, 50, 100, 0, "densenet",
-                                                   True, "validate", 0.0)
+    assert (
+        d.t_0,
+        d.how_scale,
+        d.scale_lr,
+        d.batch_size,
+        d.epochs,
+        d.seed,
+        d.model,
+        d.augment,
+        d.validate,
+        d.dropout,
+    ) == (0.8, "cubic", True, 50, 100, 0, "densenet", True, "validate", 0.0)
     assert parse(["--no-validate"]).validate == "none"
     assert parse(["--validate-test"]).validate == "test"
     assert parse(["--no-augment"]).augment is False
@@ -259,8 +449,13 @@ def test_original_and_hyphenated_names_agree():
 
 def test_const_time_scales_the_epochs(tmp_path, capsys):
     out = tmp_path / "out"
-    assert train_cifar.main(TINY + ["--epochs", "2", "--const_time", "--output-dir", str(out),
-                                    "--dry-run"]) == 0
+    assert (
+        train_cifar.main(
+            TINY
+            + ["--epochs", "2", "--const_time", "--output-dir", str(out), "--dry-run"]
+        )
+        == 0
+    )
     assert not out.exists()
     stdout = capsys.readouterr().out
     line = next(x for x in stdout.splitlines() if x.startswith("training:"))
@@ -271,21 +466,34 @@ def test_const_time_scales_the_epochs(tmp_path, capsys):
     assert epochs == int(np.ceil(2 / (1 - speedup) - 1e-9)) > 2
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--t_0", "1.5"], "--t_0 1.5"),
-    (["--how_scale", "quartic"], "quartic"),
-    (["--epochs", "0"], "--epochs 0"),
-    (["--batch-size", "-50"], "--batch_size -50"),
-    (["-L", "11"], "--depth 11"),
-    (["--model", "vgg", "-L", "12"], "--depth 12"),
-    (["--dataset", "cifar10"], "download_and_prepare"),
-    (["--resume"], "no checkpoint"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--t_0", "1.5"], "--t_0 1.5"),
+        (["--how_scale", "quartic"], "quartic"),
+        (["--epochs", "0"], "--epochs 0"),
+        (["--batch-size", "-50"], "--batch_size -50"),
+        (["-L", "11"], "--depth 11"),
+        (["--model", "vgg", "-L", "12"], "--depth 12"),
+        (["--dataset", "cifar10"], "download_and_prepare"),
+        (["--resume"], "no checkpoint"),
+    ],
+)
 def test_bad_input_exits_2_and_writes_nothing(argv, needle, tmp_path, capsys):
     out = tmp_path / "out"
-    base = ["--dataset", "synthetic", "-L", "10", "-k", "4", "--synthetic-train-size", "100"]
-    rc = train_cifar.main(base + argv + ["--output-dir", str(out),
-                                         "--data-dir", str(tmp_path / "tfds")])
+    base = [
+        "--dataset",
+        "synthetic",
+        "-L",
+        "10",
+        "-k",
+        "4",
+        "--synthetic-train-size",
+        "100",
+    ]
+    rc = train_cifar.main(
+        base + argv + ["--output-dir", str(out), "--data-dir", str(tmp_path / "tfds")]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert needle in err[-1] and err[-1].startswith("train_cifar.py: error: ")
