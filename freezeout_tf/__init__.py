@@ -1,13 +1,33 @@
-"""FreezeOut for Keras 3 on TensorFlow: progressively freeze layers, in one graph."""
+"""FreezeOut for Keras 3 on TensorFlow: progressively freeze layers, in one graph.
 
+Public API (see README.md):
+
+* `FreezeOutModel`, `FreezeOut`: the model with the one-graph train step, and
+  the callback that installs the schedule.
+* `original_sgd`, `SGDWithL2`, `attach_schedule`: optimizers.
+* `freeze_fractions`, `lr_multipliers`, `freeze_steps`, `num_frozen`: the pure
+  schedule.
+* `calc_speedup`, `estimate_speedup`, `t0_for_speedup`, `unit_flops`:
+  speedup estimates.
+* `models` (`densenet_bc`, `wide_resnet`, `vgg`), `data` (`load_data`).
+"""
+
+from freezeout_tf import data, models
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.model import FreezeOutModel
+from freezeout_tf.models import densenet_bc, vgg, wide_resnet
 from freezeout_tf.optimizer import SGDWithL2, attach_schedule, original_sgd
 from freezeout_tf.schedule import (
     freeze_fractions,
     freeze_steps,
     lr_multipliers,
     num_frozen,
+)
+from freezeout_tf.speedup import (
+    calc_speedup,
+    estimate_speedup,
+    t0_for_speedup,
+    unit_flops,
 )
 
 __version__ = "0.1.0"
@@ -17,9 +37,18 @@ __all__ = [
     "FreezeOutModel",
     "SGDWithL2",
     "attach_schedule",
+    "calc_speedup",
+    "data",
+    "densenet_bc",
+    "estimate_speedup",
     "freeze_fractions",
     "freeze_steps",
     "lr_multipliers",
+    "models",
     "num_frozen",
     "original_sgd",
+    "t0_for_speedup",
+    "unit_flops",
+    "vgg",
+    "wide_resnet",
 ]
