@@ -636,17 +636,17 @@ def _run(args: argparse.Namespace) -> int:
     import keras
     import tensorflow as tf
 
-    from freezeout_tf import checkpoint, data, summaries, training_log
+    from freezeout_tf import checkpoint, data, distribute, summaries, training_log
     from freezeout_tf.callback import FreezeOut
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(args.seed)
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if args.mixed_precision != "off":
-        keras.mixed_precision.set_global_policy(f"mixed_{args.mixed_precision}")
-    else:
-        keras.mixed_precision.set_global_policy("float32")
+    # freezeout_tf.distribute: the strategy first (a multi-worker one must be
+    # made before other TF ops run), then the dtype policy.
+    strategy = distribute.make_strategy(args.strategy)
+    distribute.set_mixed_precision(args.mixed_precision)
 
     # 1. Open the data set (nothing is written before everything checks out).
     try:
@@ -671,11 +671,6 @@ def _run(args: argparse.Namespace) -> int:
     args_path = os.path.join(out_dir, f"{name}.args.json")
     run_args = {k: getattr(args, k) for k in RESUME_KEYS}
 
-    strategy = (
-        tf.distribute.MirroredStrategy()
-        if args.strategy == "mirrored"
-        else tf.distribute.get_strategy()
-    )
     with strategy.scope():
         model = build_model(args, ds.num_classes)
         initial_epoch = 0
@@ -760,7 +755,14 @@ def _run(args: argparse.Namespace) -> int:
             if args.const_time
             else ""
         )
-        + f", {args.optimizer} lr {args.learning_rate:g}, seed {args.seed}; "
+        + f", {args.optimizer} lr {args.learning_rate:g}, seed {args.seed}"
+        + (f", strategy {args.strategy}" if args.strategy != "default" else "")
+        + (
+            f", mixed precision {args.mixed_precision}"
+            if args.mixed_precision != "off"
+            else ""
+        )
+        + "; "
         f"output {os.path.join(out_dir, name)}.*"
     )
     if initial_epoch >= epochs:
