@@ -322,10 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--strategy",
-        choices=("default", "mirrored"),
+        choices=("default", "mirrored", "multi-worker"),
         default="default",
-        help="tf.distribute strategy: default (one device) or mirrored "
-        "(all local GPUs)",
+        help="tf.distribute strategy: default (one device), mirrored "
+        "(all local GPUs) or multi-worker (the cluster in TF_CONFIG; give "
+        "each worker its own --output-dir)",
     )
 
     out = p.add_argument_group("output")
