@@ -244,7 +244,7 @@ def test_cli_multi_worker(tmp_path):
     assert (tmp_path / "run.keras").is_file()
 
 
-def test_cli_rejects_unknown_strategy(tmp_path, capsys):
+def test_cli_rejects_unknown_strategy(tmp_path):
     proc = subprocess.run(
         [sys.executable, SCRIPT, "--strategy", "tpu", "--output-dir",
          str(tmp_path)], env=_env(PYTHONPATH=ROOT), capture_output=True,
