@@ -8,11 +8,14 @@ learning rate is not enough: SGD momentum would still move the weight and
 decay the velocity.
 
 `attach_schedule` does this on any Keras optimizer (SGD, Adam, AdamW, ...)
-by wrapping, on that one instance, the two per-variable hooks every Keras
-optimizer goes through: `update_step(gradient, variable, learning_rate)` and
-`_apply_weight_decay(variables)`. Each wrapped update runs under a `tf.cond`
-on the unit's in-graph frozen flag, so a frozen variable's update (and its
-slots) is skipped at run time without retracing.
+by wrapping, on that one instance, the two places where Keras' TF optimizer
+loops over variables: `_distributed_tf_update_step` (which calls the
+optimizer's own `update_step(gradient, variable, learning_rate)` for each
+variable) and `_apply_weight_decay(variables)`. The variables are grouped by
+unit and each unit's updates run under one `tf.cond` on the unit's in-graph
+frozen flag, with the learning rate times the unit's multiplier; so a frozen
+variable's update, its slots and its weight decay are skipped at run time,
+without retracing.
 
 Under a `tf.distribute` strategy it also wraps `_all_reduce_sum_gradients`,
 where the TF optimizer sums the gradients over replicas: each unit's
@@ -54,48 +57,60 @@ def attach_schedule(optimizer, variables, variable_units, state):
     setattr(opt, _ATTACHED, hooks)
     plain_update_step = opt.update_step
 
-    def update_step(gradient, variable, learning_rate):
-        unit = hooks["unit_of"][opt._var_key(variable)]
-        step = opt.iterations
-
-        def update():
-            lr = tf.cast(learning_rate, tf.float32) * state.multiplier(
-                step, unit
-            )
-            plain_update_step(gradient, variable, lr)
+    def skip_frozen(step, unit, fn):
+        # One cond per unit (not per variable): a cheaper trace and graph.
+        def run():
+            fn()
             return tf.constant(True)
 
-        # Frozen: no gradient step, no slot update.
-        tf.cond(state.frozen(step, unit), lambda: tf.constant(False), update)
+        tf.cond(state.frozen(step, unit), lambda: tf.constant(False), run)
+
+    def distributed_update_step(distribution, grads_and_vars, learning_rate):
+        step = opt.iterations
+        for unit, pairs in _by_unit(opt, grads_and_vars, hooks["unit_of"]):
+
+            def update(unit=unit, pairs=pairs):
+                lr = tf.cast(learning_rate, tf.float32) * state.multiplier(
+                    step, unit
+                )
+                for grad, var in pairs:
+                    distribution.extended.update(
+                        var, lambda v, g, lr: plain_update_step(g, v, lr),
+                        args=(grad, lr), group=False,
+                    )
+
+            # Frozen: no gradient step, no slot update.
+            skip_frozen(step, unit, update)
 
     def apply_weight_decay(variables):
         if opt.weight_decay is None:
             return
 
-        def decay_one(variable):
-            unit = hooks["unit_of"][opt._var_key(variable)]
+        def distributed(distribution, variables):
             step = opt.iterations
+            decayed = [
+                (None, v.value if isinstance(v, keras.Variable) else v)
+                for v in variables
+                if opt._use_weight_decay(v)
+            ]
+            for unit, pairs in _by_unit(opt, decayed, hooks["unit_of"]):
 
-            def decay():
-                rate = (
-                    tf.cast(opt.learning_rate, tf.float32)
-                    * state.multiplier(step, unit)
-                    * opt.weight_decay
-                )
-                variable.assign_sub(variable * tf.cast(rate, variable.dtype))
-                return tf.constant(True)
+                def decay(unit=unit, pairs=pairs):
+                    rate = (
+                        tf.cast(opt.learning_rate, tf.float32)
+                        * state.multiplier(step, unit)
+                        * opt.weight_decay
+                    )
+                    for _, var in pairs:
+                        distribution.extended.update(
+                            var,
+                            lambda v: v.assign_sub(v * tf.cast(rate, v.dtype)),
+                            group=False,
+                        )
 
-            tf.cond(state.frozen(step, unit), lambda: tf.constant(False), decay)
+                skip_frozen(step, unit, decay)
 
         # As Keras does: per-variable updates go through the strategy.
-        def distributed(distribution, variables):
-            for variable in variables:
-                if not opt._use_weight_decay(variable):
-                    continue
-                if isinstance(variable, keras.Variable):
-                    variable = variable.value
-                distribution.extended.update(variable, decay_one, group=False)
-
         tf.__internal__.distribute.interim.maybe_merge_call(
             distributed, opt._distribution_strategy, variables
         )
@@ -107,9 +122,17 @@ def attach_schedule(optimizer, variables, variable_units, state):
             opt, plain_all_reduce, grads_and_vars, hooks["unit_of"], state
         )
 
-    opt.update_step = update_step
+    opt._distributed_tf_update_step = distributed_update_step
     opt._apply_weight_decay = apply_weight_decay
     opt._all_reduce_sum_gradients = all_reduce_sum_gradients
+
+
+def _by_unit(opt, pairs, unit_of):
+    """Groups `(gradient, variable)` pairs by unit, in unit order."""
+    groups = {}
+    for grad, var in pairs:
+        groups.setdefault(unit_of[opt._var_key(var)], []).append((grad, var))
+    return sorted(groups.items(), key=lambda item: item[0])
 
 
 def _unit_all_reduce(opt, plain_all_reduce, grads_and_vars, unit_of, state):
