@@ -9,6 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from freezeout_tf import FreezeOutModel  # noqa: E402
+from freezeout_tf.models import densenet_bc, wide_resnet  # noqa: E402
 
 
 def conv_unit(channels, dropout=0.0):
@@ -52,3 +53,16 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 @pytest.fixture
 def data():
     return tiny_data()
+
+
+@pytest.fixture(scope="module")
+def tiny_densenet():
+    """DenseNet-BC L=10 k=4, 10 classes: seconds to build and train."""
+    keras.utils.set_random_seed(0)
+    return densenet_bc(depth=10, growth_rate=4, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def tiny_wrn():
+    keras.utils.set_random_seed(0)
+    return wide_resnet(depth=10, widen_factor=1, num_classes=10)

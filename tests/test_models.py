@@ -32,18 +32,6 @@ def tiny_batch(n=4, num_classes=10, seed=0):
     return x, y
 
 
-@pytest.fixture(scope="module")
-def tiny_densenet():
-    keras.utils.set_random_seed(0)
-    return densenet_bc(depth=10, growth_rate=4, num_classes=10)
-
-
-@pytest.fixture(scope="module")
-def tiny_wrn():
-    keras.utils.set_random_seed(0)
-    return wide_resnet(depth=10, widen_factor=1, num_classes=10)
-
-
 # Reference architecture facts (REFERENCE §1, §7).
 
 

@@ -9,7 +9,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from freezeout_tf.model import FreezeOutModel  # noqa: E402
-from freezeout_tf.models import densenet_bc, wide_resnet  # noqa: E402
 from freezeout_tf.schedule import freeze_fractions  # noqa: E402
 from freezeout_tf.speedup import (  # noqa: E402
     calc_speedup,
@@ -21,18 +20,6 @@ from freezeout_tf.speedup import (  # noqa: E402
 )
 
 HW = 32 * 32
-
-
-@pytest.fixture(scope="module")
-def tiny_densenet():
-    keras.utils.set_random_seed(0)
-    return densenet_bc(depth=10, growth_rate=4, num_classes=10)
-
-
-@pytest.fixture(scope="module")
-def tiny_wrn():
-    keras.utils.set_random_seed(0)
-    return wide_resnet(depth=10, widen_factor=1, num_classes=10)
 
 
 # The original's calc_speedup (REFERENCE §5).

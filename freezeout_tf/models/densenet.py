@@ -201,16 +201,7 @@ def densenet_bc(depth=76, growth_rate=12, num_classes=100, dropout=0.0,
                 layers.append(keras.layers.Dropout(dropout))
             layers.append(keras.layers.AveragePooling2D(2))
             units.append(keras.Sequential(layers, name=f"transition{block}"))
-    head = keras.Sequential(
-        [
-            init.batch_norm(name="bn"),
-            keras.layers.ReLU(),
-            keras.layers.GlobalAveragePooling2D(),
-            init.dense(num_classes, activation=classifier_activation,
-                       name="fc"),
-        ],
-        name="head",
-    )
+    head = init.pooled_classifier(num_classes, classifier_activation)
     model = FreezeOutModel(
         units, head, name=name or f"densenet_bc_{depth}_{growth_rate}"
     )

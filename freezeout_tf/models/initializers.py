@@ -67,6 +67,19 @@ def batch_norm(name=None):
     )
 
 
+def pooled_classifier(num_classes, activation):
+    """The DenseNet / WRN head: BN-ReLU-global average pool-Dense."""
+    return keras.Sequential(
+        [
+            batch_norm(name="bn"),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+            dense(num_classes, activation=activation, name="fc"),
+        ],
+        name="head",
+    )
+
+
 def dense(units, kernel_initializer=None, activation=None, name=None):
     """A `Dense` with zero bias and, by default, PyTorch's weight init."""
     if kernel_initializer is None:

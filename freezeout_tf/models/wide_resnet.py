@@ -179,16 +179,7 @@ def wide_resnet(depth=28, widen_factor=10, num_classes=100, dropout=0.0,
                 WideBasicBlock(filters, strides=strides if i == 0 else 1,
                                dropout=dropout, name=f"block{group}_{i + 1}")
             )
-    head = keras.Sequential(
-        [
-            init.batch_norm(name="bn"),
-            keras.layers.ReLU(),
-            keras.layers.GlobalAveragePooling2D(),
-            init.dense(num_classes, activation=classifier_activation,
-                       name="fc"),
-        ],
-        name="head",
-    )
+    head = init.pooled_classifier(num_classes, classifier_activation)
     model = FreezeOutModel(
         units, head, name=name or f"wide_resnet_{depth}_{widen_factor}"
     )
