@@ -310,7 +310,8 @@ def plot(report, fractions, out):
     for s in report["freeze_steps"]:
         ax.axvline(s, color="grey", lw=0.5, ls=":")
     ax.set_xlabel("training step (dotted: a unit freezes)")
-    ax.set_ylabel("step time, ms (median over repetitions)")
+    ax.set_yscale("log")  # D's retrace spikes would flatten the rest
+    ax.set_ylabel("step time, ms (median over repetitions, log scale)")
     ax.set_title(report["model"] + ": step time over the run")
     ax.legend()
     fig.tight_layout()
