@@ -107,6 +107,13 @@ class FreezeOut(keras.callbacks.Callback):
             total = self.params["epochs"] * steps
         else:
             total = self.total_steps
+            if done >= total:
+                raise ValueError(
+                    f"The FreezeOut schedule of total_steps={total} is over: "
+                    f"the optimizer has already taken {done} steps. Pass the "
+                    f"run's real total_steps, or recompile with a fresh "
+                    f"optimizer to start over."
+                )
         fractions = schedule.freeze_fractions(
             self.model.num_units, self.t_0, self.how_scale
         )

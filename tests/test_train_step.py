@@ -227,3 +227,32 @@ def test_sgd_with_l2_adds_decay_to_gradient():
     assert float(w.numpy()[0]) == pytest.approx(2 + 0.9 * (-0.1 * g) - 0.1 * g)
     assert keras.optimizers.deserialize(
         keras.optimizers.serialize(opt)).get_config()["l2"] == 1e-4
+
+
+def test_explicit_total_steps_already_spent_is_rejected(data):
+    x, y = data
+    model = tiny_model()
+    model.compile(original_sgd(), LOSS)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+              callbacks=[FreezeOut(total_steps=4)])
+    with pytest.raises(ValueError, match="total_steps=4 is over"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                  callbacks=[FreezeOut(total_steps=4)])
+
+
+def test_endless_dataset_without_steps_is_rejected(data):
+    x, y = data
+    model = tiny_model()
+    model.compile(original_sgd(), LOSS)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    with pytest.raises(ValueError, match="FreezeOut needs the number of steps"):
+        model.fit(ds, epochs=1, verbose=0, callbacks=[FreezeOut()])
+    assert int(model.optimizer.iterations) == 0
+
+
+def test_callback_needs_a_freezeout_model(data):
+    x, y = data
+    plain = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(5)])
+    plain.compile("sgd", LOSS)
+    with pytest.raises(ValueError, match="needs a freezeout_tf.FreezeOutModel"):
+        plain.fit(x, y, epochs=1, verbose=0, callbacks=[FreezeOut()])
