@@ -2,18 +2,21 @@
 that skips the backward pass of frozen units inside one traced graph.
 
 How the frozen prefix is cut out of the backward pass without retracing:
-each unit's forward runs under `tf.cond` on its in-graph frozen flag.
+each unit's forward runs under a `tf.switch_case` on in-graph flags
+computed from the optimizer's iteration counter.
 
-* Active branch: `unit(x, training=True)`.
-* Frozen branch: `tf.stop_gradient(unit(x, training=False))`: BatchNorm uses
-  and keeps its moving statistics, and the branch has no gradient.
+* Frozen: `tf.stop_gradient(unit(x, training=False))`: BatchNorm uses and
+  keeps its moving statistics, and the branch has no gradient.
+* First active unit (the one right after the frozen prefix):
+  `unit(tf.stop_gradient(x), training=True)`: nothing before it trains, so
+  its input gradient is not computed.
+* Active: `unit(x, training=True)`.
 
-The gradient of a `tf.cond` is again a `tf.cond` that runs only the taken
+The gradient of a `tf.switch_case` is again a switch that runs only the taken
 branch's gradient, so for a frozen unit no backward op of that unit executes
 (its weight "gradients" are zero-filled placeholders that the optimizer
-never applies; see `freezeout_tf.optimizer`). Since frozen units always form
-a prefix, the backward stops at one boundary.
-"""
+never applies or all-reduces; see `freezeout_tf.optimizer`). Since frozen
+units always form a prefix, the backward stops at one boundary."""
 
 import keras
 import tensorflow as tf
