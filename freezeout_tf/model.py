@@ -249,12 +249,17 @@ class FreezeOutModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        units = [
-            keras.saving.deserialize_keras_object(
-                u, custom_objects=custom_objects
+        units = []
+        for unit_config in config.pop("freeze_units"):
+            unit = keras.saving.deserialize_keras_object(
+                unit_config, custom_objects=custom_objects
             )
-            for u in config.pop("freeze_units")
-        ]
+            # keras.Sequential.from_config drops its own `trainable` flag;
+            # restore it so a loaded model shows which units were frozen.
+            trainable = unit_config.get("config", {}).get("trainable")
+            if trainable is not None:
+                unit.trainable = trainable
+            units.append(unit)
         head = keras.saving.deserialize_keras_object(
             config.pop("head"), custom_objects=custom_objects
         )

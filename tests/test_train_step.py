@@ -256,3 +256,34 @@ def test_callback_needs_a_freezeout_model(data):
     plain.compile("sgd", LOSS)
     with pytest.raises(ValueError, match="needs a freezeout_tf.FreezeOutModel"):
         plain.fit(x, y, epochs=1, verbose=0, callbacks=[FreezeOut()])
+
+
+def test_save_with_frozen_units_then_load_and_resume_exactly(tmp_path):
+    """Frozen units are saved with trainable=False; the loaded model must
+    still see the same optimizer variables and continue at the exact step."""
+    x, y = tiny_data()
+
+    def fit(model, initial_epoch, epochs, total_steps=None):
+        model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False,
+                  initial_epoch=initial_epoch, verbose=0,
+                  callbacks=[FreezeOut(t_0=0.3, how_scale="linear",
+                                       total_steps=total_steps)])
+
+    whole = tiny_model()
+    whole.compile(original_sgd(), LOSS)
+    fit(whole, 0, 4)
+
+    model = tiny_model()
+    model.compile(original_sgd(), LOSS)
+    fit(model, 0, 2, total_steps=16)  # the first half of a 4-epoch run
+    frozen = [not u.trainable for u in model.freeze_units]
+    assert any(frozen)  # the checkpoint holds frozen units
+    path = str(tmp_path / "mid.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert [not u.trainable for u in loaded.freeze_units] == frozen
+    assert int(loaded.optimizer.iterations) == 8
+    fit(loaded, 2, 4)
+    assert loaded.train_step_traces == 1
+    for a, b in zip(whole.weights, loaded.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
