@@ -9,6 +9,8 @@ Units are numbered 0..n-1 in forward order; the head is unit n and never
 freezes (its fraction is 1).
 """
 
+import numbers
+
 import numpy as np
 
 SCALINGS = {
@@ -16,6 +18,16 @@ SCALINGS = {
     "squared": lambda x: x**2,
     "cubic": lambda x: x**3,
 }
+
+
+def check_positive_int(name, value, allowed="a positive integer"):
+    """Raises `ValueError` unless `value` is a positive int (not a bool)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < 1
+    ):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}.")
 
 
 def check_t_0(t_0):
@@ -39,15 +51,10 @@ def check_how_scale(how_scale):
 
 def check_total_steps(total_steps):
     """Raises `ValueError` unless `total_steps` is a positive integer."""
-    if (
-        isinstance(total_steps, bool)
-        or not isinstance(total_steps, (int, np.integer))
-        or total_steps < 1
-    ):
-        raise ValueError(
-            f"total_steps must be a positive integer (the number of training "
-            f"steps of the whole run); got {total_steps!r}."
-        )
+    check_positive_int(
+        "total_steps", total_steps,
+        "a positive integer (the number of training steps of the whole run)",
+    )
 
 
 def scale(x, how_scale="cubic"):
@@ -75,14 +82,7 @@ def freeze_fractions(num_units, t_0=0.8, how_scale="cubic"):
     >>> freeze_fractions(4, t_0=0.8, how_scale="linear")
     array([0.8 , 0.85, 0.9 , 0.95, 1.  ])
     """
-    if (
-        isinstance(num_units, bool)
-        or not isinstance(num_units, (int, np.integer))
-        or num_units < 1
-    ):
-        raise ValueError(
-            f"num_units must be a positive integer; got {num_units!r}."
-        )
+    check_positive_int("num_units", num_units)
     check_t_0(t_0)
     check_how_scale(how_scale)
     i = np.arange(num_units + 1, dtype=np.float64)

@@ -24,15 +24,6 @@ import numpy as np
 from freezeout_tf import schedule
 
 
-def _check_positive_int(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-
-
 def densenet_costs(growth_rate, n_dense_blocks):
     """The per-layer forward costs the original `calc_speedup` uses.
 
@@ -50,8 +41,8 @@ def densenet_costs(growth_rate, n_dense_blocks):
     Returns:
         list of `3 * m + 1` ints.
     """
-    _check_positive_int("growth_rate", growth_rate)
-    _check_positive_int("n_dense_blocks", n_dense_blocks)
+    schedule.check_positive_int("growth_rate", growth_rate)
+    schedule.check_positive_int("n_dense_blocks", n_dense_blocks)
     k = int(growth_rate)
     costs = [3 * (2 * k) * 32**2 * 9]
     q = 2

@@ -20,6 +20,8 @@ import numbers
 
 import keras
 
+from freezeout_tf.schedule import check_positive_int  # noqa: F401 (re-export)
+
 
 def conv_kernel_initializer(seed=None):
     """N(0, 2 / (kh * kw * out_channels)), the original's conv init."""
@@ -91,16 +93,6 @@ def dense(units, kernel_initializer=None, activation=None, name=None):
         bias_initializer="zeros",
         name=name,
     )
-
-
-def check_positive_int(name, value, allowed="a positive integer"):
-    """Raises `ValueError` unless `value` is a positive int (not a bool)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}.")
 
 
 def check_rate(name, value):
