@@ -23,44 +23,23 @@ _spec.loader.exec_module(train_cifar)
 
 from freezeout_tf import checkpoint, training_log  # noqa: E402
 
-TINY = [
-    "--dataset",
-    "synthetic",
-    "-L",
-    "10",
-    "-k",
-    "4",
-    "--batch-size",
-    "50",
-    "--synthetic-train-size",
-    "200",
-    "--synthetic-val-size",
-    "60",
-    "--verbose",
-    "0",
-]
-# Resume / kill runs: 4 epochs of 16 steps, slow enough to be killed mid-epoch.
-RESUME = [
-    "--dataset",
-    "synthetic",
-    "-L",
-    "10",
-    "-k",
-    "4",
-    "--batch-size",
-    "25",
-    "--synthetic-train-size",
-    "400",
-    "--synthetic-val-size",
-    "50",
-    "--epochs",
-    "4",
-    "--dropout",
-    "0.1",  # dropout masks must also resume exactly
-    "--verbose",
-    "0",
-    "--save-weights",
-    "run",
+def _synthetic_run(batch_size, train_size, val_size, *extra):
+    """CLI options of a tiny DenseNet-BC (L=10, k=4) on synthetic data."""
+    return [
+        "--dataset", "synthetic", "-L", "10", "-k", "4",
+        "--batch-size", str(batch_size),
+        "--synthetic-train-size", str(train_size),
+        "--synthetic-val-size", str(val_size),
+        *extra,
+        "--verbose", "0",
+    ]
+
+
+TINY = _synthetic_run(50, 200, 60)
+# Resume / kill runs: 4 epochs of 16 steps, slow enough to be killed mid-epoch;
+# dropout masks must also resume exactly.
+RESUME = _synthetic_run(25, 400, 50, "--epochs", "4", "--dropout", "0.1") + [
+    "--save-weights", "run",
 ]
 
 
