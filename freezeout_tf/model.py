@@ -98,6 +98,28 @@ class FreezeOutModel(keras.Model):
         )
         return cls(layers[:-num_head_layers], head, **kwargs)
 
+    @classmethod
+    def from_model(cls, model, num_units=None, boundaries=None, **kwargs):
+        """Splits a functional `keras.Model` into freeze units and a head.
+
+        The result shares the layers and weights of `model`. See
+        `freezeout_tf.functional.split_model` for how the cut points are
+        found and grouped.
+
+        Args:
+            model: a single-input, single-output functional `keras.Model`.
+            num_units: group the segments into this many units of about
+                equal forward cost; by default one unit per segment.
+            boundaries: names of layers right after which to cut, instead of
+                `num_units`.
+            **kwargs: passed to the constructor (e.g. `name`).
+        """
+        from freezeout_tf.functional import split_model
+
+        units, head = split_model(model, num_units=num_units,
+                                  boundaries=boundaries)
+        return cls(units, head, **kwargs)
+
     @property
     def num_units(self):
         return len(self.freeze_units)
