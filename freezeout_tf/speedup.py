@@ -12,9 +12,11 @@ Two estimates:
 fraction of compute.
 
 The arithmetic lives in `speedup_from_costs` (plain numbers, no
-TensorFlow); only `unit_flops` runs the model.
+TensorFlow); only `unit_flops` runs the model, counting with `count_macs`
+(which `freezeout_tf.functional` also uses to balance its units).
 """
 
+import contextlib
 import math
 import numbers
 
@@ -143,21 +145,85 @@ def speedup_from_costs(costs, fractions):
     return float(1.0 - with_freezeout / total)
 
 
-# Layers whose cost `unit_flops` counts: output elements per example times
-# the kernel's elements per output channel (kh * kw * in / groups for a
-# conv, `in` for a Dense).
+# Layers whose cost `count_macs` counts, and the kernel elements each output
+# element costs: kh * kw * in / groups for a conv, `in` for a Dense, kh * kw
+# for a depthwise conv, and for a separable conv its depthwise part spread
+# over the outputs plus its pointwise part.
 _COUNTED = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
     keras.layers.Dense,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
 )
 
 
 def _macs(layer, outputs):
-    per_output = int(np.prod(tuple(layer.kernel.shape)[:-1]))
     elements = int(np.prod(tuple(outputs.shape)[1:]))
+    if isinstance(layer, (keras.layers.DepthwiseConv1D,
+                          keras.layers.DepthwiseConv2D)):
+        return elements * int(np.prod(tuple(layer.kernel.shape)[:-2]))
+    if isinstance(layer, (keras.layers.SeparableConv1D,
+                          keras.layers.SeparableConv2D)):
+        depthwise = tuple(layer.depthwise_kernel.shape)
+        positions = elements // int(outputs.shape[-1])
+        return (positions * int(np.prod(depthwise))
+                + elements * int(layer.pointwise_kernel.shape[-2]))
+    per_output = int(np.prod(tuple(layer.kernel.shape)[:-1]))
     return elements * per_output
+
+
+@contextlib.contextmanager
+def count_macs(layers):
+    """Counts the multiply-accumulates of the counted layers among `layers`.
+
+    Inside the block, every call of a `Conv1D`/`Conv2D`/`Conv3D`, `Dense`,
+    depthwise or separable conv that is, or is nested in, one of `layers`
+    adds its cost (see `unit_flops`) to the yielded counter; read it with
+    `counter[0]` and reset it by assigning to it.
+
+    Args:
+        layers: Keras layers or models whose (nested) layers to count.
+
+    Example:
+
+    >>> conv = keras.layers.Conv2D(8, 3, padding="same")
+    >>> with count_macs([conv]) as counter:
+    ...     _ = conv(keras.ops.zeros((1, 4, 4, 3)))
+    >>> counter[0]  # 4 * 4 * 8 * 3 * 3 * 3
+    3456
+    """
+    counted = []
+    seen = set()
+    for part in layers:
+        for layer in part._flatten_layers(include_self=True, recursive=True):
+            if isinstance(layer, _COUNTED) and id(layer) not in seen:
+                seen.add(id(layer))
+                counted.append(layer)
+    counter = [0]
+
+    def wrap(layer):
+        original = layer.call
+
+        def counting_call(*args, **kwargs):
+            outputs = original(*args, **kwargs)
+            counter[0] += _macs(layer, outputs)
+            return outputs
+
+        return counting_call
+
+    # Shadow each counted layer's `call` on the instance only, for the
+    # block; `Layer.__call__` looks `self.call` up at call time.
+    for layer in counted:
+        object.__setattr__(layer, "call", wrap(layer))
+    try:
+        yield counter
+    finally:
+        for layer in counted:
+            object.__delattr__(layer, "call")
 
 
 def _default_input_shape(model):
@@ -165,6 +231,12 @@ def _default_input_shape(model):
         shape = model.get_build_config()["input_shape"]
     except (TypeError, KeyError, AttributeError):
         shape = None
+    if shape is None:
+        # A model from `FreezeOutModel.from_model`: its first unit is a
+        # functional model that knows its input shape.
+        inputs = getattr(model.freeze_units[0], "inputs", None)
+        if inputs and len(inputs) == 1:
+            shape = inputs[0].shape
     if shape is not None:
         shape = tuple(shape)[1:]
         if all(d is not None for d in shape):
@@ -176,21 +248,26 @@ def unit_flops(model, input_shape=None):
     """Forward multiply-accumulates of each freeze unit and of the head.
 
     Runs one forward pass on a single zero image and, on the way, records
-    every call of a `Conv1D`/`Conv2D`/`Conv3D` or `Dense` layer inside each
-    unit (nested `Sequential`s, functional models and custom layers
-    included): a call costs (output elements) x (kernel elements per output
-    channel), i.e. `H_out * W_out * C_out * kh * kw * C_in / groups` for a
-    conv and `units * in` for a Dense. A layer called twice counts twice.
+    every call of a `Conv1D`/`Conv2D`/`Conv3D`, `Dense`, depthwise or
+    separable conv layer inside each unit (nested `Sequential`s, functional
+    models and custom layers included): a call costs (output elements) x
+    (kernel elements per output element), i.e.
+    `H_out * W_out * C_out * kh * kw * C_in / groups` for a conv,
+    `units * in` for a Dense, `H_out * W_out * C_out * kh * kw` for a
+    depthwise conv, and a separable conv its depthwise plus its pointwise
+    part. A layer called twice counts twice.
 
     Left out: BatchNorm, activations, pooling, padding, concatenation,
-    additions, dropout, biases, and any layer not listed above (depthwise,
-    separable and transposed convs, attention, ...). They are cheap next to
-    the convs of the networks here.
+    additions, dropout, biases, and any layer not listed above (transposed
+    convs, attention, ...). They are cheap next to the convs of the
+    networks here.
 
     Args:
         model: a `FreezeOutModel` (built, or buildable by one call).
         input_shape: shape of one input without the batch dimension; by
-            default the model's built input shape, else `(32, 32, 3)`.
+            default the model's built input shape, else the input shape of
+            its first unit if that is a functional model with a fixed one
+            (as from `FreezeOutModel.from_model`), else `(32, 32, 3)`.
 
     Returns:
         list of `model.num_units + 1` ints: the units' costs, then the
@@ -205,40 +282,13 @@ def unit_flops(model, input_shape=None):
     if input_shape is None:
         input_shape = _default_input_shape(model)
     parts = list(model.freeze_units) + [model.head]
-    counted = []
-    seen = set()
-    for part in parts:
-        for layer in part._flatten_layers(include_self=True, recursive=True):
-            if isinstance(layer, _COUNTED) and id(layer) not in seen:
-                seen.add(id(layer))
-                counted.append(layer)
-
-    totals = [0]
-
-    def wrap(layer):
-        original = layer.call
-
-        def counting_call(*args, **kwargs):
-            outputs = original(*args, **kwargs)
-            totals[0] += _macs(layer, outputs)
-            return outputs
-
-        return counting_call
-
-    # Shadow each counted layer's `call` on the instance only, for this one
-    # forward pass; `Layer.__call__` looks `self.call` up at call time.
-    for layer in counted:
-        object.__setattr__(layer, "call", wrap(layer))
     costs = []
-    try:
+    with count_macs(parts) as counter:
         x = keras.ops.zeros((1,) + tuple(input_shape))
         for part in parts:
-            totals[0] = 0
+            counter[0] = 0
             x = part(x, training=False)
-            costs.append(int(totals[0]))
-    finally:
-        for layer in counted:
-            object.__delattr__(layer, "call")
+            costs.append(int(counter[0]))
     return costs
 
 
