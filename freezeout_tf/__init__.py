@@ -9,11 +9,14 @@ Public API (see README.md):
   schedule.
 * `calc_speedup`, `estimate_speedup`, `t0_for_speedup`, `unit_flops`:
   speedup estimates.
+* `split_model`, `cut_points`: a functional Keras model cut into freeze
+  units (what `FreezeOutModel.from_model` uses).
 * `models` (`densenet_bc`, `wide_resnet`, `vgg`), `data` (`load_data`).
 """
 
 from freezeout_tf import data, models
 from freezeout_tf.callback import FreezeOut
+from freezeout_tf.functional import cut_points, split_model
 from freezeout_tf.model import FreezeOutModel
 from freezeout_tf.models import densenet_bc, vgg, wide_resnet
 from freezeout_tf.optimizer import SGDWithL2, attach_schedule, original_sgd
@@ -38,6 +41,7 @@ __all__ = [
     "SGDWithL2",
     "attach_schedule",
     "calc_speedup",
+    "cut_points",
     "data",
     "densenet_bc",
     "estimate_speedup",
@@ -47,6 +51,7 @@ __all__ = [
     "models",
     "num_frozen",
     "original_sgd",
+    "split_model",
     "t0_for_speedup",
     "unit_flops",
     "vgg",

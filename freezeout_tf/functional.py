@@ -1,0 +1,464 @@
+"""Splitting a functional Keras model into freeze units at its cut points.
+
+FreezeOut needs a chain: units run one after another, each taking the
+previous one's output. A functional network (a ResNet, a DenseNet, your own
+model with skip connections) is a graph, but it can be cut into a chain at
+its *cut points*: tensors that every path from the input to the output
+passes through. A ResNet has one after each residual block, a DenseNet after
+each dense layer's concatenation and each transition, MobileNetV2 after each
+inverted-residual block (and between the layers of blocks without a
+residual), and any chain of layers between each pair of layers.
+
+How they are found: with the layer calls in topological order, the output
+of call `p` is a cut point exactly when no other tensor made at or before
+`p` is used after `p` (every path must cross from calls `<= p` to calls
+`> p`, and that one tensor is the only way across).
+
+Nested functional models and `Sequential`s with an `Input` (a pretrained
+backbone inside a fine-tuning model, say) are looked into: their layers are
+placed in the outer graph as if called there, so cut points inside them are
+found too. The units re-call the original layer objects on new
+`keras.Input`s: they share the model's layers and weights, nothing is
+copied, and the original model keeps working (but note that freezing a unit
+sets `trainable = False` on layers the original model also uses).
+"""
+
+import collections
+
+import keras
+
+from freezeout_tf import schedule, speedup
+
+__all__ = ["cut_points", "split_model"]
+
+# One call of a layer (or other Keras operation) in the flattened graph.
+# `node` is the Keras node recorded for the call (its arguments say how to
+# call it again); `inputs` and `outputs` are tensor keys; `owners` names the
+# nested models the call sits in, outermost first.
+_Call = collections.namedtuple("_Call", "op node inputs outputs owners")
+
+
+class _Graph:
+    """The layer calls of a functional model in topological order, nested
+    functional models inlined, with each tensor's producer and last user."""
+
+    def __init__(self, model):
+        self.name = model.name
+        self.calls = []
+        self.tensors = {}  # key -> the original KerasTensor (shape, dtype)
+        alias = {}
+        self.input_key = ((), id(model.inputs[0]))
+        self.tensors[self.input_key] = model.inputs[0]
+        self._expand(model, (), alias, ())
+        out = ((), id(model.outputs[0]))
+        self.output_key = alias.get(out, out)
+
+        n = len(self.calls)
+        self.producer = {self.input_key: -1}
+        for i, call in enumerate(self.calls):
+            for key in call.outputs:
+                self.producer[key] = i
+        self.last_use = dict(self.producer)
+        for i, call in enumerate(self.calls):
+            for key in call.inputs:
+                self.last_use[key] = max(self.last_use.get(key, -1), i)
+        self.last_use[self.output_key] = n  # used by "the output"
+
+    def _expand(self, function, scope, alias, owners):
+        # Tensor keys carry the chain of nested calls they sit in, so that a
+        # nested model called twice gets distinct keys for each call.
+        def key(tensor):
+            k = (scope, id(tensor))
+            return alias.get(k, k)
+
+        nodes_by_depth = function._nodes_by_depth
+        for depth in sorted(nodes_by_depth, reverse=True):
+            for node in nodes_by_depth[depth]:
+                if node.is_input:
+                    continue
+                inputs = tuple(key(t) for t in node.arguments.keras_tensors)
+                inner = _inlinable(node)
+                if inner is not None:
+                    inner_scope = scope + (id(node),)
+                    alias[(inner_scope, id(inner.inputs[0]))] = inputs[0]
+                    self._expand(inner, inner_scope, alias,
+                                 owners + (node.operation.name,))
+                    out = (inner_scope, id(inner.outputs[0]))
+                    alias[(scope, id(node.outputs[0]))] = alias.get(out, out)
+                    continue
+                outputs = tuple((scope, id(t)) for t in node.outputs)
+                for k, t in zip(outputs, node.outputs):
+                    self.tensors[k] = t
+                self.calls.append(
+                    _Call(node.operation, node, inputs, outputs, owners)
+                )
+
+    def describe(self, index):
+        """Name of call `index` for messages (`-1`: the input, `n`: the
+        output), with the nested models it sits in."""
+        if index < 0:
+            return "the input"
+        if index >= len(self.calls):
+            return "the output"
+        call = self.calls[index]
+        inside = "".join(f" (inside nested model '{o}')"
+                         for o in reversed(call.owners))
+        return f"'{call.op.name}'{inside}"
+
+    def cuts(self):
+        """For each call but the last, `None` if its output is a cut point,
+        else `(producer, user)`: calls at the ends of a tensor that goes
+        around it."""
+        result = []
+        # The tensor made at or before the current call that is used last.
+        reach, reach_key = self.last_use[self.input_key], self.input_key
+        for p, call in enumerate(self.calls[:-1]):
+            if reach <= p and len(call.outputs) == 1:
+                result.append(None)
+            elif reach > p:
+                result.append((self.producer[reach_key], reach))
+            else:  # several outputs: one of them goes around the other
+                result.append((p, max(self.last_use[k] for k in call.outputs)))
+            for k in call.outputs:
+                if self.last_use[k] > reach:
+                    reach, reach_key = self.last_use[k], k
+        return result
+
+    def holds_weights(self, lo, hi):
+        return any(getattr(c.op, "weights", None) for c in self.calls[lo:hi])
+
+    def build(self, lo, hi, name):
+        """A functional model of calls `lo..hi-1`, re-calling the original
+        layers on a new `keras.Input`."""
+        start = self.input_key if lo == 0 else self.calls[lo - 1].outputs[0]
+        end = self.output_key if hi == len(self.calls) else (
+            self.calls[hi - 1].outputs[0])
+        spec = self.tensors[start]
+        inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype,
+                             name=f"{name}_input")
+        values = {start: inputs}
+        for call in self.calls[lo:hi]:
+            args, kwargs = _fill_in(call, values)
+            outputs = keras.tree.flatten(call.op(*args, **kwargs))
+            values.update(zip(call.outputs, outputs))
+        return keras.Model(inputs, values[end], name=name)
+
+    def call_costs(self):
+        """Forward multiply-accumulates of each call for one example, as
+        `unit_flops` counts them (a `None` input dimension is taken as 32)."""
+        shape = tuple(32 if d is None else d
+                      for d in self.tensors[self.input_key].shape[1:])
+        values = {self.input_key: keras.ops.zeros((1,) + shape)}
+        costs = []
+        ops = [c.op for c in self.calls if isinstance(c.op, keras.layers.Layer)]
+        with speedup.count_macs(ops) as counter:
+            for call in self.calls:
+                counter[0] = 0
+                args, kwargs = _fill_in(call, values)
+                if "training" in getattr(call.op, "_call_context_args", ()):
+                    kwargs.setdefault("training", False)
+                outputs = keras.tree.flatten(call.op(*args, **kwargs))
+                values.update(zip(call.outputs, outputs))
+                costs.append(int(counter[0]))
+        return costs
+
+
+def _fill_in(call, values):
+    """The call's arguments with its input tensors taken from `values`."""
+    local = {id(t): values[k]
+             for t, k in zip(call.node.arguments.keras_tensors, call.inputs)}
+    return call.node.arguments.fill_in(local)
+
+
+def _inlinable(node):
+    """The functional graph to look into for a call of a nested model, or
+    None to keep the call whole (not a model, several inputs or outputs,
+    or called with arguments other than one tensor, `training` and
+    arguments left at None, such as `mask`)."""
+    op = node.operation
+    if isinstance(op, keras.Sequential):
+        op = op._functional  # None when built without an `Input`
+    # `_nodes_by_depth`: a functional model (keras.Model(inputs, outputs)).
+    if not isinstance(op, keras.Model) or not hasattr(op, "_nodes_by_depth"):
+        return None
+    args = node.arguments
+    if (len(op.inputs) != 1 or len(op.outputs) != 1
+            or len(args.keras_tensors) != 1 or len(args.args) != 1
+            or args.args[0] is not args.keras_tensors[0]
+            or any(v is not None for k, v in args.kwargs.items()
+                   if k != "training")):
+        return None
+    return op
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model) or not hasattr(model,
+                                                         "_nodes_by_depth"):
+        if isinstance(model, keras.Sequential) and model._functional:
+            return model._functional
+        raise ValueError(
+            f"split_model needs a functional keras.Model (built with "
+            f"keras.Model(inputs, outputs)) or a Sequential with an Input; "
+            f"got {type(model).__name__} {getattr(model, 'name', model)!r}."
+        )
+    for kind, tensors in (("inputs", model.inputs), ("outputs", model.outputs)):
+        if len(tensors) != 1:
+            names = [t.name for t in tensors]
+            raise ValueError(
+                f"Model '{model.name}' has {len(tensors)} {kind} {names}; "
+                f"split_model needs exactly one input and one output (a "
+                f"chain of freeze units passes one tensor along)."
+            )
+    return model
+
+
+def cut_points(model):
+    """Names of the layers whose output is a cut point of `model`.
+
+    A cut point is a tensor that every path from the model's input to its
+    output passes through; the model's output itself is not listed. Layers
+    of nested functional models are listed by their own names.
+
+    Args:
+        model: a single-input, single-output functional `keras.Model`.
+
+    Returns:
+        list of layer names in forward order.
+
+    Example:
+
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    >>> y = keras.layers.Conv2D(4, 3, padding="same", name="conv")(x)
+    >>> x = keras.layers.Add(name="add")([x, y])
+    >>> outputs = keras.layers.Dense(2, name="out")(x)
+    >>> cut_points(keras.Model(inputs, outputs))
+    ['stem', 'add']
+    """
+    graph = _Graph(_check_model(model))
+    return [graph.calls[p].op.name
+            for p, bypass in enumerate(graph.cuts()) if bypass is None]
+
+
+def split_model(model, num_units=None, boundaries=None):
+    """Splits a functional model into freeze units and a head at its cut
+    points, sharing its layers and weights.
+
+    The calls between two consecutive cut points form a *segment*. The
+    segment after the last cut point is the head; if it holds no weights,
+    the segments before it join it up to the last one that does. A segment
+    holding no weights joins the one before it (a unit without weights has
+    nothing to freeze). Then:
+
+    * neither option: each segment is one unit;
+    * `num_units=N`: consecutive segments are grouped into `N` units of
+      about equal forward cost (multiply-accumulates counted as
+      `unit_flops` does; the grouping minimizes the sum of squared unit
+      costs);
+    * `boundaries=[names]`: the model is cut right after each named layer;
+      each must be a cut point before the head.
+
+    Args:
+        model: a single-input, single-output functional `keras.Model` (or a
+            `Sequential` with an `Input`), built.
+        num_units: how many freeze units to make, at most the number of
+            segments.
+        boundaries: names of layers right after which to cut, instead of
+            `num_units`.
+
+    Returns:
+        `(units, head)`: a list of functional `keras.Model`s and one more
+        for the head, named `<model>_unit_<i>` and `<model>_head`.
+
+    Raises:
+        ValueError: the model is not functional, has several inputs or
+            outputs, or has no cut point before its last layer with
+            weights; `num_units` is out of range; a boundary names no layer,
+            a layer called more than once, a layer whose output is not a cut
+            point, or one in the head; or a layer (e.g. of a nested model)
+            would sit in two units, as its weights would then be trained
+            and frozen twice.
+
+    Example:
+
+    >>> base = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3),
+    ...                                    classes=10)
+    >>> units, head = split_model(base, num_units=8)
+    >>> model = FreezeOutModel(units, head)  # or FreezeOutModel.from_model
+    """
+    model = _check_model(model)
+    if num_units is not None and boundaries is not None:
+        raise ValueError(
+            f"Pass num_units or boundaries, not both; got num_units="
+            f"{num_units!r} and boundaries={boundaries!r}."
+        )
+    graph = _Graph(model)
+    n = len(graph.calls)
+    cuts = graph.cuts()
+    ends = [p + 1 for p, bypass in enumerate(cuts) if bypass is None]
+    if not ends:
+        longest = max((b for b in cuts if b is not None),
+                      key=lambda b: b[1] - b[0], default=(-1, n))
+        around, user = (graph.describe(q) for q in longest)
+        raise ValueError(
+            f"Model '{model.name}' has no cut point: no tensor between its "
+            f"input and output lies on every path (e.g. {around} feeds "
+            f"{user} around everything between them), so it cannot be "
+            f"split into a chain of freeze units."
+        )
+
+    # Segments are [start, end) ranges of calls.
+    starts = [0] + ends
+    segments = list(zip(starts, ends + [n]))
+    head = segments.pop()
+    while not graph.holds_weights(*head) and segments:
+        head = (segments.pop()[0], head[1])
+    if not segments:
+        last = max(i for i, c in enumerate(graph.calls)
+                   if getattr(c.op, "weights", None))
+        raise ValueError(
+            f"Model '{model.name}' has no cut point before its last layer "
+            f"holding weights, {graph.describe(last)}, which the head "
+            f"needs; nothing is left for freeze units."
+        )
+
+    if boundaries is not None:
+        segments = _at_boundaries(graph, boundaries, cuts, head[0])
+    else:
+        segments = _merge_weightless(graph, segments)
+        if num_units is not None:
+            segments = _group(graph, segments, num_units)
+
+    parts = segments + [head]
+    _check_unshared(graph, parts)
+    units = [graph.build(lo, hi, f"{model.name}_unit_{i}")
+             for i, (lo, hi) in enumerate(segments)]
+    return units, graph.build(*head, f"{model.name}_head")
+
+
+def _merge_weightless(graph, segments):
+    merged = []
+    for lo, hi in segments:
+        if merged and not graph.holds_weights(lo, hi):
+            merged[-1] = (merged[-1][0], hi)
+        elif merged and not graph.holds_weights(*merged[-1]):
+            merged[-1] = (merged[-1][0], hi)  # a weightless first segment
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _group(graph, segments, num_units):
+    """Groups consecutive segments into `num_units` of about equal cost:
+    the partition with the least sum of squared group costs."""
+    schedule.check_positive_int(
+        "num_units", num_units,
+        f"a positive integer of at most {len(segments)} (the segments of "
+        f"this model)",
+    )
+    if num_units > len(segments):
+        raise ValueError(
+            f"num_units must be at most {len(segments)} (the segments "
+            f"between this model's cut points that hold weights); got "
+            f"{num_units}."
+        )
+    call_costs = graph.call_costs()
+    costs = [sum(call_costs[lo:hi]) for lo, hi in segments]
+    m = len(costs)
+    prefix = [0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[k][j]: least cost of segments[:j] in k groups; cut[k][j]: start of
+    # the last group.
+    best = [[inf] * (m + 1) for _ in range(num_units + 1)]
+    cut = [[0] * (m + 1) for _ in range(num_units + 1)]
+    best[0][0] = 0.0
+    for k in range(1, num_units + 1):
+        for j in range(k, m - (num_units - k) + 1):
+            for i in range(k - 1, j):
+                value = best[k - 1][i] + float(prefix[j] - prefix[i]) ** 2
+                if value < best[k][j]:
+                    best[k][j], cut[k][j] = value, i
+    bounds, j = [m], m
+    for k in range(num_units, 0, -1):
+        j = cut[k][j]
+        bounds.append(j)
+    bounds.reverse()
+    return [(segments[a][0], segments[b - 1][1])
+            for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _at_boundaries(graph, boundaries, cuts, head_start):
+    if isinstance(boundaries, str) or not boundaries:
+        raise ValueError(
+            f"boundaries must be a non-empty list of layer names; got "
+            f"{boundaries!r}."
+        )
+    cut_names = _short_list(graph.calls[q].op.name
+                            for q, b in enumerate(cuts) if b is None)
+    ends = set()
+    for name in boundaries:
+        found = [i for i, c in enumerate(graph.calls) if c.op.name == name]
+        if not found:
+            raise ValueError(
+                f"boundary {name!r}: model '{graph.name}' has no layer of "
+                f"that name (nested models are looked into; use the inner "
+                f"layer's own name)."
+            )
+        if len(found) > 1:
+            raise ValueError(
+                f"boundary {name!r}: the layer is called {len(found)} times "
+                f"in model '{graph.name}', so 'right after it' is ambiguous."
+            )
+        p = found[0]
+        if p >= head_start:
+            raise ValueError(
+                f"boundary {name!r} lies in the head, which starts right "
+                f"after {graph.describe(head_start - 1)} (the head runs "
+                f"from the last cut point to the output and holds weights)."
+            )
+        if cuts[p] is not None:
+            around, user = (graph.describe(q) for q in cuts[p])
+            raise ValueError(
+                f"boundary {name!r} is not a cut point: {around} feeds "
+                f"{user} around it. Cut points of '{graph.name}': "
+                f"{cut_names}."
+            )
+        if p + 1 in ends:
+            raise ValueError(f"boundary {name!r} is given twice.")
+        ends.add(p + 1)
+    ends = sorted(ends - {head_start})
+    return list(zip([0] + ends, ends + [head_start]))
+
+
+def _short_list(names, limit=12):
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit
+                    else "")
+
+
+def _check_unshared(graph, parts):
+    """Each weight must belong to one part only: the train step gives each
+    variable the schedule of one unit."""
+    owner = {}
+    for index, (lo, hi) in enumerate(parts):
+        for i in range(lo, hi):
+            for v in getattr(graph.calls[i].op, "weights", ()):
+                first = owner.setdefault(id(v), (index, i))
+                if first[0] != index:
+                    where = ["head" if k == len(parts) - 1 else f"unit {k}"
+                             for k in (first[0], index)]
+                    call = graph.calls[i]
+                    owners = call.owners or graph.calls[first[1]].owners
+                    what = (f"a layer of nested model '{owners[-1]}', which "
+                            f"is also used elsewhere" if owners
+                            else "called more than once")
+                    raise ValueError(
+                        f"Layer '{call.op.name}' ({what}) would sit in both "
+                        f"{where[0]} ({graph.describe(first[1])}) and "
+                        f"{where[1]} ({graph.describe(i)}): its weights "
+                        f"would belong to two freeze units. Pick boundaries "
+                        f"or num_units that keep its calls in one unit."
+                    )
