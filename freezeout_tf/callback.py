@@ -35,6 +35,11 @@ class FreezeOut(keras.callbacks.Callback):
         scale_lr: divide each unit's initial learning rate by its t_i.
         total_steps: total steps of the run; by default
             `epochs * steps_per_epoch` of the `fit` call.
+        frozen_from_start: how many units, from the first, stay frozen from
+            step 0 (fine-tuning a pretrained network: its early units keep
+            their weights and cost no backward pass); the schedule above
+            then applies to the other units, unit `frozen_from_start`
+            freezing first. At most the model's number of units.
 
     Example:
 
@@ -45,12 +50,14 @@ class FreezeOut(keras.callbacks.Callback):
     """
 
     def __init__(self, t_0=0.8, how_scale="cubic", scale_lr=True,
-                 total_steps=None):
+                 total_steps=None, frozen_from_start=0):
         super().__init__()
         schedule.check_t_0(t_0)
         schedule.check_how_scale(how_scale)
         if total_steps is not None:
             schedule.check_total_steps(total_steps)
+        schedule.check_frozen_from_start(frozen_from_start)
+        self.frozen_from_start = int(frozen_from_start)
         self.t_0 = t_0
         self.how_scale = how_scale
         self.scale_lr = bool(scale_lr)
@@ -64,6 +71,7 @@ class FreezeOut(keras.callbacks.Callback):
             "how_scale": self.how_scale,
             "scale_lr": self.scale_lr,
             "total_steps": self.total_steps,
+            "frozen_from_start": self.frozen_from_start,
         }
 
     def on_train_begin(self, logs=None):
@@ -77,6 +85,8 @@ class FreezeOut(keras.callbacks.Callback):
                 "with FreezeOutModel(units, head) or "
                 "FreezeOutModel.from_sequential(...)."
             )
+        schedule.check_frozen_from_start(self.frozen_from_start,
+                                         self.model.num_units)
         steps = self.params.get("steps")
         if self.total_steps is None and not steps:
             raise ValueError(
@@ -114,11 +124,18 @@ class FreezeOut(keras.callbacks.Callback):
                     f"run's real total_steps, or recompile with a fresh "
                     f"optimizer to start over."
                 )
+        k = self.frozen_from_start
         fractions = schedule.freeze_fractions(
-            self.model.num_units, self.t_0, self.how_scale
+            self.model.num_units, self.t_0, self.how_scale, k
         )
-        self.model.schedule_state.set(total, fractions, self.scale_lr)
-        self._freeze_steps = schedule.freeze_steps(total, fractions)[:-1]
+        state = self.model.schedule_state
+        state.set(total, fractions, self.scale_lr)
+        freeze_steps = schedule.freeze_steps(total, fractions, k)
+        if k:
+            # `set` knows no frozen_from_start: put the first k units'
+            # freeze step (0) into the graph state too.
+            state.freeze_steps.assign(freeze_steps)
+        self._freeze_steps = freeze_steps[:-1]
         self._configured = True
         self._sync_trainable(done)
 

@@ -63,16 +63,39 @@ def scale(x, how_scale="cubic"):
     return SCALINGS[how_scale](np.asarray(x, dtype=np.float64))
 
 
-def freeze_fractions(num_units, t_0=0.8, how_scale="cubic"):
+def check_frozen_from_start(frozen_from_start, num_units=None):
+    """Raises `ValueError` unless `0 <= frozen_from_start <= num_units`."""
+    if (isinstance(frozen_from_start, bool)
+            or not isinstance(frozen_from_start, numbers.Integral)
+            or frozen_from_start < 0
+            or num_units is not None and frozen_from_start > num_units):
+        limit = "" if num_units is None else f" of at most {num_units}"
+        raise ValueError(
+            f"frozen_from_start must be an integer >= 0{limit} (how many "
+            f"freeze units, from the first, stay frozen from step 0); got "
+            f"{frozen_from_start!r}."
+        )
+
+
+def freeze_fractions(num_units, t_0=0.8, how_scale="cubic",
+                     frozen_from_start=0):
     """Fraction of training after which each unit freezes.
 
     `t_i = scale(t_0 + (1 - t_0) * i / n)` for units `i = 0..n-1`, and the
     head (index `n`) gets `scale(1) = 1`, so it never freezes.
 
+    With `frozen_from_start=k` (fine-tuning: the first `k` units stay
+    frozen), units `k..n-1` get the schedule of `n - k` units, so unit `k`
+    freezes at `scale(t_0)`; units `0..k-1` get unit `k`'s fraction as a
+    placeholder. Pass the same `k` to `freeze_steps`, `lr_multipliers` and
+    `num_frozen`: they freeze those units from step 0.
+
     Args:
         num_units: number of freeze units `n` (the head not included).
-        t_0: fraction of training, *before* scaling, at which unit 0 freezes.
+        t_0: fraction of training, *before* scaling, at which unit 0 (or
+            unit `k`) freezes.
         how_scale: `"linear"`, `"squared"` or `"cubic"`.
+        frozen_from_start: `k`, units frozen from the start; `0 <= k <= n`.
 
     Returns:
         float64 array of length `num_units + 1`, non-decreasing, last = 1.
@@ -81,34 +104,48 @@ def freeze_fractions(num_units, t_0=0.8, how_scale="cubic"):
 
     >>> freeze_fractions(4, t_0=0.8, how_scale="linear")
     array([0.8 , 0.85, 0.9 , 0.95, 1.  ])
+    >>> freeze_fractions(4, t_0=0.8, how_scale="linear", frozen_from_start=2)
+    array([0.8, 0.8, 0.8, 0.9, 1. ])
     """
     check_positive_int("num_units", num_units)
     check_t_0(t_0)
     check_how_scale(how_scale)
-    i = np.arange(num_units + 1, dtype=np.float64)
-    return scale(t_0 + (1.0 - t_0) * i / num_units, how_scale)
+    check_frozen_from_start(frozen_from_start, num_units)
+    n = num_units - frozen_from_start
+    if n == 0:
+        return np.ones(num_units + 1)
+    i = np.arange(n + 1, dtype=np.float64)
+    own = scale(t_0 + (1.0 - t_0) * i / n, how_scale)
+    return np.concatenate([np.full(frozen_from_start, own[0]), own])
 
 
-def freeze_steps(total_steps, fractions):
+def freeze_steps(total_steps, fractions, frozen_from_start=0):
     """First 0-based step at which each unit is frozen.
 
     A unit with fraction `t` trains while `step <= t * T` and is frozen from
     the first step with `step > t * T`, i.e. from `floor(t * T) + 1`. The head
-    (`t = 1`) gets `T + 1`: it trains for the whole run.
+    (`t = 1`) gets `T + 1`: it trains for the whole run. The first
+    `frozen_from_start` units are frozen from step 0.
 
     Args:
         total_steps: total number of training steps `T` of the run.
         fractions: output of `freeze_fractions`.
+        frozen_from_start: units frozen from step 0 (as given to
+            `freeze_fractions`).
 
     Returns:
         int64 array, same length as `fractions`.
     """
     check_total_steps(total_steps)
     fractions = np.asarray(fractions, dtype=np.float64)
-    return np.floor(fractions * total_steps).astype(np.int64) + 1
+    check_frozen_from_start(frozen_from_start, len(fractions) - 1)
+    steps = np.floor(fractions * total_steps).astype(np.int64) + 1
+    steps[:frozen_from_start] = 0
+    return steps
 
 
-def lr_multipliers(step, total_steps, fractions, scale_lr=True):
+def lr_multipliers(step, total_steps, fractions, scale_lr=True,
+                   frozen_from_start=0):
     """Per-unit multiplier of the base learning rate at a 0-based step.
 
     `m_i(j) = 1/2 * (1 + cos(pi * j / (t_i * T)))`, divided by `t_i` when
@@ -120,6 +157,7 @@ def lr_multipliers(step, total_steps, fractions, scale_lr=True):
         total_steps: total number of training steps `T`.
         fractions: output of `freeze_fractions`.
         scale_lr: whether to divide the initial rate by `t_i`.
+        frozen_from_start: units frozen from step 0 (multiplier 0).
 
     Returns:
         float64 array, same length as `fractions`.
@@ -135,11 +173,11 @@ def lr_multipliers(step, total_steps, fractions, scale_lr=True):
     fractions = np.asarray(fractions, dtype=np.float64)
     cosine = 0.5 * (1.0 + np.cos(np.pi * step / (fractions * total_steps)))
     initial = 1.0 / fractions if scale_lr else np.ones_like(fractions)
-    frozen = step >= freeze_steps(total_steps, fractions)
+    frozen = step >= freeze_steps(total_steps, fractions, frozen_from_start)
     return np.where(frozen, 0.0, initial * cosine)
 
 
-def num_frozen(step, total_steps, fractions):
+def num_frozen(step, total_steps, fractions, frozen_from_start=0):
     """How many units (a prefix, the head excluded) are frozen at `step`."""
-    steps = freeze_steps(total_steps, fractions)[:-1]
+    steps = freeze_steps(total_steps, fractions, frozen_from_start)[:-1]
     return int(np.sum(step >= steps))
