@@ -5,7 +5,8 @@ the FreezeOut train step while the first k units are frozen, for k covering
 0, 25, 50, 75 and 100 % of the units. All settings share ONE traced train
 step (the frozen prefix is in-graph state), and are timed interleaved
 (round-robin over settings, repeated) so machine noise hits them alike; the
-table reports medians.
+table reports the median over every timed step (`time_interleaved`, which
+`scripts/benchmark_applications.py` uses too).
 
 The "FLOP-predicted" saving counts conv multiply-accumulates per unit
 (`freezeout_tf.speedup.unit_flops`) with the backward at twice the forward:
@@ -44,6 +45,41 @@ def conv_chain(num_units, channels, num_classes=10):
         keras.layers.Dense(num_classes),
     ])
     return FreezeOutModel([unit() for _ in range(num_units)], head)
+
+
+def time_interleaved(run, settings, repeats, steps):
+    """Seconds of every step of every setting, timed round-robin.
+
+    Each setting runs once untimed first (tracing, warm-up); then `repeats`
+    rounds run `steps` steps of each setting in turn, timing each step on
+    its own (waiting for its loss), so that a noisy machine slows all
+    settings alike.
+
+    Args:
+        run: `run(setting)` takes one training step and returns its logs.
+        settings: the settings to compare.
+        repeats: rounds over all settings.
+        steps: timed steps per setting per round.
+
+    Returns:
+        dict setting -> list of `repeats * steps` step times in seconds.
+    """
+    for setting in settings:
+        float(run(setting)["loss"])
+    times = {s: [] for s in settings}
+    for _ in range(repeats):
+        for setting in settings:
+            for _ in range(steps):
+                start = time.perf_counter()
+                float(run(setting)["loss"])  # wait for the step
+                times[setting].append(time.perf_counter() - start)
+    return times
+
+
+def frozen_saving(flops, k):
+    """FLOP-predicted saving of a step with units `0..k-1` frozen: their
+    backward (twice their forward) out of the step's three forwards."""
+    return 2 * sum(flops[:k]) / (3 * sum(flops))
 
 
 def main(argv=None):
@@ -87,29 +123,20 @@ def main(argv=None):
         state.freeze_prefix(setting)
         return step((x, y))
 
-    for setting in settings:  # warm-up (and the one trace of each)
-        run(setting)
-    times = {s: [] for s in settings}
-    for _ in range(args.repeats):
-        for setting in settings:
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                logs = run(setting)
-            float(logs["loss"])  # wait for the last step
-            times[setting].append((time.perf_counter() - start) / args.steps)
+    times = time_interleaved(run, settings, args.repeats, args.steps)
 
     flops = unit_flops(model, (args.size, args.size, 3))
-    total = sum(flops)
     base = statistics.median(times[0])
     print(f"{args.units} units of conv3x3({args.channels}) + BN + ReLU on "
           f"{args.size}x{args.size}, batch {args.batch_size}, "
-          f"{os.cpu_count()} CPU cores; medians of {args.repeats} rounds x "
-          f"{args.steps} steps; train_step traces: {model.train_step_traces}")
+          f"{os.cpu_count()} CPU cores; per-step medians of {args.repeats} "
+          f"rounds x {args.steps} steps; train_step traces: "
+          f"{model.train_step_traces}")
     print("| frozen | units | ms/step | saving vs 0 % | FLOP-predicted saving |")
     print("|---:|---:|---:|---:|---:|")
     for f, k in zip(fractions, ks):
         med = statistics.median(times[k])
-        predicted = 2 * sum(flops[:k]) / (3 * total)
+        predicted = frozen_saving(flops, k)
         print(f"| {f:.0%} | {k} | {1000 * med:.1f} | {1 - med / base:.1%} "
               f"| {predicted:.1%} |")
     med = statistics.median(times["plain"])
