@@ -13,11 +13,15 @@ one flushed line per record: a resumed run adds a ``{"resume": E, ...}``
 record and then continues, so records of an epoch that a killed run logged
 but did not checkpoint may appear twice; the later one is the one that
 counts.
+
+Every line is strict JSON (RFC 8259, as ``jq`` reads it): a value that is not
+finite, such as the loss of a diverged run, is written as ``null``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -35,13 +39,30 @@ class MetricsLog:
         self.path = path
 
     def append(self, record: Dict[str, Any]) -> None:
-        record = dict(record)
+        """Appends ``record`` (a ``time`` stamp is added if missing).
+
+        Example:
+
+        >>> import tempfile
+        >>> log = MetricsLog(os.path.join(tempfile.mkdtemp(), "run.jsonl"))
+        >>> log.append({"epoch": 1, "train_loss": float("nan"), "time": 0})
+        >>> open(log.path).read()
+        '{"epoch": 1, "train_loss": null, "time": 0}\\n'
+        """
+        record = {key: _json_value(value) for key, value in record.items()}
         record.setdefault("time", time.time())
-        line = json.dumps(record, sort_keys=False, allow_nan=True)
+        line = json.dumps(record, sort_keys=False, allow_nan=False)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def _json_value(value):
+    """``value`` as strict JSON allows it: NaN and infinities become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def read_log(path: str) -> List[Dict[str, Any]]:
