@@ -5,6 +5,28 @@ import numpy as np
 
 from freezeout_tf import schedule
 
+__all__ = ["FreezeOut"]
+
+
+class _Count(float):
+    """A count in `logs` that Keras' progress bar prints as an integer.
+
+    The bar divides every value by a count of 1 and formats it with `.4f`
+    (or `.4e`), so a plain `int` shows as `6.0000`; this keeps the value
+    (a float, for `History`, `CSVLogger`, `TensorBoard`) and its rendering.
+    """
+
+    def __truediv__(self, other):
+        return _Count(float(self) / other)
+
+    def __format__(self, spec):
+        return str(int(self))
+
+    def __repr__(self):
+        return str(int(self))
+
+    __str__ = __repr__
+
 
 @keras.saving.register_keras_serializable(package="freezeout_tf")
 class FreezeOut(keras.callbacks.Callback):
@@ -15,9 +37,12 @@ class FreezeOut(keras.callbacks.Callback):
     in-graph state; from then on the train step itself freezes units and
     sets per-unit learning rates at the exact step, with one traced graph.
     As units freeze the callback also sets their `trainable = False`, so
-    `model.summary()` and saved models show it, and it adds `active_units`
-    (freeze units still training, the head not counted) and `learning_rate`
-    (the optimizer's base rate) to the logs.
+    `model.summary()` and saved models show it, and it adds to the logs
+    `active_units` (freeze units still training, the head not counted; the
+    progress bar prints it as an integer), `first_active_lr` (the learning
+    rate of the first unit still training, or of the head once all are
+    frozen, for the next step) and `learning_rate` (the optimizer's base
+    rate).
 
     Put it before `CSVLogger` / `TensorBoard` in the callback list so that
     those see the added logs.
@@ -43,10 +68,11 @@ class FreezeOut(keras.callbacks.Callback):
 
     Example:
 
-    >>> model = freezeout_tf.models.densenet_bc(depth=40)
-    >>> model.compile(freezeout_tf.original_sgd(),
+    >>> model = freezeout_tf.models.densenet_bc(depth=40)  # doctest: +SKIP
+    >>> model.compile(freezeout_tf.original_sgd(),  # doctest: +SKIP
     ...               "sparse_categorical_crossentropy", metrics=["accuracy"])
-    >>> model.fit(train_ds, epochs=100, callbacks=[FreezeOut(t_0=0.8)])
+    >>> model.fit(train_ds, epochs=100,  # doctest: +SKIP
+    ...           callbacks=[FreezeOut(t_0=0.8)])
     """
 
     def __init__(self, t_0=0.8, how_scale="cubic", scale_lr=True,
@@ -64,6 +90,7 @@ class FreezeOut(keras.callbacks.Callback):
         self.total_steps = total_steps
         self._configured = False
         self._freeze_steps = None
+        self._schedule = None  # (total_steps, fractions) of this fit
 
     def get_config(self):
         return {
@@ -135,6 +162,7 @@ class FreezeOut(keras.callbacks.Callback):
             # `set` knows no frozen_from_start: put the first k units'
             # freeze step (0) into the graph state too.
             state.freeze_steps.assign(freeze_steps)
+        self._schedule = (total, fractions)
         self._freeze_steps = freeze_steps[:-1]
         self._configured = True
         self._sync_trainable(done)
@@ -160,7 +188,13 @@ class FreezeOut(keras.callbacks.Callback):
             if unit.trainable != (i >= frozen):
                 unit.trainable = i >= frozen
         if logs is not None:
-            logs["active_units"] = self.model.num_units - frozen
-            logs["learning_rate"] = float(
-                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-            )
+            base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            total, fractions = self._schedule
+            # lr_multipliers has the head last, so index `frozen` is the
+            # first unit still training, or the head once all are frozen.
+            multiplier = schedule.lr_multipliers(
+                step, total, fractions, self.scale_lr
+            )[frozen]
+            logs["active_units"] = _Count(self.model.num_units - frozen)
+            logs["first_active_lr"] = base * float(multiplier)
+            logs["learning_rate"] = base

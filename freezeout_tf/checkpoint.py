@@ -14,11 +14,17 @@ that Keras ignores) and ``load_checkpoint`` restores them.
 The FreezeOut schedule is a function of ``optimizer.iterations``; a loaded
 checkpoint taken after epoch ``E`` has taken ``E * steps_per_epoch`` steps, and
 ``fit(initial_epoch=E)`` continues the schedule at the exact step.
+
+``EpochCheckpoint`` never saves an epoch whose training loss or weights are
+not finite: after a divergence the last good checkpoint stays as it was.
+``load_checkpoint`` reports a torn, foreign or unreadable file as one
+``CheckpointError`` and leaves it untouched.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from typing import List, Optional
@@ -30,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "EpochCheckpoint",
     "completed_epochs",
+    "is_finite_state",
     "load_checkpoint",
     "save_atomic",
     "temporary_path",
@@ -88,19 +95,42 @@ def save_atomic(model: keras.Model, path: str) -> None:
 
 
 def load_checkpoint(path: str) -> keras.Model:
-    """Loads a checkpoint written by ``save_atomic`` (compiled, with optimizer)."""
+    """Loads a checkpoint written by ``save_atomic`` (compiled, with optimizer).
+
+    Raises:
+        CheckpointError: ``path`` is missing, is not a readable ``.keras``
+            archive (e.g. torn by a full disk or a copy cut short), or holds
+            something other than a ``FreezeOutModel``. The file is left as
+            it is.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint to resume at {path!r}")
-    import freezeout_tf.model  # noqa: F401  (registers the serializable classes)
+    if not zipfile.is_zipfile(path):  # Keras would call it "not found"
+        raise CheckpointError(
+            f"{path!r} is torn or not a checkpoint: it is not a .keras (zip) archive"
+        )
+    # Imported when needed; importing them registers the serializable classes.
     import freezeout_tf.models  # noqa: F401
     import freezeout_tf.optimizer  # noqa: F401
+    from freezeout_tf.model import FreezeOutModel
 
-    model = keras.saving.load_model(path, compile=True)
-    with zipfile.ZipFile(path) as archive:
-        states = (
-            json.loads(archive.read(RNG_MEMBER))
-            if RNG_MEMBER in archive.namelist()
-            else None
+    try:
+        model = keras.saving.load_model(path, compile=True)
+        with zipfile.ZipFile(path) as archive:
+            states = (
+                json.loads(archive.read(RNG_MEMBER))
+                if RNG_MEMBER in archive.namelist()
+                else None
+            )
+    except Exception as err:  # Keras raises many types for a bad archive
+        raise CheckpointError(
+            f"{path!r} is not a readable checkpoint ({type(err).__name__}: "
+            f"{_first_line(err)})"
+        ) from err
+    if not isinstance(model, FreezeOutModel):
+        raise CheckpointError(
+            f"{path!r} holds a {type(model).__name__}, not a FreezeOutModel "
+            "checkpoint"
         )
     variables = _rng_variables(model)
     if states is not None and len(states) == len(variables):
@@ -129,12 +159,40 @@ def completed_epochs(model: keras.Model, steps_per_epoch: int) -> int:
     return steps // steps_per_epoch
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def is_finite_state(model: keras.Model) -> bool:
+    """Whether every weight and optimizer variable of ``model`` is finite."""
+    optimizer = getattr(model, "optimizer", None)
+    variables = list(model.weights) + list(optimizer.variables if optimizer else [])
+    return all(
+        np.isfinite(keras.ops.convert_to_numpy(v)).all()
+        for v in variables
+        if keras.backend.is_float_dtype(v.dtype)
+    )
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves an atomic checkpoint to ``path`` at the end of every epoch."""
+    """Saves an atomic checkpoint to ``path`` at the end of every epoch.
+
+    An epoch whose training loss or state is not finite is not saved, so a
+    diverged run keeps its last good checkpoint (see
+    ``freezeout_tf.divergence``). ``skipped`` lists such epochs (0-based).
+    """
 
     def __init__(self, path: str):
         super().__init__()
         self.path = path
+        self.skipped: List[int] = []
 
     def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if (loss is not None and not math.isfinite(float(loss))) or not (
+            is_finite_state(self.model)
+        ):
+            self.skipped.append(epoch)
+            return
         save_atomic(self.model, self.path)
