@@ -18,24 +18,26 @@ Outputs, under ``--output-dir``: ``NAME.keras`` (checkpoint after every
 epoch, with optimizer state, replaced atomically), ``NAME.jsonl`` (metrics
 log, JSON lines, appended), ``NAME.args.json`` (the options of the run,
 checked on ``--resume``) and ``tensorboard/NAME/`` (TensorBoard event files).
-``NAME`` is ``--save-weights`` or derived from the options.
+``NAME`` is ``--save-weights`` or derived from the options.  The run itself
+is ``freezeout_tf.training``; this script parses options and prints.
 
-Bad options exit with status 2 and a one-line message before anything is
-written.
+Exit status: 0 done; 2 bad input (an option, or files that do not allow the
+run, such as a torn checkpoint on ``--resume``), refused with one line before
+anything is written; 3 the training loss became non-finite: the run stopped
+in that epoch, and its last good checkpoint is kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
-# Quieter TensorFlow start-up; an explicit setting by the user wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Only the standard library up to here: options are checked before
+# TensorFlow (seconds to import) is loaded.
 
 if __package__ in (None, ""):  # run as a script from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,6 +67,8 @@ RESUME_KEYS = (
     "synthetic_train_size",
     "mixed_precision",
 )
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -76,8 +80,26 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports an error in one line, with a pointer to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_USAGE,
+            f"{self.prog}: error: {message} (see {self.prog} --help)\n",
+        )
+
+
 class UsageError(Exception):
-    """Bad input: reported as ``prog: error: message`` with exit status 2."""
+    """Bad input: reported as ``prog: error: message`` with exit status 2.
+
+    ``options=False`` for input other than the options (e.g. a torn
+    checkpoint), where pointing to ``--help`` would not help.
+    """
+
+    def __init__(self, message: str, options: bool = True):
+        super().__init__(message)
+        self.options = options
 
 
 # ---------------------------------------------------------------------------
@@ -85,7 +107,8 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The options; each of the original script keeps its name."""
+    p = _Parser(
         prog="train_cifar.py",
         description=(
             "Train a network on CIFAR-10/100 with FreezeOut (progressively freezing "
@@ -381,10 +404,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fills derived defaults and checks every value; raises UsageError."""
-    from freezeout_tf import schedule
+def _depth_error(model: str, depth: int) -> Optional[str]:
+    """What is wrong with ``-L depth`` for ``model``, or None.
 
+    The builders in ``freezeout_tf.models`` check the same rules once
+    TensorFlow is loaded; these early copies only make a bad option fail
+    fast, and a test checks that both agree.
+    """
+    if model == "vgg":
+        if depth not in VGG_DEPTHS:
+            return f"it must be one of {', '.join(map(str, VGG_DEPTHS))} for vgg"
+        return None
+    if depth < 10 or (depth - 4) % 6:
+        example = "40, 76, 100" if model == "densenet" else "16, 22, 28"
+        return (
+            f"it must be 10 or more with (depth - 4) % 6 == 0 for {model} "
+            f"(e.g. {example})"
+        )
+    return None
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fills derived defaults and checks every value; raises UsageError.
+
+    Imports nothing heavy, so a bad option is refused in milliseconds.
+    """
     if args.dataset is None:
         args.dataset = WHICH_DATASET[args.which_dataset or "100"]
     elif (
@@ -400,12 +444,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         args.growth_rate = DEFAULT_WIDTH[args.model]
     if args.learning_rate is None:
         args.learning_rate = DEFAULT_LR[args.optimizer]
-    try:
-        schedule.check_t_0(args.t_0)
-    except ValueError:
-        raise UsageError(
-            f"--t_0 {args.t_0:g} is not allowed: it must be in (0, 1]"
-        ) from None
+    if not 0.0 < args.t_0 <= 1.0:  # also refuses nan
+        raise UsageError(f"--t_0 {args.t_0:g} is not allowed: it must be in (0, 1]")
     if args.epochs < 1:
         raise UsageError(f"--epochs {args.epochs} is not allowed: it must be 1 or more")
     if args.batch_size < 1:
@@ -431,25 +471,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             f"--synthetic-val-size "
             f"{args.synthetic_val_size} are not allowed: need >= 1 and >= 0"
         )
-    if args.model == "vgg" and args.depth not in VGG_DEPTHS:
-        raise UsageError(
-            f"--depth {args.depth} is not allowed for vgg: it must be one of "
-            f"{', '.join(map(str, VGG_DEPTHS))}"
-        )
-    if args.model in ("densenet", "wrn"):
-        from freezeout_tf import models
-
-        count = (
-            models.densenet_bc_num_units
-            if args.model == "densenet"
-            else models.wide_resnet_num_units
-        )
-        try:
-            count(args.depth)
-        except ValueError as err:
-            raise UsageError(
-                f"--depth {args.depth} is not allowed for {args.model}: {err}"
-            ) from None
+    depth_error = _depth_error(args.model, args.depth)
+    if depth_error:
+        raise UsageError(f"--depth {args.depth} is not allowed: {depth_error}")
     if args.model != "vgg" and (args.growth_rate is None or args.growth_rate < 1):
         raise UsageError(
             f"--growth-rate {args.growth_rate} is not allowed: it must be 1 or more"
@@ -499,71 +523,13 @@ def run_name(args: argparse.Namespace) -> str:
 
 
 # ---------------------------------------------------------------------------
-# model
-
-
-def build_model(args: argparse.Namespace, num_classes: int):
-    from freezeout_tf import models
-
-    try:
-        if args.model == "densenet":
-            return models.densenet_bc(
-                depth=args.depth,
-                growth_rate=args.growth_rate,
-                num_classes=num_classes,
-                dropout=args.dropout,
-                classifier_activation=None,
-            )
-        if args.model == "wrn":
-            return models.wide_resnet(
-                depth=args.depth,
-                widen_factor=args.growth_rate,
-                num_classes=num_classes,
-                dropout=args.dropout,
-                classifier_activation=None,
-            )
-        return models.vgg(
-            VGG_DEPTHS[args.depth],
-            num_classes=num_classes,
-            batch_norm=True,
-            classifier_activation=None,
-        )
-    except ValueError as err:
-        raise UsageError(
-            f"--model {args.model} -L {args.depth} -k {args.growth_rate}: {err}"
-        ) from None
-
-
-def make_optimizer(args: argparse.Namespace):
-    import keras
-
-    from freezeout_tf.optimizer import original_sgd
-
-    if args.optimizer == "sgd":
-        return original_sgd(args.learning_rate)
-    if args.optimizer == "adam":
-        return keras.optimizers.Adam(args.learning_rate)
-    return keras.optimizers.AdamW(args.learning_rate)
-
-
-def compile_model(model, args: argparse.Namespace) -> None:
-    import keras
-
-    model.compile(
-        optimizer=make_optimizer(args),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=bool(args.jit_compile),
-        steps_per_execution=args.steps_per_execution,
-    )
+# main
 
 
 def estimate_speedup(model, args: argparse.Namespace):
-    """(speedup used for --const_time, description), or (None, reason)."""
-    try:
-        from freezeout_tf import speedup
-    except ImportError as err:  # pragma: no cover - the module ships with the package
-        return None, f"n/a ({err})"
+    """(speedup used for --const_time, description of the estimates)."""
+    from freezeout_tf import speedup
+
     estimate = float(speedup.estimate_speedup(model, args.t_0, args.how_scale))
     text = f"{100 * estimate:.1f}% (from the model's per-unit costs)"
     if args.model == "densenet":
@@ -581,29 +547,67 @@ def count_params(variables) -> int:
     return int(sum(np.prod(v.shape) for v in variables))
 
 
-# ---------------------------------------------------------------------------
-# main
-
-
-def _error(parser: argparse.ArgumentParser, message: str) -> int:
-    parser.print_usage(sys.stderr)
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        check_args(args)
+    except UsageError as err:
+        return _exit_code(parser, err)
     except SystemExit as stop:  # --help (0) or an argparse error (2)
         return int(stop.code or 0)
     saved = _global_state()
     try:
         return _run(args)
     except UsageError as err:
-        return _error(parser, str(err))
+        return _exit_code(parser, err)
     finally:
         _restore_global_state(saved)
+
+
+def _exit_code(parser: argparse.ArgumentParser, err: UsageError) -> int:
+    if not err.options:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        parser.error(str(err))
+    except SystemExit as stop:
+        return int(stop.code)
+    raise AssertionError("ArgumentParser.error returned")  # pragma: no cover
+
+
+def _import_tensorflow_quietly(gpus_wanted: bool) -> None:
+    """Imports TensorFlow without its start-up noise on a machine with no GPU.
+
+    TensorFlow's C++ libraries print lines such as ``Could not find cuda
+    drivers`` and ``E0000 ... failed call to cuInit`` to the process's
+    stderr before TF_CPP_MIN_LOG_LEVEL applies, so they are caught at the
+    file descriptor while TensorFlow loads and looks for GPUs. They are
+    shown after all when GPUs were asked for and none was found (then they
+    say why), and never caught if TF_CPP_MIN_LOG_LEVEL asks for info or
+    warnings (0 or 1).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in "01":
+        import tensorflow  # noqa: F401
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+        if gpus_wanted and not gpus:
+            caught.seek(0)
+            sys.stderr.write(caught.read().decode("utf-8", "replace"))
 
 
 def _global_state():
@@ -620,6 +624,8 @@ def _global_state():
 
 
 def _restore_global_state(saved) -> None:
+    if "tensorflow" not in sys.modules:
+        return
     import keras
     from tensorflow.python.framework import config as tf_config
 
@@ -632,13 +638,20 @@ def _restore_global_state(saved) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_args(args)
-
+    _import_tensorflow_quietly(gpus_wanted=args.strategy != "default")
     import keras
     import tensorflow as tf
 
-    from freezeout_tf import checkpoint, data, distribute, summaries, training_log
+    from freezeout_tf import (
+        checkpoint,
+        data,
+        distribute,
+        summaries,
+        training,
+        training_log,
+    )
     from freezeout_tf.callback import FreezeOut
+    from freezeout_tf.divergence import StopOnDivergence
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(args.seed)
@@ -664,61 +677,50 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:  # DatasetNotFoundError is a ValueError
         raise UsageError(str(err)) from None
 
-    # 2. Build the model (or load the checkpoint to resume).
+    # 2. Build the model, or load the checkpoint to resume.
     name = run_name(args)
-    out_dir = os.path.abspath(args.output_dir)
-    ckpt_path = os.path.join(out_dir, f"{name}.keras")
-    log_path = os.path.join(out_dir, f"{name}.jsonl")
-    args_path = os.path.join(out_dir, f"{name}.args.json")
+    files = training.RunFiles(os.path.abspath(args.output_dir), name)
     run_args = {k: getattr(args, k) for k in RESUME_KEYS}
-
     with strategy.scope():
-        model = build_model(args, ds.num_classes)
-        initial_epoch = 0
-        fresh = not args.resume
-        if args.resume and os.path.isfile(args_path):
-            with open(args_path, encoding="utf-8") as f:
-                saved = json.load(f)
-            changed = [
-                f"--{k} {saved.get(k)!r} -> {run_args[k]!r}"
-                for k in RESUME_KEYS
-                if k in saved and saved[k] != run_args[k]
-            ]
-            if changed:
-                raise UsageError(
-                    "--resume with options other than the run's: " + ", ".join(changed)
-                )
-        if args.resume and not os.path.isfile(ckpt_path):
-            if not os.path.isfile(args_path):
-                raise UsageError(
-                    f"--resume: there is no checkpoint {ckpt_path!r} to resume"
-                )
-            # Stopped in its first epoch: start it over, appending to its log.
-            print(f"--resume: {name} has no checkpoint yet; starting it from epoch 0")
-            fresh = True
-        if args.resume and not fresh:
-            try:
-                model = checkpoint.load_checkpoint(ckpt_path)
-                initial_epoch = checkpoint.completed_epochs(model, ds.steps_per_epoch)
-            except (ValueError, OSError) as err:
-                raise UsageError(f"--resume: cannot use {ckpt_path!r}: {err}") from None
-        elif not args.resume:
-            for path in (ckpt_path, log_path):
-                if os.path.exists(path):
-                    raise UsageError(
-                        f"{path!r} exists: pass --resume to continue that run, or "
-                        "choose another --output-dir or --save-weights"
-                    )
-        if fresh:
-            compile_model(model, args)
+        try:
+            start = training.start_or_resume(
+                files,
+                run_args,
+                resume=args.resume,
+                steps_per_epoch=ds.steps_per_epoch,
+                build=lambda: training.build_model(
+                    args.model,
+                    args.depth,
+                    args.growth_rate,
+                    num_classes=ds.num_classes,
+                    dropout=args.dropout,
+                ),
+                compile=lambda m: training.compile_model(
+                    m,
+                    training.make_optimizer(args.optimizer, args.learning_rate),
+                    jit_compile=args.jit_compile,
+                    steps_per_execution=args.steps_per_execution,
+                ),
+            )
+        except training.RunError as err:
+            if args.resume:
+                raise UsageError(f"--resume: {err}", options=False) from None
+            raise UsageError(
+                f"{err}: pass --resume to continue it, or choose another "
+                "--output-dir or --save-weights",
+                options=False,
+            ) from None
+        except checkpoint.CheckpointError as err:
+            raise UsageError(
+                f"--resume: {err}; the file was left as it is", options=False
+            ) from None
+    model, initial_epoch = start.model, start.initial_epoch
+    if start.restarted:
+        print(f"--resume: {name} has no checkpoint yet; starting it from epoch 0")
 
     speedup, speedup_text = estimate_speedup(model, args)
     epochs = args.epochs
     if args.const_time:
-        if speedup is None:
-            raise UsageError(
-                f"--const_time needs the estimated speedup: {speedup_text}"
-            )
         epochs = int(math.ceil(args.epochs / (1.0 - speedup) - 1e-9))
 
     # 3. Describe the run.
@@ -764,18 +766,18 @@ def _run(args: argparse.Namespace) -> int:
             else ""
         )
         + "; "
-        f"output {os.path.join(out_dir, name)}.*"
+        f"output {os.path.join(files.directory, name)}.*"
     )
     if initial_epoch >= epochs:
         print(
-            f"{ckpt_path} has already trained {initial_epoch} of {epochs} epochs: "
-            "nothing to do"
+            f"{files.checkpoint} has already trained {initial_epoch} of {epochs} "
+            "epochs: nothing to do"
         )
         return 0
     if initial_epoch:
         print(
             f"resuming after epoch {initial_epoch} (step "
-            f"{initial_epoch * ds.steps_per_epoch}) from {ckpt_path}"
+            f"{initial_epoch * ds.steps_per_epoch}) from {files.checkpoint}"
         )
 
     if args.dry_run:
@@ -783,35 +785,33 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     # 4. Only now write anything.
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = checkpoint.temporary_path(ckpt_path)
-    if os.path.exists(tmp):  # a torn write of a killed run
-        os.remove(tmp)
-    if not args.resume:
-        _write_json_atomic(args_path, dict(run_args, epochs_run=epochs, name=name))
-    metrics = training_log.MetricsLog(log_path)
-    if args.resume:
-        metrics.append(
-            {"resume": initial_epoch, "step": initial_epoch * ds.steps_per_epoch}
-        )
-    tb_dir = os.path.join(out_dir, "tensorboard", name)
+    metrics = training.open_log(
+        files,
+        run_args,
+        resume=args.resume,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=ds.steps_per_epoch,
+        info={"epochs_run": epochs, "name": name},
+    )
+    divergence = StopOnDivergence(metrics)
     callbacks = [
         FreezeOut(t_0=args.t_0, how_scale=args.how_scale, scale_lr=args.scale_lr),
+        divergence,
         training_log.MetricsLogger(metrics, epochs=epochs, num_units=model.num_units),
         summaries.FreezeOutSummaries(
-            os.path.join(tb_dir, "freezeout"),
+            os.path.join(files.tensorboard, "freezeout"),
             num_units=model.num_units,
             total_steps=epochs * ds.steps_per_epoch,
             t_0=args.t_0,
             how_scale=args.how_scale,
             scale_lr=args.scale_lr,
         ),
-        keras.callbacks.TensorBoard(log_dir=tb_dir, write_graph=False),
-        checkpoint.EpochCheckpoint(ckpt_path),
+        keras.callbacks.TensorBoard(log_dir=files.tensorboard, write_graph=False),
+        checkpoint.EpochCheckpoint(files.checkpoint),
     ]
     if args.stop_after is not None:
-        callbacks.append(_StopAfter(args.stop_after))
-    start = time.perf_counter()
+        callbacks.append(training.StopAfter(args.stop_after))
+    start_time = time.perf_counter()
     model.fit(
         ds.train(initial_epoch, epochs),
         epochs=epochs,
@@ -822,46 +822,31 @@ def _run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         shuffle=False,  # the pipeline shuffles, reproducibly per epoch
     )
+    if divergence.diverged:
+        kept = (
+            f"the last good checkpoint {files.checkpoint} is kept"
+            if os.path.exists(files.checkpoint)
+            else "no checkpoint was written"
+        )
+        print(
+            f"train_cifar.py: error: training diverged: the loss is "
+            f"{divergence.loss} at step {divergence.step} of "
+            f"{epochs * ds.steps_per_epoch} (epoch {divergence.epoch}); stopped, "
+            f"{kept}; try a lower --learning-rate (this run: "
+            f"{args.learning_rate:g})",
+            file=sys.stderr,
+        )
+        return EXIT_DIVERGED
     done = (
         int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         // ds.steps_per_epoch
     )
     print(
-        f"done: {done - initial_epoch} epochs in {time.perf_counter() - start:.1f} s; "
-        f"checkpoint {ckpt_path}, log {log_path}"
+        f"done: {done - initial_epoch} epochs in "
+        f"{time.perf_counter() - start_time:.1f} s; "
+        f"checkpoint {files.checkpoint}, log {files.log}"
     )
     return 0
-
-
-def _stop_after_class():
-    import keras
-
-    class StopAfter(keras.callbacks.Callback):
-        """Ends fit after epoch ``last`` (1-based), once its checkpoint is saved."""
-
-        def __init__(self, last):
-            super().__init__()
-            self.last = last
-
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 >= self.last:
-                self.model.stop_training = True
-
-    return StopAfter
-
-
-def _StopAfter(last):  # noqa: N802 - keeps keras out of the module's import time
-    return _stop_after_class()(last)
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

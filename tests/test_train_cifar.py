@@ -1,9 +1,12 @@
 """scripts/train_cifar.py end to end, on tiny synthetic and mocked-tfds data:
-outputs and log format, exact resume, a SIGKILL mid-run, and bad input."""
+outputs and log format, exact resume, a SIGKILL mid-run, divergence, a torn
+checkpoint, and bad input (refused fast, in one line). The resume protocol
+itself is tested in test_training.py."""
 
 import glob
 import hashlib
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +24,11 @@ _spec = importlib.util.spec_from_file_location("train_cifar", SCRIPT)
 train_cifar = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_cifar)
 
-from freezeout_tf import checkpoint, training_log  # noqa: E402
+from freezeout_tf import checkpoint, training, training_log  # noqa: E402
+from freezeout_tf.models import (  # noqa: E402
+    densenet_bc_num_units,
+    wide_resnet_num_units,
+)
 
 def _synthetic_run(batch_size, train_size, val_size, *extra):
     """CLI options of a tiny DenseNet-BC (L=10, k=4) on synthetic data."""
@@ -308,6 +315,8 @@ def test_sigkill_mid_epoch_then_resume(uninterrupted, tmp_path):
             proc.wait()
         stderr.close()
     assert proc.returncode == -signal.SIGKILL
+    # A CPU-only start prints none of TensorFlow's CUDA start-up lines.
+    assert "cuda" not in (tmp_path / "stderr.txt").read_text().lower()
     done = checkpoint.completed_epochs(checkpoint.load_checkpoint(str(ckpt)), 16)
     assert 1 <= done < 4, "the run was not killed mid-way"
 
@@ -475,6 +484,100 @@ def test_bad_input_exits_2_and_writes_nothing(argv, needle, tmp_path, capsys):
     )
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert needle in err[-1] and err[-1].startswith("train_cifar.py: error: ")
+    assert len(err) == 1, err  # no usage dump
+    assert needle in err[0] and err[0].startswith("train_cifar.py: error: ")
     assert not out.exists()
     assert not (tmp_path / "tfds").exists()
+
+
+def _run_script(argv, cwd):
+    env = dict(
+        os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the script's own default
+    return subprocess.run(
+        [sys.executable, SCRIPT] + argv, cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_a_bad_option_is_refused_before_tensorflow_loads(tmp_path):
+    start = time.perf_counter()
+    proc = _run_script(["--t_0", "1.5", "--output-dir", str(tmp_path / "o")],
+                       tmp_path)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        "train_cifar.py: error: --t_0 1.5 is not allowed: it must be in (0, 1] "
+        "(see train_cifar.py --help)\n"
+    )
+    assert elapsed < 1.0, elapsed  # importing TensorFlow alone takes seconds
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("model, count", [
+    ("densenet", densenet_bc_num_units), ("wrn", wide_resnet_num_units),
+])
+def test_early_depth_check_agrees_with_the_builders(model, count):
+    for depth in range(0, 120):
+        try:
+            count(depth)
+            allowed = True
+        except ValueError:
+            allowed = False
+        assert (train_cifar._depth_error(model, depth) is None) == allowed, depth
+
+
+def test_early_vgg_depths_agree_with_the_library():
+    for depth in range(0, 30):
+        try:
+            config = training.vgg_config(depth)
+        except ValueError:
+            config = None
+        assert train_cifar.VGG_DEPTHS.get(depth) == config, depth
+        assert (train_cifar._depth_error("vgg", depth) is None) == bool(config)
+
+
+def test_diverging_run_stops_with_status_3(tmp_path):
+    out = tmp_path / "out"
+    proc = _run_script(
+        TINY + ["--epochs", "3", "--learning-rate", "1e6", "--output-dir",
+                str(out), "--save-weights", "div"],
+        tmp_path,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    (line,) = proc.stderr.splitlines()  # one line: no CUDA noise either
+    assert line.startswith("train_cifar.py: error: training diverged: the loss is ")
+    assert " at step " in line and "lower --learning-rate" in line
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    text = (out / "div.jsonl").read_text()
+    records = [json.loads(x, parse_constant=refuse) for x in text.splitlines()]
+    final = records[-1]
+    assert final["diverged"] is True and final["loss"] is None
+    assert f"at step {final['step']} of 12 (epoch {final['epoch']})" in line
+    # Stopped in that epoch: no later epoch was logged, and no checkpoint
+    # holds the diverged weights.
+    assert max(r.get("epoch", 0) for r in records) == final["epoch"]
+    assert not (out / "div.keras").exists() or checkpoint.completed_epochs(
+        checkpoint.load_checkpoint(str(out / "div.keras")), 4
+    ) < final["epoch"]
+
+
+def test_resume_from_a_torn_checkpoint_exits_2_and_keeps_it(
+    uninterrupted, tmp_path, capsys
+):
+    out = tmp_path / "torn"
+    out.mkdir()
+    for name in ("run.jsonl", "run.args.json"):
+        (out / name).write_bytes((uninterrupted / name).read_bytes())
+    data = (uninterrupted / "run.keras").read_bytes()
+    (out / "run.keras").write_bytes(data[: len(data) // 3])
+    before = {p: _digest(p) for p in glob.glob(str(out / "*"))}
+    assert train_cifar.main(RESUME + ["--output-dir", str(out), "--resume"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("train_cifar.py: error: --resume: ")
+    assert "run.keras' is torn or not a checkpoint" in line
+    assert {p: _digest(p) for p in glob.glob(str(out / "*"))} == before
