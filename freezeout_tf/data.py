@@ -34,7 +34,7 @@ __all__ = [
 DATASETS = ("cifar100", "cifar10", "synthetic")
 VALIDATION_MODES = ("validate", "test", "none")
 
-#: Per-channel (mean, std) of the training images, REFERENCE.md section 6.
+#: Per-channel (mean, std) of the training images, docs/algorithm.md §6.
 NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),

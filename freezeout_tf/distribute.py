@@ -7,16 +7,26 @@ skip both the update *and* the gradient all-reduce of frozen units.
 
 Example:
 
->>> strategy = make_strategy("mirrored")     # every local GPU
->>> set_mixed_precision("bfloat16")          # before building the model
->>> with strategy.scope():
+>>> strategy = make_strategy("mirrored")  # doctest: +SKIP
+>>> set_mixed_precision("bfloat16")  # doctest: +SKIP
+>>> with strategy.scope():  # doctest: +SKIP
 ...     model = freezeout_tf.models.densenet_bc(depth=100)
 ...     model.compile(freezeout_tf.original_sgd(), loss, metrics=[...])
->>> model.fit(ds, epochs=100, callbacks=[FreezeOut()])
+>>> model.fit(ds, epochs=100, callbacks=[FreezeOut()])  # doctest: +SKIP
+
+(`make_strategy("mirrored")` uses every local GPU; set the precision
+before building the model.)
 """
 
 import keras
 import tensorflow as tf
+
+__all__ = [
+    "MIXED_PRECISION",
+    "STRATEGIES",
+    "make_strategy",
+    "set_mixed_precision",
+]
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
 MIXED_PRECISION = {

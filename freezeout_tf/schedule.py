@@ -1,4 +1,4 @@
-"""The FreezeOut schedule as pure functions of the step (REFERENCE §2-3).
+"""The FreezeOut schedule as pure functions of the step (docs/algorithm.md §2-3).
 
 Nothing here touches TensorFlow: these functions are the single source of
 truth for *when* a unit freezes and *how fast* it learns. The in-graph
@@ -12,6 +12,20 @@ freezes (its fraction is 1).
 import numbers
 
 import numpy as np
+
+__all__ = [
+    "SCALINGS",
+    "check_frozen_from_start",
+    "check_how_scale",
+    "check_positive_int",
+    "check_t_0",
+    "check_total_steps",
+    "freeze_fractions",
+    "freeze_steps",
+    "lr_multipliers",
+    "num_frozen",
+    "scale",
+]
 
 SCALINGS = {
     "linear": lambda x: x,

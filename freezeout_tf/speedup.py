@@ -3,7 +3,7 @@
 Two estimates:
 
 * `calc_speedup`: the original's formula for DenseNet-BC on 32x32 inputs
-  (REFERENCE §5), kept exactly, quirks included, to compare with the paper.
+  (docs/algorithm.md §5), kept exactly, quirks included, to compare with the paper.
 * `estimate_speedup`: for any built `FreezeOutModel`, from the real forward
   cost of each unit (`unit_flops`) and a backward pass costing twice the
   forward.
@@ -24,6 +24,16 @@ import keras
 import numpy as np
 
 from freezeout_tf import schedule
+
+__all__ = [
+    "calc_speedup",
+    "count_macs",
+    "densenet_costs",
+    "estimate_speedup",
+    "speedup_from_costs",
+    "t0_for_speedup",
+    "unit_flops",
+]
 
 
 def densenet_costs(growth_rate, n_dense_blocks):

@@ -32,7 +32,7 @@ def tiny_batch(n=4, num_classes=10, seed=0):
     return x, y
 
 
-# Reference architecture facts (REFERENCE §1, §7).
+# Reference architecture facts (docs/algorithm.md §1, §7).
 
 
 def test_densenet_bc_100_12_matches_original_parameter_count():

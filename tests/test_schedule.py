@@ -1,4 +1,4 @@
-"""The pure schedule against hand-computed values (REFERENCE §2-3)."""
+"""The pure schedule against hand-computed values (docs/algorithm.md §2-3)."""
 
 import math
 

@@ -22,7 +22,7 @@ from freezeout_tf.speedup import (  # noqa: E402
 HW = 32 * 32
 
 
-# The original's calc_speedup (REFERENCE §5).
+# The original's calc_speedup (docs/algorithm.md §5).
 
 
 def test_calc_speedup_check_value():

@@ -1,7 +1,7 @@
 """DenseNet(-BC) for 32x32 inputs, split into FreezeOut units.
 
 The architecture follows bamos/densenet.pytorch, which the original
-FreezeOut DenseNet was adapted from (REFERENCE §1, §7).
+FreezeOut DenseNet was adapted from (docs/algorithm.md §1, §7).
 """
 
 import math
@@ -11,6 +11,12 @@ import keras
 
 from freezeout_tf.model import FreezeOutModel
 from freezeout_tf.models import initializers as init
+
+__all__ = [
+    "DenseLayer",
+    "densenet_bc",
+    "densenet_bc_num_units",
+]
 
 
 @keras.saving.register_keras_serializable(package="freezeout_tf")
@@ -32,7 +38,7 @@ class DenseLayer(keras.layers.Layer):
     Example:
 
     >>> layer = DenseLayer(12)
-    >>> layer(keras.ops.zeros((1, 32, 32, 24))).shape
+    >>> tuple(layer(keras.ops.zeros((1, 32, 32, 24))).shape)
     (1, 32, 32, 36)
     """
 
@@ -130,7 +136,7 @@ def densenet_bc(depth=76, growth_rate=12, num_classes=100, dropout=0.0,
                 classifier_activation="softmax", name=None):
     """A DenseNet-BC for 32x32 RGB inputs as a built `FreezeOutModel`.
 
-    Freeze units, in forward order (REFERENCE §1): the stem conv (3x3, `2k`
+    Freeze units, in forward order (docs/algorithm.md §1): the stem conv (3x3, `2k`
     channels); each layer of dense block 1 (`DenseLayer`); transition 1;
     each layer of block 2; transition 2; each layer of block 3. A
     transition is BN-ReLU-Conv1x1(`floor(c * reduction)`)-AvgPool(2). The

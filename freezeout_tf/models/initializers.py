@@ -1,6 +1,6 @@
 """Weight initialisation and layer defaults shared by the model builders.
 
-They reproduce the original (PyTorch) FreezeOut networks (REFERENCE §7):
+They reproduce the original (PyTorch) FreezeOut networks (docs/algorithm.md §7):
 
 * Conv kernels: N(0, 2 / (kh * kw * out_channels)). Keras' `fan_out` for a
   conv kernel of shape `(kh, kw, in, out)` is `kh * kw * out`, so this is
@@ -21,6 +21,17 @@ import numbers
 import keras
 
 from freezeout_tf.schedule import check_positive_int  # noqa: F401 (re-export)
+
+__all__ = [
+    "batch_norm",
+    "check_rate",
+    "conv2d",
+    "conv_kernel_initializer",
+    "dense",
+    "pooled_classifier",
+    "torch_linear_kernel_initializer",
+    "vgg_dense_kernel_initializer",
+]
 
 
 def conv_kernel_initializer(seed=None):

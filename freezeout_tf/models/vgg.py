@@ -1,9 +1,15 @@
-"""VGG for 32x32 inputs, split into FreezeOut units (REFERENCE §1, §7)."""
+"""VGG for 32x32 inputs, split into FreezeOut units (docs/algorithm.md §1, §7)."""
 
 import keras
 
 from freezeout_tf.model import FreezeOutModel
 from freezeout_tf.models import initializers as init
+
+__all__ = [
+    "CONFIGS",
+    "vgg",
+    "vgg_num_units",
+]
 
 # Channels of each 3x3 conv; "M" is a 2x2 max pool. As in torchvision.
 CONFIGS = {

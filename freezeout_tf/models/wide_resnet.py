@@ -1,7 +1,7 @@
 """Wide ResNet (pre-activation) for 32x32 inputs, split into FreezeOut units.
 
 The architecture follows xternalz/WideResNet-pytorch, which the original
-FreezeOut WRN was adapted from (REFERENCE §1, §7).
+FreezeOut WRN was adapted from (docs/algorithm.md §1, §7).
 """
 
 import numbers
@@ -10,6 +10,12 @@ import keras
 
 from freezeout_tf.model import FreezeOutModel
 from freezeout_tf.models import initializers as init
+
+__all__ = [
+    "WideBasicBlock",
+    "wide_resnet",
+    "wide_resnet_num_units",
+]
 
 
 @keras.saving.register_keras_serializable(package="freezeout_tf")
@@ -32,7 +38,7 @@ class WideBasicBlock(keras.layers.Layer):
     Example:
 
     >>> block = WideBasicBlock(64, strides=2)
-    >>> block(keras.ops.zeros((1, 32, 32, 16))).shape
+    >>> tuple(block(keras.ops.zeros((1, 32, 32, 16))).shape)
     (1, 16, 16, 64)
     """
 
@@ -134,7 +140,7 @@ def wide_resnet(depth=28, widen_factor=10, num_classes=100, dropout=0.0,
     """A pre-activation Wide ResNet WRN-depth-widen_factor for 32x32 RGB
     inputs as a built `FreezeOutModel`.
 
-    Freeze units, in forward order (REFERENCE §1): the stem conv (3x3, 16
+    Freeze units, in forward order (docs/algorithm.md §1): the stem conv (3x3, 16
     channels), then each `WideBasicBlock` of the three groups
     (`16w`, `32w`, `64w` channels at 32x32, 16x16, 8x8; `n = (depth-4)/6`
     blocks each). The head is BN-ReLU-global average pool-Dense.
