@@ -1,29 +1,55 @@
 """`FreezeOutModel`: a chain of freeze units and a head, with a train step
 that skips the backward pass of frozen units inside one traced graph.
 
-How the frozen prefix is cut out of the backward pass without retracing:
-each unit's forward runs under a `tf.switch_case` on in-graph flags
-computed from the optimizer's iteration counter.
+The train step (see docs/design.md for the measurements behind it):
 
-* Frozen: `tf.stop_gradient(unit(x, training=False))`: BatchNorm uses and
-  keeps its moving statistics, and the branch has no gradient.
-* First active unit (the one right after the frozen prefix):
-  `unit(tf.stop_gradient(x), training=True)`: nothing before it trains, so
-  its input gradient is not computed.
-* Active: `unit(x, training=True)`.
+* **Forward, with no branch.** Each unit runs once, with `training=True`,
+  but its BatchNormalization and Dropout layers take their mode from the
+  unit's in-graph "active" flag (`freezeout_tf.unit_mode`): a frozen unit
+  computes exactly its inference-mode output and leaves its moving
+  statistics as they are. Between units the activation passes through
+  `tf.stop_gradient`, so the tape holds one short piece per unit.
+* **Backward, unit by unit in reverse, each under its own branch.** The
+  head's gradients come first; then, for unit i from the last to the first,
+  a `tf.switch_case` on the flags either skips the unit (frozen: zero
+  weight gradients, no op of its backward runs), computes only its weight
+  gradients (the first active unit: nothing before it trains), or computes
+  its weight and input gradients from the output gradient the unit after it
+  handed down. The branches read the forward's tensors directly; nothing is
+  differentiated *through* a branch, so no branch has to export the
+  forward's intermediates. That is what keeps the graph small and its
+  lowering to XLA linear in the number of units.
 
-The gradient of a `tf.switch_case` is again a switch that runs only the taken
-branch's gradient, so for a frozen unit no backward op of that unit executes
-(its weight "gradients" are zero-filled placeholders that the optimizer
-never applies or all-reduces; see `freezeout_tf.optimizer`). Since frozen
-units always form a prefix, the backward stops at one boundary."""
+The optimizer skips frozen units' updates, slots and weight decay
+(`freezeout_tf.optimizer`)."""
+
+import logging
 
 import keras
 import tensorflow as tf
-from keras.src.losses import loss as loss_module
 
+from freezeout_tf import keras_internals
 from freezeout_tf import optimizer as fo_optimizer
 from freezeout_tf.schedule_state import ScheduleState
+from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
+
+__all__ = ["FreezeOutModel"]
+
+
+XLA_AUTO_NOTE = (
+    "FreezeOutModel: jit_compile='auto' resolves to False. The one-graph "
+    "step compiles under XLA (pass jit_compile=True to use it), but its "
+    "steady step time under XLA has only been measured on CPU, where XLA "
+    "runs the convolutions inside the per-unit branches on a slow path; "
+    "see the README's XLA section."
+)
+
+
+def _unscale_loss_for_distribution(loss):
+    # As Keras' train step: the loss tracker wants the per-replica loss
+    # times the number of replicas.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss * replicas if replicas > 1 else loss
 
 
 @keras.saving.register_keras_serializable(package="freezeout_tf")
@@ -51,7 +77,7 @@ class FreezeOutModel(keras.Model):
     ...                          keras.layers.Dense(10)])
     >>> model = FreezeOutModel(units, head)
     >>> model.compile(original_sgd(), "sparse_categorical_crossentropy")
-    >>> model.fit(ds, epochs=10, callbacks=[FreezeOut()])
+    >>> model.fit(ds, epochs=10, callbacks=[FreezeOut()])  # doctest: +SKIP
     """
 
     def __init__(self, freeze_units, head, **kwargs):
@@ -71,6 +97,15 @@ class FreezeOutModel(keras.Model):
         self.schedule_state = ScheduleState(len(freeze_units))
         # Python-side count of train_step traces: 1 for a whole run.
         self.train_step_traces = 0
+        # Callables `(step, unit_gradients, frozen_flags)` run inside the
+        # train step after the backward pass; see compute_freezeout_gradients.
+        self.gradient_observers = []
+        # The leaf layers whose training/inference mode follows each unit's
+        # in-graph flag (rejects layers that cannot switch, before training).
+        self._unit_leaves = [
+            mode_switched_leaves(unit, f"unit {i}")
+            for i, unit in enumerate(freeze_units)
+        ]
 
     @classmethod
     def from_sequential(cls, sequential, num_head_layers=1, **kwargs):
@@ -136,6 +171,34 @@ class FreezeOutModel(keras.Model):
             x = unit(x, training=training)
         return self.head(x, training=training)
 
+    def compile(self, optimizer="rmsprop", *args, jit_compile="auto",
+                **kwargs):
+        """As `keras.Model.compile`, with three checks before any training.
+
+        * The private Keras internals FreezeOut relies on are as expected
+          (`freezeout_tf.keras_internals`), else a clear error.
+        * Optimizer options that would move frozen variables are refused:
+          `use_ema` (the average is written into every variable) and
+          `gradient_accumulation_steps` (updates are applied outside the
+          per-unit skip).
+        * `jit_compile="auto"` stays off (one log line says so) where Keras
+          would turn XLA on, i.e. on GPUs: see `XLA_AUTO_NOTE`. An explicit
+          `jit_compile=True` is honoured.
+        """
+        keras_internals.check()
+        super().compile(optimizer, *args, jit_compile=jit_compile, **kwargs)
+        fo_optimizer.check_supported(self.optimizer)
+        if jit_compile == "auto" and self.jit_compile:
+            self.jit_compile = False
+            logging.getLogger("freezeout_tf").warning(XLA_AUTO_NOTE)
+
+    def compile_from_config(self, config):
+        # Keras skips restoring the compile state of a model whose compile()
+        # is overridden; ours only adds checks, so restore as Keras does.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     # The variables FreezeOut trains.
 
     def _unit_variable_ids(self):
@@ -187,33 +250,15 @@ class FreezeOutModel(keras.Model):
 
     # The train step.
 
-    def _forward(self, x, step):
-        """Forward pass with frozen units in inference mode and cut out of
-        the backward pass; active units and the head in training mode."""
-        state = self.schedule_state
-        for i, unit in enumerate(self.freeze_units):
-
-            def frozen(unit=unit, x=x):
-                return tf.stop_gradient(unit(x, training=False))
-
-            def first_active(unit=unit, x=x):
-                # Nothing before this unit trains: do not compute the
-                # gradient with respect to its input.
-                return unit(tf.stop_gradient(x), training=True)
-
-            def active(unit=unit, x=x):
-                return unit(x, training=True)
-
-            if i == 0:
-                x = tf.cond(state.frozen(step, 0), frozen, first_active)
-            else:
-                # 0: frozen, 1: first active unit, 2: after an active unit.
-                branch = tf.where(
-                    state.frozen(step, i), 0,
-                    tf.where(state.frozen(step, i - 1), 1, 2),
-                )
-                x = tf.switch_case(branch, [frozen, first_active, active])
-        return self.head(x, training=True)
+    def _unit_variables(self):
+        """Variables of each unit and of the head (last), as
+        `trainable_variables` orders them."""
+        unit_ids = self._unit_variable_ids()
+        groups = [[] for _ in unit_ids]
+        for v in self.trainable_variables:
+            groups[next(u for u, ids in enumerate(unit_ids)
+                        if id(v) in ids)].append(v)
+        return groups
 
     def compute_freezeout_gradients(self, x, y, sample_weight=None):
         """Loss, predictions and gradients of one training step.
@@ -226,17 +271,132 @@ class FreezeOutModel(keras.Model):
             `(loss, y_pred, gradients)`, `loss` unscaled.
         """
         step = self.optimizer.iterations
-        variables = self.trainable_variables
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch([v.value for v in variables])
-            y_pred = self._forward(x, step)
-            loss = self.compute_loss(
+        state = self.schedule_state
+        frozen = [state.frozen(step, i) for i in range(self.num_units)]
+        groups = self._unit_variables()
+        values = [[v.value for v in group] for group in groups]
+        zero = tf.UnconnectedGradients.ZERO
+        with tf.GradientTape(
+            persistent=True, watch_accessed_variables=False
+        ) as tape:
+            tape.watch(tf.nest.flatten(values))
+            unit_inputs, unit_outputs = [], []
+            h = x
+            for i, unit in enumerate(self.freeze_units):
+                if i > 0:
+                    # Cut the tape between units: each unit's backward is
+                    # computed on its own, below.
+                    h = tf.stop_gradient(h)
+                    tape.watch(h)
+                unit_inputs.append(h)
+                with unit_mode(self._unit_leaves[i],
+                               tf.logical_not(frozen[i])):
+                    h = unit(h, training=True)
+                unit_outputs.append(h)
+            head_input = tf.stop_gradient(h)
+            tape.watch(head_input)
+            y_pred = self.head(head_input, training=True)
+            loss = self._compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                 training=True,
             )
             scaled_loss = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, [v.value for v in variables])
-        return loss, y_pred, gradients
+            # Regularisation and add_loss terms reach unit variables (and
+            # unit inputs, for activity regularisers) without the head.
+            has_extra_losses = bool(self.losses)
+
+        # The head first (its regularisers and add_loss terms included).
+        head_grads = tape.gradient(
+            scaled_loss, values[-1] + [head_input], unconnected_gradients=zero
+        )
+        grads = [None] * self.num_units + [head_grads[:-1]]
+        upstream = head_grads[-1]
+        extra_vars, extra_inputs = self._extra_loss_gradients(
+            tape, scaled_loss, values[:-1], unit_inputs, has_extra_losses
+        )
+        for i in reversed(range(self.num_units)):
+            grads[i], upstream = self._unit_backward(
+                tape, i, frozen, values[i], unit_inputs[i], unit_outputs[i],
+                upstream,
+            )
+            if extra_inputs[i] is not None:
+                upstream = upstream + extra_inputs[i]
+            grads[i] = [g if e is None else g + e
+                        for g, e in zip(grads[i], extra_vars[i])]
+        del tape
+        # Observers see every unit's gradients inside the step, before the
+        # optimizer (adaptive freezing decides from them in the graph).
+        for observe in self.gradient_observers:
+            observe(step, grads, frozen)
+        by_id = {
+            id(v): g for group, gs in zip(groups, grads)
+            for v, g in zip(group, gs)
+        }
+        return loss, y_pred, [by_id[id(v)] for v in self.trainable_variables]
+
+    @staticmethod
+    def _extra_loss_gradients(tape, scaled_loss, values, unit_inputs,
+                              has_extra_losses):
+        """Gradients of the loss terms that reach into units directly:
+        weight regularisers (per unit variable) and activity regularisers or
+        `add_loss` terms (per unit input, to add to the gradient handed down
+        to the unit before). `None` where a term does not reach."""
+        extra_vars = [[None] * len(v) for v in values]
+        extra_inputs = [None] * len(values)
+        if not has_extra_losses:
+            return extra_vars, extra_inputs
+        flat = tf.nest.flatten(values)
+        grads = tape.gradient(scaled_loss, flat + unit_inputs[1:])
+        extra_vars = tf.nest.pack_sequence_as(values, grads[:len(flat)])
+        extra_inputs = [None] + grads[len(flat):]
+        return extra_vars, extra_inputs
+
+    def _unit_backward(self, tape, i, frozen, values, unit_input, output,
+                       upstream):
+        """Weight gradients of unit i and the gradient for unit i - 1.
+
+        Three branches on the flags: frozen (nothing runs), first active
+        (weight gradients only) and active (weight and input gradients).
+        Where the input gradient is not computed, the branch hands down the
+        unit's input itself as a stand-in: unit i - 1 is frozen then and
+        never reads it, and passing a tensor through costs nothing, where
+        zeros would be written out at every step."""
+        zero = tf.UnconnectedGradients.ZERO
+
+        def skip():
+            return [tf.zeros(v.shape, v.dtype) for v in values], unit_input
+
+        def weights_only():
+            grads = tape.gradient(output, values, output_gradients=upstream,
+                                  unconnected_gradients=zero)
+            return grads, unit_input
+
+        if i == 0:
+            # The first unit never hands a gradient down.
+            return tf.cond(frozen[0], skip, weights_only)
+
+        def weights_and_input():
+            grads = tape.gradient(output, values + [unit_input],
+                                  output_gradients=upstream,
+                                  unconnected_gradients=zero)
+            return grads[:-1], grads[-1]
+
+        if self._under_xla():
+            # Under XLA every branch is compiled, and a separate "weights
+            # only" branch would repeat each unit's weight-gradient code
+            # (HLO 2.05x plain's size instead of 1.54x at DenseNet-BC L=22):
+            # the first active unit computes its input gradient too.
+            return tf.cond(frozen[i], skip, weights_and_input)
+        # Nested two-way conds, not one three-way `tf.switch_case`: XLA's
+        # bridge lowers a `Case` op many times slower (docs/design.md).
+        return tf.cond(
+            frozen[i], skip,
+            lambda: tf.cond(frozen[i - 1], weights_only, weights_and_input),
+        )
+
+    def _under_xla(self):
+        # Keras resolves compile(jit_compile=...) into this attribute.
+        return bool(getattr(self, "jit_compile", False))
 
     def train_step(self, data):
         self.train_step_traces += 1
@@ -251,7 +411,7 @@ class FreezeOutModel(keras.Model):
         )
         # As Keras' own train_step: track the loss for the progress bar.
         self._loss_tracker.update_state(
-            loss_module.unscale_loss_for_distribution(loss),
+            _unscale_loss_for_distribution(loss),
             sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
         )
         self.optimizer.apply(gradients, variables)

@@ -27,12 +27,38 @@ import keras
 import tensorflow as tf
 from tensorflow.python.distribute import values as tf_dist_values
 
+__all__ = ["SGDWithL2", "attach_schedule", "check_supported", "original_sgd"]
+
 _ATTACHED = "_freezeout_attached"
 
 
 def _base_optimizer(optimizer):
     # LossScaleOptimizer (mixed_float16) delegates the real updates.
     return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def check_supported(optimizer):
+    """Refuses optimizer options under which frozen variables would move.
+
+    Raises:
+        ValueError: naming the option, its value and what to use instead.
+    """
+    opt = _base_optimizer(optimizer)
+    if getattr(opt, "use_ema", False):
+        raise ValueError(
+            f"{type(opt).__name__}(use_ema=True) is not supported with "
+            "FreezeOutModel: the moving average is written into every "
+            "variable, frozen ones included, so frozen units would move. "
+            "Use use_ema=False."
+        )
+    steps = getattr(opt, "gradient_accumulation_steps", None)
+    if steps not in (None, 1):
+        raise ValueError(
+            f"{type(opt).__name__}(gradient_accumulation_steps={steps!r}) is "
+            "not supported with FreezeOutModel: accumulated updates are "
+            "applied outside the per-unit skip of frozen units. Use a larger "
+            "batch instead, or gradient_accumulation_steps=None."
+        )
 
 
 def attach_schedule(optimizer, variables, variable_units, state):
@@ -262,7 +288,7 @@ class SGDWithL2(keras.optimizers.SGD):
 
 
 def original_sgd(learning_rate=0.1):
-    """The original FreezeOut recipe (REFERENCE §3).
+    """The original FreezeOut recipe (docs/algorithm.md §3).
 
     SGD, Nesterov momentum 0.9, L2 weight decay 1e-4 added to the gradient,
     base learning rate 0.1. Use it with the `FreezeOut` callback, which
@@ -270,6 +296,7 @@ def original_sgd(learning_rate=0.1):
 
     Example:
 
-    >>> model.compile(optimizer=original_sgd(), loss=..., metrics=[...])
+    >>> model.compile(optimizer=original_sgd(),  # doctest: +SKIP
+    ...               loss="sparse_categorical_crossentropy")
     """
     return SGDWithL2(learning_rate, momentum=0.9, nesterov=True, l2=1e-4)

@@ -18,6 +18,8 @@ import tensorflow as tf
 
 from freezeout_tf import schedule
 
+__all__ = ["NEVER", "ScheduleState"]
+
 # Freeze step of a unit that never freezes (no schedule set yet).
 NEVER = np.iinfo(np.int64).max
 

@@ -1,0 +1,175 @@
+"""Training or inference mode of a freeze unit, chosen by an in-graph flag.
+
+A frozen unit runs in inference mode (BatchNormalization on its moving
+statistics, which stay as they are; no dropout), an active unit in training
+mode. Keras decides that mode in Python (`training=True/False`), so a
+one-graph train step would need a branch per unit: `tf.cond(frozen,
+inference_forward, training_forward)`. Differentiating through such branches
+makes TensorFlow export every intermediate of the forward from the branch,
+which is what made the step pathological under XLA.
+
+Here the mode is a boolean tensor instead, and the forward has no branch:
+while `FreezeOutModel`'s train step calls unit i with `training=True`
+inside `unit_mode(leaves, flag_i)`, each *leaf* layer of the unit whose
+`call` takes `training` reads `flag_i`:
+
+* `BatchNormalization`: normalises with `where(flag, batch moments, moving
+  statistics)` and assigns `where(flag, updated, unchanged)` to the moving
+  statistics, so a frozen unit's statistics are rewritten with their own
+  bits (bit-identical) and the output is that of inference mode exactly.
+* Any other leaf layer without non-trainable state (Dropout and its
+  spatial, Gaussian and alpha variants, GaussianNoise, random augmentation
+  layers): `where(flag, call(training=True), call(training=False))`.
+* A leaf layer with other non-trainable state could not be kept unchanged
+  while frozen; `mode_switched_leaves` rejects it with a clear error.
+
+Outside `unit_mode` (evaluate, predict, a plain `model(x, training=...)`)
+the layers behave exactly as stock Keras layers. The switch is installed
+per layer instance (the instance's `call` is wrapped), never on a Keras
+class, so other models are not affected.
+"""
+
+import contextlib
+import threading
+
+import keras
+import tensorflow as tf
+
+from freezeout_tf import keras_internals
+
+__all__ = ["mode_switched_leaves", "unit_mode"]
+
+# Under MirroredStrategy each replica is traced in its own thread, with its
+# own flag tensors: keep the active flags per thread.
+_active = threading.local()
+_INSTALLED = "_freezeout_mode_switch"
+
+
+def _flag_of(layer):
+    return getattr(_active, "flags", {}).get(id(layer))
+
+
+@contextlib.contextmanager
+def unit_mode(leaves, training):
+    """Within this context, `leaves` (from `mode_switched_leaves`) run in
+    training mode where the boolean scalar tensor `training` is true and in
+    inference mode where it is false, whatever `training=` they are called
+    with."""
+    flags = _active.__dict__.setdefault("flags", {})
+    for layer in leaves:
+        flags[id(layer)] = training
+    try:
+        yield
+    finally:
+        for layer in leaves:
+            flags.pop(id(layer), None)
+
+
+def mode_switched_leaves(unit, unit_name="unit"):
+    """Installs the in-graph mode switch on the leaf layers of `unit` whose
+    mode matters, and returns them (to pass to `unit_mode`).
+
+    Idempotent: a layer already switched is returned, not wrapped again.
+
+    Args:
+        unit: a Keras layer or model (one freeze unit).
+        unit_name: how errors name the unit.
+
+    Raises:
+        ValueError: a leaf layer has training-mode behaviour this module
+            cannot switch in the graph without moving frozen state.
+    """
+    keras_internals.check()
+    leaves = []
+    for layer in unit._flatten_layers(include_self=True):
+        if layer._flatten_layers(include_self=False):
+            continue  # a container: it passes `training` on to its leaves
+        if not layer._call_has_training_arg:
+            continue
+        if getattr(layer, _INSTALLED, False):
+            leaves.append(layer)
+            continue
+        if isinstance(layer, keras.layers.BatchNormalization):
+            _check_batch_norm(layer, unit_name)
+            switched = _batch_norm_call(layer)
+        elif layer.non_trainable_weights:
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) in {unit_name} "
+                "takes a `training` argument and has non-trainable state "
+                f"({[w.path for w in layer.non_trainable_weights]}); FreezeOut "
+                "can switch only BatchNormalization and stateless layers "
+                "(Dropout, noise, augmentation) between training and "
+                "inference mode inside the graph. Move the layer into the "
+                "head, or make it stateless."
+            )
+        else:
+            switched = _generic_call(layer)
+        # Instance attribute: Keras' Layer.__call__ calls `self.call`.
+        object.__setattr__(layer, "call", switched)
+        object.__setattr__(layer, _INSTALLED, True)
+        leaves.append(layer)
+    return leaves
+
+
+def _check_batch_norm(layer, unit_name):
+    if layer.renorm:
+        raise ValueError(
+            f"BatchNormalization {layer.name!r} in {unit_name} uses "
+            "renorm=True, which FreezeOut does not support inside a freeze "
+            "unit (its renorm statistics would need the same in-graph "
+            "switch). Use renorm=False, or move the layer into the head."
+        )
+
+
+def _generic_call(layer):
+    plain_call = layer.call
+
+    def call(*args, training=None, **kwargs):
+        flag = _flag_of(layer)
+        if flag is None or not training:
+            return plain_call(*args, training=training, **kwargs)
+        return tf.nest.map_structure(
+            lambda t, i: tf.where(flag, t, i),
+            plain_call(*args, training=True, **kwargs),
+            plain_call(*args, training=False, **kwargs),
+        )
+
+    return call
+
+
+def _batch_norm_call(layer):
+    """Keras' `BatchNormalization.call` (renorm off) with the mode a tensor."""
+    plain_call = layer.call
+    ops = keras.ops
+
+    def call(inputs, training=None, mask=None):
+        flag = _flag_of(layer)
+        if flag is None or not training or not layer.trainable:
+            return plain_call(inputs, training=training, mask=mask)
+        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        inputs = ops.cast(inputs, compute_dtype)
+        moving_mean = ops.cast(layer.moving_mean, inputs.dtype)
+        moving_variance = ops.cast(layer.moving_variance, inputs.dtype)
+        gamma = ops.cast(layer.gamma, inputs.dtype) if layer.scale else None
+        beta = ops.cast(layer.beta, inputs.dtype) if layer.center else None
+        batch_mean, batch_variance = layer._moments(inputs, mask)
+        mean = tf.where(flag, batch_mean, moving_mean)
+        variance = tf.where(flag, batch_variance, moving_variance)
+        momentum = layer.momentum
+        # Frozen: the statistics are written back with their own bits.
+        layer.moving_mean.assign(tf.where(
+            flag, moving_mean * momentum + batch_mean * (1.0 - momentum),
+            moving_mean,
+        ))
+        layer.moving_variance.assign(tf.where(
+            flag,
+            moving_variance * momentum + batch_variance * (1.0 - momentum),
+            moving_variance,
+        ))
+        outputs = ops.batch_normalization(
+            x=inputs, mean=mean, variance=variance, axis=layer.axis,
+            offset=beta, scale=gamma, epsilon=layer.epsilon,
+        )
+        return ops.cast(outputs, layer.compute_dtype)
+
+    return call
