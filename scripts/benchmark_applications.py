@@ -12,7 +12,9 @@ size) this checks and measures:
 * step time with 0, 50 and 100 % of the units frozen (a fixed frozen
   prefix in one traced train step, timed interleaved, per-step medians,
   see `benchmark_step.time_interleaved`), next to the FLOP-predicted
-  saving (`unit_flops`, backward = 2x forward).
+  saving (`unit_flops`, backward = 2x forward) and the frozen units' share
+  of the trainable parameters (the optimizer update, which the FLOP count
+  leaves out, scales with it).
 
 Results go to `<out>/applications.md` and `<out>/applications.json`.
 
@@ -131,6 +133,10 @@ def bench(name, args):
 
     times = time_interleaved(run, ks, args.repeats, args.steps)
     flops = unit_flops(model, shape)
+    # The optimizer's work scales with parameters, not MACs: a unit's share
+    # of them says how much of the update a freeze saves.
+    params = [sum(int(np.prod(v.shape)) for v in part.trainable_weights)
+              for part in model.freeze_units + [model.head]]
     base = statistics.median(times[0])
     rows = []
     for k in ks:
@@ -141,6 +147,7 @@ def bench(name, args):
             "ms_per_step": 1000 * med,
             "measured_saving": 1 - med / base,
             "flop_predicted_saving": frozen_saving(flops, k),
+            "frozen_parameter_share": sum(params[:k]) / sum(params),
             "step_times_s": times[k],
         })
         print(f"  {k}/{args.num_units} frozen: {1000 * med:.0f} ms/step, "
@@ -154,6 +161,7 @@ def bench(name, args):
         "num_units": args.num_units,
         "split_seconds": split_s,
         "unit_macs": flops,
+        "unit_parameters": params,
         "max_abs_output_diff": max_diff,
         "fit_train_step_traces": traces,
         "unit0_bit_identical": identical,
@@ -191,8 +199,9 @@ def markdown(report):
             f"{r['estimate_speedup_t0_0.8_cubic']:.1%} |")
     lines += [
         "",
-        "| model | frozen | ms/step | measured saving | FLOP-predicted saving |",
-        "|---|---:|---:|---:|---:|",
+        "| model | frozen | ms/step | measured saving | FLOP-predicted saving "
+        "| frozen share of parameters |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         for row in r["step_time"]:
@@ -200,7 +209,8 @@ def markdown(report):
                 f"| {r['model']} | {row['frozen_units']}/{r['num_units']} "
                 f"({row['frozen_share']:.0%}) | {row['ms_per_step']:.0f} | "
                 f"{row['measured_saving']:.1%} | "
-                f"{row['flop_predicted_saving']:.1%} |")
+                f"{row['flop_predicted_saving']:.1%} | "
+                f"{row['frozen_parameter_share']:.1%} |")
     return "\n".join(lines) + "\n"
 
 
