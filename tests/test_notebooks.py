@@ -33,6 +33,7 @@ def test_notebooks_present():
         "01_quickstart.ipynb",
         "02_schedules.ipynb",
         "03_bring_your_own_model.ipynb",
+        "04_fine_tuning.ipynb",
     ]
 
 
