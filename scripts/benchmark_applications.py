@@ -135,8 +135,11 @@ def bench(name, args):
     flops = unit_flops(model, shape)
     # The optimizer's work scales with parameters, not MACs: a unit's share
     # of them says how much of the update a freeze saves.
-    params = [sum(int(np.prod(v.shape)) for v in part.trainable_weights)
-              for part in model.freeze_units + [model.head]]
+    # (`trainable_variables` of a FreezeOutModel keeps frozen units'.)
+    variables = model.trainable_variables
+    params = [0] * (model.num_units + 1)
+    for v, unit in zip(variables, model.variable_units(variables)):
+        params[unit] += int(np.prod(v.shape))
     base = statistics.median(times[0])
     rows = []
     for k in ks:
