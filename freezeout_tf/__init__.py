@@ -4,6 +4,8 @@ Public API (see README.md):
 
 * `FreezeOutModel`, `FreezeOut`: the model with the one-graph train step, and
   the callback that installs the schedule.
+* `AdaptiveFreeze`: freeze each unit when its gradient norm has settled,
+  decided in the train step (`FreezeOut(adaptive=...)`).
 * `original_sgd`, `SGDWithL2`, `attach_schedule`: optimizers.
 * `freeze_fractions`, `lr_multipliers`, `freeze_steps`, `num_frozen`: the pure
   schedule.
@@ -15,6 +17,7 @@ Public API (see README.md):
 """
 
 from freezeout_tf import data, models
+from freezeout_tf.adaptive import AdaptiveFreeze
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.functional import cut_points, split_model
 from freezeout_tf.model import FreezeOutModel
@@ -36,6 +39,7 @@ from freezeout_tf.speedup import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveFreeze",
     "FreezeOut",
     "FreezeOutModel",
     "SGDWithL2",

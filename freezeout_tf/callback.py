@@ -3,7 +3,9 @@
 import keras
 import numpy as np
 
+from freezeout_tf import adaptive as fo_adaptive
 from freezeout_tf import schedule
+from freezeout_tf.schedule_state import NEVER
 
 __all__ = ["FreezeOut"]
 
@@ -65,6 +67,16 @@ class FreezeOut(keras.callbacks.Callback):
             their weights and cost no backward pass); the schedule above
             then applies to the other units, unit `frozen_from_start`
             freezing first. At most the model's number of units.
+        adaptive: an `AdaptiveFreeze`: also freeze each unit when its
+            gradient norm has settled, decided in the train step
+            (`freezeout_tf.adaptive`). With `t_0=None` the criterion alone
+            freezes units and learning rates follow the optimizer; with a
+            `t_0` a unit freezes at the earlier of its t_i and its trigger.
+            The logs then also get `first_active_change` (the criterion's
+            last value for the first unit still training) and, per epoch,
+            `unit{i}_freeze_step` and `unit{i}_change` for every unit
+            (`-1`: not frozen / not checked yet). The criterion's state is
+            saved with the model, so a checkpoint resumes it exactly.
 
     Example:
 
@@ -73,12 +85,30 @@ class FreezeOut(keras.callbacks.Callback):
     ...               "sparse_categorical_crossentropy", metrics=["accuracy"])
     >>> model.fit(train_ds, epochs=100,  # doctest: +SKIP
     ...           callbacks=[FreezeOut(t_0=0.8)])
+    >>> FreezeOut(t_0=None, adaptive=AdaptiveFreeze(threshold=0.02))
+    FreezeOut(t_0=None, adaptive=AdaptiveFreeze(window=20, threshold=0.02, interval=20))
     """
 
     def __init__(self, t_0=0.8, how_scale="cubic", scale_lr=True,
-                 total_steps=None, frozen_from_start=0):
+                 total_steps=None, frozen_from_start=0, adaptive=None):
         super().__init__()
-        schedule.check_t_0(t_0)
+        if isinstance(adaptive, dict):  # from get_config
+            adaptive = fo_adaptive.AdaptiveFreeze.from_config(adaptive)
+        if adaptive is not None and not isinstance(
+                adaptive, fo_adaptive.AdaptiveFreeze):
+            raise ValueError(
+                f"FreezeOut(adaptive={adaptive!r}): must be None or an "
+                "freezeout_tf.AdaptiveFreeze(window=..., threshold=..., "
+                "interval=...)."
+            )
+        if t_0 is None and adaptive is None:
+            raise ValueError(
+                "FreezeOut(t_0=None) needs adaptive=AdaptiveFreeze(...): "
+                "without a schedule only the adaptive criterion can freeze "
+                "units. Pass a t_0 in (0, 1], or an adaptive criterion."
+            )
+        if t_0 is not None:
+            schedule.check_t_0(t_0)
         schedule.check_how_scale(how_scale)
         if total_steps is not None:
             schedule.check_total_steps(total_steps)
@@ -88,6 +118,8 @@ class FreezeOut(keras.callbacks.Callback):
         self.how_scale = how_scale
         self.scale_lr = bool(scale_lr)
         self.total_steps = total_steps
+        self.adaptive = adaptive
+        self._observer = None
         self._configured = False
         self._freeze_steps = None
         self._schedule = None  # (total_steps, fractions) of this fit
@@ -99,7 +131,14 @@ class FreezeOut(keras.callbacks.Callback):
             "scale_lr": self.scale_lr,
             "total_steps": self.total_steps,
             "frozen_from_start": self.frozen_from_start,
+            "adaptive": (None if self.adaptive is None
+                         else self.adaptive.get_config()),
         }
+
+    def __repr__(self):
+        if self.adaptive is None:
+            return f"FreezeOut(t_0={self.t_0!r})"
+        return f"FreezeOut(t_0={self.t_0!r}, adaptive={self.adaptive!r})"
 
     def on_train_begin(self, logs=None):
         # Imported here: model.py imports this package's optimizer module.
@@ -115,7 +154,9 @@ class FreezeOut(keras.callbacks.Callback):
         schedule.check_frozen_from_start(self.frozen_from_start,
                                          self.model.num_units)
         steps = self.params.get("steps")
-        if self.total_steps is None and not steps:
+        if self.adaptive is not None:
+            self._start_adaptive()
+        if self.t_0 is not None and self.total_steps is None and not steps:
             raise ValueError(
                 "FreezeOut needs the number of steps per epoch to place the "
                 "schedule, but it cannot be known here (steps="
@@ -124,12 +165,32 @@ class FreezeOut(keras.callbacks.Callback):
             )
         self._configured = False
 
+    def _start_adaptive(self):
+        """Adds the criterion to the train step; a train function traced
+        without it is remade."""
+        self._observer = self.model.adaptive_state.observer(self.adaptive,
+                                        self.model.schedule_state)
+        self.model.gradient_observers.append(self._observer)
+        if self.model.train_function is not None:
+            self.model.make_train_function(force=True)
+
+    def on_train_end(self, logs=None):
+        if self._observer is not None:
+            # A later fit without this callback must not keep deciding: it
+            # gets a train function traced without the observer.
+            self.model.gradient_observers.remove(self._observer)
+            self._observer = None
+            self.model.train_function = None
+
     def on_epoch_begin(self, epoch, logs=None):
         if self._configured:
             return
         # First epoch of this fit: `epoch` is fit's initial_epoch.
         steps = self.params.get("steps")
         done = self._iterations()
+        if self.t_0 is None:
+            self._place_adaptive_only(done)
+            return
         if self.total_steps is None:
             expected = epoch * steps
             if done != expected:
@@ -163,6 +224,25 @@ class FreezeOut(keras.callbacks.Callback):
             # freeze step (0) into the graph state too.
             state.freeze_steps.assign(freeze_steps)
         self._schedule = (total, fractions)
+        self._finish_placing(freeze_steps, done)
+
+    def _place_adaptive_only(self, done):
+        """No schedule: multipliers 1, only frozen_from_start and the
+        criterion's decisions freeze units."""
+        state = self.model.schedule_state
+        state.clear()
+        freeze_steps = state.host_freeze_steps()
+        freeze_steps[:self.frozen_from_start] = 0
+        self._schedule = None
+        self._finish_placing(freeze_steps, done)
+
+    def _finish_placing(self, freeze_steps, done):
+        if self.adaptive is not None:
+            # Decisions of earlier steps (this run before a resume) stand.
+            decided, _ = self.model.adaptive_state.host_values()
+            freeze_steps[:-1] = fo_adaptive.merge_freeze_steps(
+                freeze_steps[:-1], decided)
+            self.model.schedule_state.freeze_steps.assign(freeze_steps)
         self._freeze_steps = freeze_steps[:-1]
         self._configured = True
         self._sync_trainable(done)
@@ -172,6 +252,18 @@ class FreezeOut(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._sync_trainable(self._iterations(), logs)
+        if self.adaptive is not None and logs is not None:
+            _, change = self.model.adaptive_state.host_values()
+            for i, (at, value) in enumerate(zip(self._freeze_steps, change)):
+                logs[f"unit{i}_freeze_step"] = _Count(
+                    at if at != NEVER else fo_adaptive.NOT_YET)
+                logs[f"unit{i}_change"] = float(value)
+
+    def _log_adaptive(self, logs, frozen):
+        _, change = self.model.adaptive_state.host_values()
+        logs["first_active_change"] = (
+            float(change[frozen]) if frozen < len(change)
+            else float(fo_adaptive.NOT_YET))
 
     def _iterations(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -183,18 +275,26 @@ class FreezeOut(keras.callbacks.Callback):
     def _sync_trainable(self, step, logs=None):
         """Mirrors the in-graph frozen state in the units' `trainable` flags
         (for summary and saving; the graph does not read them)."""
+        if self.adaptive is not None:
+            # The train step may have frozen units since the last call.
+            self._freeze_steps = (
+                self.model.schedule_state.host_freeze_steps()[:-1])
         frozen = self.num_frozen(step)
         for i, unit in enumerate(self.model.freeze_units):
             if unit.trainable != (i >= frozen):
                 unit.trainable = i >= frozen
         if logs is not None:
             base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            total, fractions = self._schedule
-            # lr_multipliers has the head last, so index `frozen` is the
-            # first unit still training, or the head once all are frozen.
-            multiplier = schedule.lr_multipliers(
-                step, total, fractions, self.scale_lr
-            )[frozen]
+            multiplier = 1.0  # no schedule: the optimizer's rate
+            if self._schedule is not None:
+                total, fractions = self._schedule
+                # lr_multipliers has the head last, so index `frozen` is the
+                # first unit still training, or the head once all are frozen.
+                multiplier = schedule.lr_multipliers(
+                    step, total, fractions, self.scale_lr
+                )[frozen]
+            if self.adaptive is not None:
+                self._log_adaptive(logs, frozen)
             logs["active_units"] = _Count(self.model.num_units - frozen)
             logs["first_active_lr"] = base * float(multiplier)
             logs["learning_rate"] = base

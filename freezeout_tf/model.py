@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from freezeout_tf import keras_internals
 from freezeout_tf import optimizer as fo_optimizer
+from freezeout_tf.adaptive import AdaptiveState
 from freezeout_tf.schedule_state import ScheduleState
 from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
 
@@ -95,6 +96,9 @@ class FreezeOutModel(keras.Model):
         self.freeze_units = freeze_units
         self.head = head
         self.schedule_state = ScheduleState(len(freeze_units))
+        # The adaptive criterion's state (freezeout_tf.adaptive): model
+        # weights, so checkpoints save it; idle unless FreezeOut(adaptive=).
+        self.adaptive_state = AdaptiveState(len(freeze_units))
         # Python-side count of train_step traces: 1 for a whole run.
         self.train_step_traces = 0
         # Callables `(step, unit_gradients, frozen_flags)` run inside the

@@ -44,8 +44,11 @@ class ScheduleState:
         self.fractions = tf.Variable(
             np.ones(size, np.float32), trainable=False, name="fo_fractions"
         )
+        # Adaptive freezing writes it in the train step, in replica context
+        # under tf.distribute; every replica writes the same value.
         self.freeze_steps = tf.Variable(
-            np.full(size, NEVER, np.int64), trainable=False, name="fo_steps"
+            np.full(size, NEVER, np.int64), trainable=False, name="fo_steps",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
         self.total_steps = tf.Variable(
             1.0, dtype=tf.float32, trainable=False, name="fo_total_steps"

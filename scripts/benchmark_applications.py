@@ -21,7 +21,7 @@ Results go to `<out>/applications.md` and `<out>/applications.json`.
 Usage:
     python scripts/benchmark_applications.py [--models ResNet50 MobileNetV2
         EfficientNetB0 DenseNet121] [--size 32] [--num-units 8]
-        [--batch-size 32] [--repeats 5] [--steps 3] [--out benchmarks]
+        [--batch-size 32] [--repeats 25] [--steps 1] [--out benchmarks]
 """
 
 import argparse
@@ -148,6 +148,8 @@ def bench(name, args):
             "frozen_units": k,
             "frozen_share": k / args.num_units,
             "ms_per_step": 1000 * med,
+            "ms_quartiles": [1000 * float(q) for q in
+                             np.percentile(times[k], [25, 75])],
             "measured_saving": 1 - med / base,
             "flop_predicted_saving": frozen_saving(flops, k),
             "frozen_parameter_share": sum(params[:k]) / sum(params),
@@ -202,15 +204,16 @@ def markdown(report):
             f"{r['estimate_speedup_t0_0.8_cubic']:.1%} |")
     lines += [
         "",
-        "| model | frozen | ms/step | measured saving | FLOP-predicted saving "
-        "| frozen share of parameters |",
+        "| model | frozen | ms/step (quartiles) | measured saving | "
+        "FLOP-predicted saving | frozen share of parameters |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         for row in r["step_time"]:
             lines.append(
                 f"| {r['model']} | {row['frozen_units']}/{r['num_units']} "
-                f"({row['frozen_share']:.0%}) | {row['ms_per_step']:.0f} | "
+                f"({row['frozen_share']:.0%}) | {row['ms_per_step']:.0f} "
+                f"({row['ms_quartiles'][0]:.0f}-{row['ms_quartiles'][1]:.0f}) | "
                 f"{row['measured_saving']:.1%} | "
                 f"{row['flop_predicted_saving']:.1%} | "
                 f"{row['frozen_parameter_share']:.1%} |")
@@ -224,10 +227,12 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32, help="image side")
     p.add_argument("--num-units", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5,
+    p.add_argument("--repeats", type=int, default=25,
                    help="rounds over the frozen settings")
-    p.add_argument("--steps", type=int, default=3,
-                   help="timed steps per setting per round")
+    p.add_argument("--steps", type=int, default=1,
+                   help="timed steps per setting per round (1: alternate "
+                        "settings step by step, the most robust to load "
+                        "bursts on a shared machine)")
     p.add_argument("--out", default=None,
                    help="directory for applications.md and .json")
     args = p.parse_args(argv)
