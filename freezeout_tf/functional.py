@@ -42,8 +42,8 @@ class _Graph:
     """The layer calls of a functional model in topological order, nested
     functional models inlined, with each tensor's producer and last user."""
 
-    def __init__(self, model):
-        self.name = model.name
+    def __init__(self, model, name):
+        self.name = name
         self.calls = []
         self.tensors = {}  # key -> the original KerasTensor (shape, dtype)
         alias = {}
@@ -235,7 +235,7 @@ def cut_points(model):
     >>> cut_points(keras.Model(inputs, outputs))
     ['stem', 'add']
     """
-    graph = _Graph(_check_model(model))
+    graph = _Graph(_check_model(model), model.name)
     return [graph.calls[p].op.name
             for p, bypass in enumerate(graph.cuts()) if bypass is None]
 
@@ -286,13 +286,14 @@ def split_model(model, num_units=None, boundaries=None):
     >>> units, head = split_model(base, num_units=8)
     >>> model = FreezeOutModel(units, head)  # or FreezeOutModel.from_model
     """
-    model = _check_model(model)
+    name = model.name
+    graph_model = _check_model(model)
     if num_units is not None and boundaries is not None:
         raise ValueError(
             f"Pass num_units or boundaries, not both; got num_units="
             f"{num_units!r} and boundaries={boundaries!r}."
         )
-    graph = _Graph(model)
+    graph = _Graph(graph_model, name)
     n = len(graph.calls)
     cuts = graph.cuts()
     ends = [p + 1 for p, bypass in enumerate(cuts) if bypass is None]
@@ -301,7 +302,7 @@ def split_model(model, num_units=None, boundaries=None):
                       key=lambda b: b[1] - b[0], default=(-1, n))
         around, user = (graph.describe(q) for q in longest)
         raise ValueError(
-            f"Model '{model.name}' has no cut point: no tensor between its "
+            f"Model '{name}' has no cut point: no tensor between its "
             f"input and output lies on every path (e.g. {around} feeds "
             f"{user} around everything between them), so it cannot be "
             f"split into a chain of freeze units."
@@ -317,7 +318,7 @@ def split_model(model, num_units=None, boundaries=None):
         last = max(i for i, c in enumerate(graph.calls)
                    if getattr(c.op, "weights", None))
         raise ValueError(
-            f"Model '{model.name}' has no cut point before its last layer "
+            f"Model '{name}' has no cut point before its last layer "
             f"holding weights, {graph.describe(last)}, which the head "
             f"needs; nothing is left for freeze units."
         )
@@ -331,9 +332,9 @@ def split_model(model, num_units=None, boundaries=None):
 
     parts = segments + [head]
     _check_unshared(graph, parts)
-    units = [graph.build(lo, hi, f"{model.name}_unit_{i}")
+    units = [graph.build(lo, hi, f"{name}_unit_{i}")
              for i, (lo, hi) in enumerate(segments)]
-    return units, graph.build(*head, f"{model.name}_head")
+    return units, graph.build(*head, f"{name}_head")
 
 
 def _merge_weightless(graph, segments):

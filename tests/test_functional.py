@@ -264,3 +264,14 @@ def test_frozen_from_start_schedule_and_checks():
         FreezeOut(frozen_from_start=-1)
     with pytest.raises(ValueError, match="at most 4.*got 5"):
         schedule.freeze_fractions(4, frozen_from_start=5)
+
+
+def test_sequential_with_an_input_is_split_by_layer():
+    seq = keras.Sequential([keras.Input((4,)), L.Dense(3, name="d1"),
+                            L.ReLU(name="act"), L.Dense(2, name="d2")],
+                           name="seq")
+    assert cut_points(seq) == ["d1", "act"]
+    units, head = split_model(seq)
+    assert [u.name for u in units] == ["seq_unit_0"]
+    assert layer_names(units[0]) == ["d1", "act"]
+    assert layer_names(head) == ["d2"]
