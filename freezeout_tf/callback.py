@@ -49,9 +49,9 @@ class FreezeOut(keras.callbacks.Callback):
     Put it before `CSVLogger` / `TensorBoard` in the callback list so that
     those see the added logs.
 
-    Resuming: the schedule is a function of the optimizer's iteration
-    counter. To continue a run, call `fit(..., epochs=E_total,
-    initial_epoch=E_done)` on a model whose optimizer has taken
+    Resuming: the schedule is a function of the model's count of batches
+    taken (`model.batches_taken`, saved with the model). To continue a run, call `fit(..., epochs=E_total,
+    initial_epoch=E_done)` on a model that has taken
     `E_done * steps_per_epoch` steps (a loaded checkpoint, or the same model
     after an earlier `fit`); anything else is rejected before training.
 
@@ -195,7 +195,7 @@ class FreezeOut(keras.callbacks.Callback):
             expected = epoch * steps
             if done != expected:
                 raise ValueError(
-                    f"Cannot place the FreezeOut schedule: the optimizer has "
+                    f"Cannot place the FreezeOut schedule: the model has "
                     f"taken {done} steps, but fit starts at epoch {epoch} "
                     f"(= {expected} steps at {steps} steps per epoch). To "
                     f"continue a run, pass initial_epoch={done // steps} "
@@ -208,7 +208,7 @@ class FreezeOut(keras.callbacks.Callback):
             if done >= total:
                 raise ValueError(
                     f"The FreezeOut schedule of total_steps={total} is over: "
-                    f"the optimizer has already taken {done} steps. Pass the "
+                    f"the model has already taken {done} steps. Pass the "
                     f"run's real total_steps, or recompile with a fresh "
                     f"optimizer to start over."
                 )
@@ -266,7 +266,7 @@ class FreezeOut(keras.callbacks.Callback):
             else float(fo_adaptive.NOT_YET))
 
     def _iterations(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        return int(keras.ops.convert_to_numpy(self.model.batches_taken))
 
     def num_frozen(self, step):
         """Units frozen for the step after `step` steps were taken."""

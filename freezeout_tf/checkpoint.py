@@ -11,7 +11,7 @@ resumed run with dropout would draw other masks than an uninterrupted one;
 ``save_atomic`` adds those states to the ``.keras`` archive (an extra member
 that Keras ignores) and ``load_checkpoint`` restores them.
 
-The FreezeOut schedule is a function of ``optimizer.iterations``; a loaded
+The FreezeOut schedule is a function of the model's ``batches_taken``; a loaded
 checkpoint taken after epoch ``E`` has taken ``E * steps_per_epoch`` steps, and
 ``fit(initial_epoch=E)`` continues the schedule at the exact step.
 
@@ -140,7 +140,7 @@ def load_checkpoint(path: str) -> keras.Model:
 
 
 def completed_epochs(model: keras.Model, steps_per_epoch: int) -> int:
-    """Epochs a loaded model has trained, from its optimizer's step counter.
+    """Epochs a loaded model has trained, from its count of batches taken.
 
     Raises ``CheckpointError`` when the counter is not a whole number of
     epochs (the checkpoint was made with another batch size or data set).
@@ -150,7 +150,7 @@ def completed_epochs(model: keras.Model, steps_per_epoch: int) -> int:
         raise CheckpointError(
             "the checkpoint has no optimizer state; it cannot be resumed"
         )
-    steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    steps = int(keras.ops.convert_to_numpy(model.batches_taken))
     if steps % steps_per_epoch:
         raise CheckpointError(
             f"the checkpoint has taken {steps} steps, not a whole number of epochs of "

@@ -95,7 +95,15 @@ class FreezeOutModel(keras.Model):
                 )
         self.freeze_units = freeze_units
         self.head = head
-        self.schedule_state = ScheduleState(len(freeze_units))
+        # The schedule's clock: batches taken, saved with the model. Not
+        # optimizer.iterations, which a mixed-float16 loss-scale optimizer
+        # does not advance on the steps it skips (non-finite gradients).
+        self.batches_taken = self.add_weight(
+            shape=(), dtype="int64", initializer="zeros", trainable=False,
+            name="batches_taken", aggregation="only_first_replica",
+        )
+        self.schedule_state = ScheduleState(len(freeze_units),
+                                            self.batches_taken)
         # The adaptive criterion's state (freezeout_tf.adaptive): model
         # weights, so checkpoints save it; idle unless FreezeOut(adaptive=).
         self.adaptive_state = AdaptiveState(len(freeze_units))
@@ -274,7 +282,7 @@ class FreezeOutModel(keras.Model):
         Returns:
             `(loss, y_pred, gradients)`, `loss` unscaled.
         """
-        step = self.optimizer.iterations
+        step = self.batches_taken.value
         state = self.schedule_state
         frozen = [state.frozen(step, i) for i in range(self.num_units)]
         groups = self._unit_variables()
@@ -419,6 +427,7 @@ class FreezeOutModel(keras.Model):
             sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
         )
         self.optimizer.apply(gradients, variables)
+        self.batches_taken.assign_add(1)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def get_config(self):

@@ -33,10 +33,15 @@ class ScheduleState:
 
     Args:
         num_units: number of freeze units (the head not included).
+        clock: the variable counting the batches taken (the model's
+            `batches_taken`); the train step and the optimizer read the step
+            from it. Not `optimizer.iterations`: a mixed-float16 loss-scale
+            optimizer does not count the steps it skips.
     """
 
-    def __init__(self, num_units):
+    def __init__(self, num_units, clock=None):
         self.num_units = num_units
+        self.clock = clock
         size = num_units + 1
         # Plain tf.Variables, not model weights: the callback sets them at the
         # start of every fit, so they need no saving, and they stay out of

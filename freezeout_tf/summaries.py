@@ -64,7 +64,7 @@ class FreezeOutSummaries(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         elapsed = time.perf_counter() - (self._start or time.perf_counter())
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        step = int(keras.ops.convert_to_numpy(self.model.batches_taken))
         # Multipliers of the step the next update will take (the last one
         # taken is step - 1); clipped at the end of the run.
         at = min(max(step - 1, 0), self.total_steps)

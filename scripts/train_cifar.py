@@ -838,7 +838,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_DIVERGED
     done = (
-        int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        int(keras.ops.convert_to_numpy(model.batches_taken))
         // ds.steps_per_epoch
     )
     print(

@@ -108,7 +108,7 @@ def test_gradients_equal_plain_tape_with_k_frozen(k, data):
     # A schedule whose first k units are frozen at step 10.
     fr = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
     model.schedule_state.set(100, fr)
-    model.optimizer.iterations.assign(10)
+    model.batches_taken.assign(10)
     _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
     by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
     # Compare against a fresh model with the same initial weights (that call
@@ -203,8 +203,12 @@ def test_without_callback_trains_like_plain_keras(data):
     plain_seq = keras.Sequential(plain.freeze_units + [plain.head])
     plain_seq.compile(keras.optimizers.SGD(0.05), LOSS)
     plain_seq.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    for a, b in zip(model.weights, plain_seq.weights):
+    layer_weights = [w for u in model.freeze_units + [model.head]
+                     for w in u.weights]
+    assert len(layer_weights) == len(plain_seq.weights)
+    for a, b in zip(layer_weights, plain_seq.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert int(model.batches_taken) == 4  # the schedule's clock: 64 / 16
 
 
 def test_from_sequential_and_bad_units():
@@ -288,3 +292,41 @@ def test_save_with_frozen_units_then_load_and_resume_exactly(tmp_path):
     assert loaded.train_step_traces == 1
     for a, b in zip(whole.weights, loaded.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_schedule_clock_counts_batches_with_steps_per_execution():
+    model, _ = _fit_weights(4)
+    # 64 images, batch 16, 4 epochs: 16 batches, run 4 per graph call.
+    assert int(model.batches_taken) == 16
+    assert int(model.optimizer.iterations) == 16
+
+
+def test_schedule_clock_counts_skipped_float16_steps():
+    """A loss-scale optimizer skips steps with non-finite gradients without
+    advancing optimizer.iterations; the schedule still counts every batch."""
+    x, y = tiny_data()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = tiny_model()
+        # A loss scale of 2**40 overflows float16 gradients: the first steps
+        # are skipped (the scale halves at each) until it is small enough.
+        opt = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.05), initial_scale=2.0**40
+        )
+        model.compile(opt, LOSS)
+        callback = FreezeOut(t_0=0.5, how_scale="linear")
+        model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+                  callbacks=[callback])
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert int(model.batches_taken) == 16
+    assert int(opt.iterations) < 16  # some steps were skipped
+    # Frozen as the schedule says for 16 batches taken, in graph and host.
+    fractions = schedule.freeze_fractions(model.num_units, 0.5, "linear")
+    frozen = callback.num_frozen(16)
+    assert frozen == schedule.num_frozen(16, 16, fractions)
+    # ... which is not what optimizer.iterations would have said.
+    assert frozen != schedule.num_frozen(int(opt.iterations), 16, fractions)
+    assert [not u.trainable for u in model.freeze_units] == (
+        [True] * frozen + [False] * (model.num_units - frozen))

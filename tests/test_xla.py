@@ -1,0 +1,56 @@
+"""The one-graph train step under XLA (jit_compile=True)."""
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from conftest import LOSS
+from freezeout_tf import FreezeOut, model as fo_model, original_sgd
+from freezeout_tf.models import densenet_bc
+
+
+def test_densenet_fits_under_xla_with_the_schedule():
+    """DenseNet-BC L=10 trains under XLA: one trace, units freeze on time,
+    and a frozen unit does not move (was 499 s for the first step before
+    the train step was redesigned; `pytest --durations` shows the time)."""
+    keras.utils.set_random_seed(0)
+    model = densenet_bc(depth=10, growth_rate=12, num_classes=10)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, 32)
+    model.compile(original_sgd(), LOSS, jit_compile=True)
+    assert model.jit_compile is True  # an explicit True is honoured
+    callback = FreezeOut(t_0=0.5, how_scale="linear")
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+              callbacks=[callback])
+    first = [v.numpy().copy() for v in model.freeze_units[0].weights]
+    resumed = FreezeOut(t_0=0.5, how_scale="linear")
+    model.fit(x, y, batch_size=8, epochs=3, initial_epoch=2, shuffle=False,
+              verbose=0, callbacks=[resumed])
+    assert model.train_step_traces == 1  # one trace for both fits
+    assert not model.freeze_units[0].trainable  # frozen at step 4 of 12
+    for before, after in zip(first, model.freeze_units[0].weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    frozen = [not u.trainable for u in model.freeze_units]
+    assert sum(frozen) == resumed.num_frozen(12) > 1  # the schedule went on
+
+
+def test_auto_jit_compile_stays_off_with_one_log_line(monkeypatch, caplog):
+    """Where Keras would turn XLA on (a GPU is visible), 'auto' resolves to
+    False for a FreezeOutModel and says why once."""
+    gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(
+        tf.config, "list_physical_devices",
+        lambda kind=None: real(kind) + ([gpu] if kind in (None, "GPU") else []),
+    )
+    plain = keras.Sequential([keras.layers.Dense(2)])
+    plain.compile("sgd", "mse")
+    assert plain.jit_compile is True  # Keras itself would use XLA here
+    model = densenet_bc(depth=10, growth_rate=4, num_classes=10)
+    with caplog.at_level(logging.WARNING, logger="freezeout_tf"):
+        model.compile(original_sgd(), LOSS)
+    assert model.jit_compile is False
+    assert [r.getMessage() for r in caplog.records] == [fo_model.XLA_AUTO_NOTE]
