@@ -34,6 +34,7 @@ def test_notebooks_present():
         "02_schedules.ipynb",
         "03_bring_your_own_model.ipynb",
         "04_fine_tuning.ipynb",
+        "05_adaptive_freezing.ipynb",
     ]
 
 
