@@ -1,7 +1,7 @@
 """Adaptive freezing: each unit freezes when its gradient norm has settled,
 decided inside the traced train step.
 
-The criterion (docs/algorithm.md §8), per freeze unit i and 0-based step j:
+The criterion (docs/algorithm.md §9), per freeze unit i and 0-based step j:
 
 * `g_i` is the norm of unit i's gradient at step j, summed over replicas
   under `tf.distribute` (so every replica decides from the same numbers;
