@@ -154,8 +154,6 @@ class FreezeOut(keras.callbacks.Callback):
         schedule.check_frozen_from_start(self.frozen_from_start,
                                          self.model.num_units)
         steps = self.params.get("steps")
-        if self.adaptive is not None:
-            self._start_adaptive()
         if self.t_0 is not None and self.total_steps is None and not steps:
             raise ValueError(
                 "FreezeOut needs the number of steps per epoch to place the "
@@ -163,13 +161,15 @@ class FreezeOut(keras.callbacks.Callback):
                 f"{steps!r}: an endless or unsized dataset). Pass "
                 "steps_per_epoch= to fit, or total_steps= to FreezeOut."
             )
+        if self.adaptive is not None:  # after every check that can fail
+            self._start_adaptive()
         self._configured = False
 
     def _start_adaptive(self):
         """Adds the criterion to the train step; a train function traced
         without it is remade."""
-        self._observer = self.model.adaptive_state.observer(self.adaptive,
-                                        self.model.schedule_state)
+        self._observer = self.model.adaptive_state.observer(
+            self.adaptive, self.model.schedule_state)
         self.model.gradient_observers.append(self._observer)
         if self.model.train_function is not None:
             self.model.make_train_function(force=True)
