@@ -410,6 +410,10 @@ class FreezeOutModel(keras.Model):
         # Keras resolves compile(jit_compile=...) into this attribute.
         return bool(getattr(self, "jit_compile", False))
 
+    # No AutoGraph: the step has no Python control flow on tensors (every
+    # branch is an explicit tf.cond), and converting the per-unit branch
+    # closures, new function objects for every unit, was most of the trace.
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         self.train_step_traces += 1
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -189,7 +189,8 @@ def test_mixed_precision_trains_and_keeps_frozen_units(name, restore_policy):
     assert history.history["active_units"][-1] == 0
     # Compute in the low precision, every variable stays float32.
     assert model.freeze_units[0](x[:2]).dtype == name
-    assert {v.dtype for v in model.weights} == {"float32"}
+    assert {v.dtype for v in model.weights
+            if "int" not in v.dtype} == {"float32"}  # counters are int64
     if name == "float16":
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     for before, after in zip(snaps["unit0"], _unit_state(model, 0)):
