@@ -228,13 +228,14 @@ def plot(results, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (task, data) in zip(axes, results.items()):
         summary = data["summary"]
-        for method, marker in zip(METHODS, "os^"):
+        for method, marker, color in zip(METHODS, "os^", ("C0", "C2", "C3")):
             accs = [100 * r[method]["accuracy"] for r in data["per_seed"]]
             walls = [r[method]["wall_s"] for r in data["per_seed"]]
-            ax.scatter(walls, accs, marker=marker, label=method, alpha=0.5)
+            ax.scatter(walls, accs, marker=marker, color=color, alpha=0.4,
+                       label=f"{method} (seeds; large: mean)")
             ax.scatter(summary[method]["wall_s_mean"],
                        summary[method]["accuracy_mean"], marker=marker,
-                       s=120, edgecolor="k")
+                       color=color, s=140, edgecolor="k")
         ax.set_title(task)
         ax.set_xlabel("fit wall-clock (s)")
         ax.set_ylabel("test accuracy (%)")
