@@ -84,7 +84,9 @@ def unit_table(model, ops, steps, frozen):
         # Keras names the ops of a layer call "<layer name>_1/...".
         tag = f"/{unit.name}_1/"
         mine = [o for o in ops if tag in "/" + o[0]]
-        backward = sum(1 for o in mine if o[0].startswith("gradient_tape/"))
+        # Backward ops are named ".../gradient_tape/...", at the top level
+        # (Keras' step) or inside a unit's backward branch (FreezeOut's).
+        backward = sum(1 for o in mine if "gradient_tape/" in o[0])
         label = "head" if i == model.num_units else str(i)
         print(f"  {label:>4} | {'yes' if i < frozen else 'no':>6} | "
               f"{backward // steps:17d} | {(len(mine) - backward) // steps:16d}")
