@@ -38,25 +38,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOut, models, schedule  # noqa: E402
+from freezeout_tf.benchmarking import StepTimer  # noqa: E402
 from freezeout_tf.optimizer import SGDWithL2  # noqa: E402
 from freezeout_tf.speedup import estimate_speedup  # noqa: E402
 
 LOSS = "sparse_categorical_crossentropy"
-
-
-class StepTimer(keras.callbacks.Callback):
-    """Wall-clock time of every training step (waits for each step)."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        float(logs["loss"])  # block until the step has run
-        self.times.append(time.perf_counter() - self._start)
 
 
 class FreezeByRecompiling(keras.callbacks.Callback):
