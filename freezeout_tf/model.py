@@ -302,7 +302,8 @@ class FreezeOutModel(keras.Model):
                     tape.watch(h)
                 unit_inputs.append(h)
                 with unit_mode(self._unit_leaves[i],
-                               tf.logical_not(frozen[i])):
+                               tf.logical_not(frozen[i]),
+                               branch_statistics=not self._under_xla()):
                     h = unit(h, training=True)
                 unit_outputs.append(h)
             head_input = tf.stop_gradient(h)
