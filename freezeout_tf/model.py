@@ -11,14 +11,13 @@ The train step (see docs/design.md for the measurements behind it):
   `tf.stop_gradient`, so the tape holds one short piece per unit.
 * **Backward, unit by unit in reverse, each under its own branch.** The
   head's gradients come first; then, for unit i from the last to the first,
-  a `tf.switch_case` on the flags either skips the unit (frozen: zero
-  weight gradients, no op of its backward runs), computes only its weight
-  gradients (the first active unit: nothing before it trains), or computes
-  its weight and input gradients from the output gradient the unit after it
-  handed down. The branches read the forward's tensors directly; nothing is
-  differentiated *through* a branch, so no branch has to export the
-  forward's intermediates. That is what keeps the graph small and its
-  lowering to XLA linear in the number of units.
+  a `tf.cond` on its frozen flag either skips the unit (zero weight
+  gradients, no op of its backward runs) or computes its weight and input
+  gradients from the output gradient the unit after it handed down. The
+  branches read the forward's tensors directly; nothing is differentiated
+  *through* a branch, so no branch has to export the forward's
+  intermediates. That is what keeps the graph small and its lowering to
+  XLA linear in the number of units.
 
 The optimizer skips frozen units' updates, slots and weight decay
 (`freezeout_tf.optimizer`)."""
@@ -302,8 +301,7 @@ class FreezeOutModel(keras.Model):
                     tape.watch(h)
                 unit_inputs.append(h)
                 with unit_mode(self._unit_leaves[i],
-                               tf.logical_not(frozen[i]),
-                               branch_statistics=not self._under_xla()):
+                               tf.logical_not(frozen[i])):
                     h = unit(h, training=True)
                 unit_outputs.append(h)
             head_input = tf.stop_gradient(h)
@@ -368,24 +366,25 @@ class FreezeOutModel(keras.Model):
                        upstream):
         """Weight gradients of unit i and the gradient for unit i - 1.
 
-        Three branches on the flags: frozen (nothing runs), first active
-        (weight gradients only) and active (weight and input gradients).
-        Where the input gradient is not computed, the branch hands down the
-        unit's input itself as a stand-in: unit i - 1 is frozen then and
-        never reads it, and passing a tensor through costs nothing, where
-        zeros would be written out at every step."""
+        One `tf.cond` on the unit's frozen flag: frozen, nothing runs (zero
+        weight gradients); active, the weight and input gradients. The
+        frozen branch hands down the unit's input itself as a stand-in for
+        the input gradient: unit i - 1 is frozen too then and never reads
+        it, and passing a tensor through costs nothing, where zeros would be
+        written out at every step."""
         zero = tf.UnconnectedGradients.ZERO
 
         def skip():
             return [tf.zeros(v.shape, v.dtype) for v in values], unit_input
 
-        def weights_only():
-            grads = tape.gradient(output, values, output_gradients=upstream,
-                                  unconnected_gradients=zero)
-            return grads, unit_input
-
         if i == 0:
             # The first unit never hands a gradient down.
+            def weights_only():
+                grads = tape.gradient(output, values,
+                                      output_gradients=upstream,
+                                      unconnected_gradients=zero)
+                return grads, unit_input
+
             return tf.cond(frozen[0], skip, weights_only)
 
         def weights_and_input():
@@ -394,22 +393,12 @@ class FreezeOutModel(keras.Model):
                                   unconnected_gradients=zero)
             return grads[:-1], grads[-1]
 
-        if self._under_xla():
-            # Under XLA every branch is compiled, and a separate "weights
-            # only" branch would repeat each unit's weight-gradient code
-            # (HLO 2.05x plain's size instead of 1.54x at DenseNet-BC L=22):
-            # the first active unit computes its input gradient too.
-            return tf.cond(frozen[i], skip, weights_and_input)
-        # Nested two-way conds, not one three-way `tf.switch_case`: XLA's
-        # bridge lowers a `Case` op many times slower (docs/design.md).
-        return tf.cond(
-            frozen[i], skip,
-            lambda: tf.cond(frozen[i - 1], weights_only, weights_and_input),
-        )
-
-    def _under_xla(self):
-        # Keras resolves compile(jit_compile=...) into this attribute.
-        return bool(getattr(self, "jit_compile", False))
+        # Two branches, not three: a third "weights only" branch for the
+        # first active unit (nothing before it trains) would save one unit's
+        # input gradient per step, but it repeats every unit's weight-gradient
+        # code in the graph: the first fit step of DenseNet-BC L=40 took
+        # about twice as long (graph and XLA alike; docs/design.md).
+        return tf.cond(frozen[i], skip, weights_and_input)
 
     # No AutoGraph: the step has no Python control flow on tensors (every
     # branch is an explicit tf.cond), and converting the per-unit branch
