@@ -155,6 +155,10 @@ def summarize(raw):
                     r[f"{measure}:error"] = errors[0]
             row[arm] = r
         steady = per.get("steady", [])
+        if not steady:
+            row["steady"] = None
+            table[config] = row
+            continue
         row["steady"] = {k: median_of(steady, k) for k in
                          ("plain_ms", "fo_0_ms", "fo_50_ms", "fo_100_ms",
                           "traces", "units")}
@@ -176,11 +180,21 @@ def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
+def compile_s(r):
+    """The first XLA step less one steady step: tracing, lowering and
+    compiling (on CPU a FreezeOut step itself can take seconds, see
+    docs/design.md)."""
+    first, step = r.get("first-xla:first_step_s"), r.get(
+        "first-xla:next_step_ms")
+    return None if first is None or step is None else first - step / 1000
+
+
 def markdown(table, command):
     lines = [f"    {command}", "",
              "| network | arm | trace s | lower s | HLO lines | conds | "
-             "first step XLA s | first step no-XLA s | XLA step ms |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "first step XLA s | of which compile s | first step no-XLA s "
+             "| XLA step ms |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for config, row in table.items():
         for arm in ARMS:
             r = row[arm]
@@ -190,6 +204,7 @@ def markdown(table, command):
                 fmt(r.get("lower:hlo_conditionals"), 0),
                 fmt(r.get("first-xla:first_step_s",
                           r.get("first-xla:error"))),
+                fmt(compile_s(r)),
                 fmt(r.get("first-graph:first_step_s",
                           r.get("first-graph:error"))),
                 fmt(r.get("first-xla:next_step_ms"), 0),
@@ -203,6 +218,7 @@ def markdown(table, command):
             None,
             ratio(f.get("first-xla:first_step_s"),
                   p.get("first-xla:first_step_s")),
+            ratio(compile_s(f), compile_s(p)),
             ratio(f.get("first-graph:first_step_s"),
                   p.get("first-graph:first_step_s")),
             None,
@@ -216,6 +232,8 @@ def markdown(table, command):
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for config, row in table.items():
         s = row["steady"]
+        if s is None:
+            continue
         if s.get("error") or s.get("fo_0_ms") is None:
             lines.append(f"| {config} | {s.get('error', '-')} |"
                          + " - |" * 7)
@@ -247,12 +265,24 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=1200.0,
                    help="seconds allowed per subprocess")
     p.add_argument("--out", default=None, help="directory for xla.json/.md")
+    p.add_argument("--from-json", nargs="+", default=None, metavar="PATH",
+                   help="print the tables of saved runs (xla.json), merged")
     p.add_argument("--worker", choices=MEASURES, help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return _worker(args)
+    if args.from_json:
+        raw, commands = {}, []
+        for path in args.from_json:
+            with open(path) as f:
+                saved = json.load(f)
+            commands.append(saved["command"])
+            for config, per in saved["raw"].items():
+                raw.setdefault(config, {}).update(per)
+        print(markdown(summarize(raw), "\n    ".join(commands)))
+        return None
     for config in args.configs:
         parse_config(config)  # fail before any run
     raw = {}
