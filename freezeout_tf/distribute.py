@@ -5,14 +5,14 @@ the model inside `strategy.scope()` and `fit` as usual. The train step keeps
 its one traced graph, and the optimizer hooks (`freezeout_tf.optimizer`)
 skip both the update *and* the gradient all-reduce of frozen units.
 
-Example:
+Example (it needs GPUs and data, so it is not run as a doctest)::
 
->>> strategy = make_strategy("mirrored")  # doctest: +SKIP
->>> set_mixed_precision("bfloat16")  # doctest: +SKIP
->>> with strategy.scope():  # doctest: +SKIP
-...     model = freezeout_tf.models.densenet_bc(depth=100)
-...     model.compile(freezeout_tf.original_sgd(), loss, metrics=[...])
->>> model.fit(ds, epochs=100, callbacks=[FreezeOut()])  # doctest: +SKIP
+    strategy = make_strategy("mirrored")
+    set_mixed_precision("bfloat16")
+    with strategy.scope():
+        model = freezeout_tf.models.densenet_bc(depth=100)
+        model.compile(freezeout_tf.original_sgd(), loss, metrics=[...])
+    model.fit(ds, epochs=100, callbacks=[FreezeOut()])
 
 (`make_strategy("mirrored")` uses every local GPU; set the precision
 before building the model.)

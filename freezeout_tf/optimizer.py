@@ -296,7 +296,8 @@ def original_sgd(learning_rate=0.1):
 
     Example:
 
-    >>> model.compile(optimizer=original_sgd(),  # doctest: +SKIP
-    ...               loss="sparse_categorical_crossentropy")
+    >>> opt = original_sgd()
+    >>> opt.nesterov, float(opt.momentum), opt.l2
+    (True, 0.9, 0.0001)
     """
     return SGDWithL2(learning_rate, momentum=0.9, nesterov=True, l2=1e-4)
