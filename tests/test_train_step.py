@@ -330,3 +330,32 @@ def test_schedule_clock_counts_skipped_float16_steps():
     assert frozen != schedule.num_frozen(int(opt.iterations), 16, fractions)
     assert [not u.trainable for u in model.freeze_units] == (
         [True] * frozen + [False] * (model.num_units - frozen))
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_gradients_with_weight_and_activity_regularisers(k):
+    """Regulariser terms reach unit variables directly (kernel) and through
+    later units' inputs (activity); the unit-by-unit backward adds both."""
+    keras.utils.set_random_seed(0)
+    reg = dict(kernel_regularizer=keras.regularizers.L2(0.1),
+               activity_regularizer=keras.regularizers.L2(0.05))
+    model = FreezeOutModel([keras.layers.Dense(8, activation="tanh", **reg)
+                            for _ in range(3)], keras.layers.Dense(3, **reg))
+    model.build((None, 5))
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(16, 5)).astype("float32"))
+    y = tf.constant(rng.integers(0, 3, 16))
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    fr = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
+    model.schedule_state.set(100, fr)
+    model.batches_taken.assign(10)
+    _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
+    by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+    active = [v for u in model.freeze_units[k:] + [model.head]
+              for v in u.trainable_weights]
+    plain = keras.Sequential(model.freeze_units + [model.head])
+    with tf.GradientTape() as tape:
+        loss = LOSS(y, plain(x, training=True)) + tf.add_n(plain.losses)
+    for v, r in zip(active, tape.gradient(loss, active)):
+        np.testing.assert_allclose(by_var[id(v)].numpy(), r.numpy(),
+                                   rtol=1e-5, atol=1e-6)
