@@ -50,8 +50,9 @@ class FreezeOut(keras.callbacks.Callback):
     those see the added logs.
 
     Resuming: the schedule is a function of the model's count of batches
-    taken (`model.batches_taken`, saved with the model). To continue a run, call `fit(..., epochs=E_total,
-    initial_epoch=E_done)` on a model that has taken
+    taken (`model.batches_taken`, saved with the model). To continue a run,
+    call `fit(..., epochs=E_total, initial_epoch=E_done)` on a model that has
+    taken
     `E_done * steps_per_epoch` steps (a loaded checkpoint, or the same model
     after an earlier `fit`); anything else is rejected before training.
 
@@ -217,12 +218,8 @@ class FreezeOut(keras.callbacks.Callback):
             self.model.num_units, self.t_0, self.how_scale, k
         )
         state = self.model.schedule_state
-        state.set(total, fractions, self.scale_lr)
-        freeze_steps = schedule.freeze_steps(total, fractions, k)
-        if k:
-            # `set` knows no frozen_from_start: put the first k units'
-            # freeze step (0) into the graph state too.
-            state.freeze_steps.assign(freeze_steps)
+        state.set(total, fractions, self.scale_lr, k)
+        freeze_steps = state.host_freeze_steps()
         self._schedule = (total, fractions)
         self._finish_placing(freeze_steps, done)
 

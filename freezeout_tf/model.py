@@ -264,11 +264,10 @@ class FreezeOutModel(keras.Model):
     def _unit_variables(self):
         """Variables of each unit and of the head (last), as
         `trainable_variables` orders them."""
-        unit_ids = self._unit_variable_ids()
-        groups = [[] for _ in unit_ids]
-        for v in self.trainable_variables:
-            groups[next(u for u, ids in enumerate(unit_ids)
-                        if id(v) in ids)].append(v)
+        variables = self.trainable_variables
+        groups = [[] for _ in range(self.num_units + 1)]
+        for v, unit in zip(variables, self.variable_units(variables)):
+            groups[unit].append(v)
         return groups
 
     def compute_freezeout_gradients(self, x, y, sample_weight=None):
@@ -307,7 +306,7 @@ class FreezeOutModel(keras.Model):
             head_input = tf.stop_gradient(h)
             tape.watch(head_input)
             y_pred = self.head(head_input, training=True)
-            loss = self._compute_loss(
+            loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                 training=True,
             )

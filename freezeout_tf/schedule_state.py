@@ -61,8 +61,9 @@ class ScheduleState:
         self.scale_lr = tf.Variable(False, trainable=False, name="fo_scale_lr")
         self.annealing = tf.Variable(False, trainable=False, name="fo_anneal")
 
-    def set(self, total_steps, fractions, scale_lr=True):
-        """Installs a schedule (`fractions` from `schedule.freeze_fractions`)."""
+    def set(self, total_steps, fractions, scale_lr=True, frozen_from_start=0):
+        """Installs a schedule (`fractions` from `schedule.freeze_fractions`);
+        the first `frozen_from_start` units are frozen from step 0."""
         fractions = np.asarray(fractions, np.float64)
         if fractions.shape != (self.num_units + 1,):
             raise ValueError(
@@ -70,7 +71,9 @@ class ScheduleState:
                 f"the head); got shape {fractions.shape}."
             )
         self.fractions.assign(fractions.astype(np.float32))
-        self.freeze_steps.assign(schedule.freeze_steps(total_steps, fractions))
+        self.freeze_steps.assign(
+            schedule.freeze_steps(total_steps, fractions, frozen_from_start)
+        )
         self.total_steps.assign(float(total_steps))
         self.scale_lr.assign(bool(scale_lr))
         self.annealing.assign(True)
