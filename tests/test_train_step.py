@@ -99,18 +99,23 @@ def _plain_gradients(model, x, y, k):
     return variables, tape.gradient(loss, variables)
 
 
+def _freezeout_gradients(model, x, y, k):
+    """FreezeOut's gradients at step 10 of a schedule whose first k units
+    are frozen by then, by variable id."""
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    fr = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
+    model.schedule_state.set(100, fr)
+    model.batches_taken.assign(10)
+    _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
+    return {id(v): g for v, g in zip(model.trainable_variables, grads)}
+
+
 @pytest.mark.parametrize("k", [0, 1, 3])
 def test_gradients_equal_plain_tape_with_k_frozen(k, data):
     x, y = data
     x, y = tf.constant(x[:16]), tf.constant(y[:16])
     model = tiny_model()
-    model.compile(keras.optimizers.SGD(0.1), LOSS)
-    # A schedule whose first k units are frozen at step 10.
-    fr = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
-    model.schedule_state.set(100, fr)
-    model.batches_taken.assign(10)
-    _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
-    by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+    by_var = _freezeout_gradients(model, x, y, k)
     # Compare against a fresh model with the same initial weights (that call
     # updated the moving statistics), variable by variable in unit order.
     ref = tiny_model()
@@ -345,12 +350,7 @@ def test_gradients_with_weight_and_activity_regularisers(k):
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(16, 5)).astype("float32"))
     y = tf.constant(rng.integers(0, 3, 16))
-    model.compile(keras.optimizers.SGD(0.1), LOSS)
-    fr = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
-    model.schedule_state.set(100, fr)
-    model.batches_taken.assign(10)
-    _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
-    by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+    by_var = _freezeout_gradients(model, x, y, k)
     active = [v for u in model.freeze_units[k:] + [model.head]
               for v in u.trainable_weights]
     plain = keras.Sequential(model.freeze_units + [model.head])
