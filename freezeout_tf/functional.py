@@ -27,7 +27,7 @@ import collections
 
 import keras
 
-from freezeout_tf import schedule, speedup
+from freezeout_tf import schedule, side_inputs, speedup
 
 __all__ = ["cut_points", "split_model"]
 
@@ -40,31 +40,70 @@ _Call = collections.namedtuple("_Call", "op node inputs outputs owners")
 
 class _Graph:
     """The layer calls of a functional model in topological order, nested
-    functional models inlined, with each tensor's producer and last user."""
+    functional models and containers of blocks inlined, with each tensor's
+    producer and last user.
+
+    With several model inputs, the model inputs and whatever weightless
+    calls compute from them alone are *side* tensors (`side_calls`): they
+    are not part of the chain, each unit that reads one gets it as a side
+    input (recomputing the weightless calls it needs), and their uses do
+    not count when cut points are found. `calls` holds the other calls:
+    the chain of the hidden state."""
 
     def __init__(self, model, name):
         self.name = name
-        self.calls = []
+        self.model = model
         self.tensors = {}  # key -> the original KerasTensor (shape, dtype)
         alias = {}
-        self.input_key = ((), id(model.inputs[0]))
-        self.tensors[self.input_key] = model.inputs[0]
-        self._expand(model, (), alias, ())
-        out = ((), id(model.outputs[0]))
-        self.output_key = alias.get(out, out)
+        self.input_keys = [((), id(t)) for t in model.inputs]
+        self.input_names = {k: t.name for k, t in zip(self.input_keys,
+                                                      model.inputs)}
+        for k, t in zip(self.input_keys, model.inputs):
+            self.tensors[k] = t
+        every_call = []
+        self._expand(model, (), alias, (), every_call)
+        self.output_keys = [alias.get(k, k)
+                            for k in (((), id(t)) for t in model.outputs)]
+        self.multi_input = len(model.inputs) > 1
+
+        # Side tensors: model inputs and weightless functions of them only.
+        self.side = set(self.input_keys) if self.multi_input else set()
+        self.side_calls, self.calls = [], []
+        for call in every_call:
+            if (self.multi_input and not _holds_weights(call.op)
+                    and all(k in self.side for k in call.inputs)):
+                self.side_calls.append(call)
+                self.side.update(call.outputs)
+            else:
+                self.calls.append(call)
+        self.all_calls = every_call
+        # The chain starts from the one plain input (no side inputs), or
+        # from nothing: the first unit reads side inputs only.
+        self.input_key = None if self.multi_input else self.input_keys[0]
+        for key in self.output_keys:
+            if key in self.side:
+                raise ValueError(
+                    f"Model '{name}' returns a tensor computed from its "
+                    f"inputs alone, without weights; split_model needs "
+                    f"every output to come from the layers being trained."
+                )
 
         n = len(self.calls)
-        self.producer = {self.input_key: -1}
+        self.producer = {}
+        if self.input_key is not None:
+            self.producer[self.input_key] = -1
         for i, call in enumerate(self.calls):
             for key in call.outputs:
                 self.producer[key] = i
         self.last_use = dict(self.producer)
         for i, call in enumerate(self.calls):
             for key in call.inputs:
-                self.last_use[key] = max(self.last_use.get(key, -1), i)
-        self.last_use[self.output_key] = n  # used by "the output"
+                if key not in self.side:
+                    self.last_use[key] = max(self.last_use.get(key, -1), i)
+        for key in self.output_keys:
+            self.last_use[key] = n  # used by "the output"
 
-    def _expand(self, function, scope, alias, owners):
+    def _expand(self, function, scope, alias, owners, calls):
         # Tensor keys carry the chain of nested calls they sit in, so that a
         # nested model called twice gets distinct keys for each call.
         def key(tensor):
@@ -79,39 +118,44 @@ class _Graph:
                 inputs = tuple(key(t) for t in node.arguments.keras_tensors)
                 inner = _inlinable(node)
                 if inner is not None:
+                    inner_model, inner_args = inner
                     inner_scope = scope + (id(node),)
-                    alias[(inner_scope, id(inner.inputs[0]))] = inputs[0]
-                    self._expand(inner, inner_scope, alias,
-                                 owners + (node.operation.name,))
-                    out = (inner_scope, id(inner.outputs[0]))
-                    alias[(scope, id(node.outputs[0]))] = alias.get(out, out)
+                    for t, outer in zip(inner_model.inputs, inner_args):
+                        alias[(inner_scope, id(t))] = key(outer)
+                    self._expand(inner_model, inner_scope, alias,
+                                 owners + (node.operation.name,), calls)
+                    for t, outer in zip(inner_model.outputs, node.outputs):
+                        out = (inner_scope, id(t))
+                        alias[(scope, id(outer))] = alias.get(out, out)
                     continue
                 outputs = tuple((scope, id(t)) for t in node.outputs)
                 for k, t in zip(outputs, node.outputs):
                     self.tensors[k] = t
-                self.calls.append(
+                calls.append(
                     _Call(node.operation, node, inputs, outputs, owners)
                 )
 
     def describe(self, index):
-        """Name of call `index` for messages (`-1`: the input, `n`: the
-        output), with the nested models it sits in."""
+        """Name of chain call `index` for messages (`-1`: the input, `n`:
+        the output), with the nested models it sits in."""
         if index < 0:
-            return "the input"
+            return "the inputs" if self.multi_input else "the input"
         if index >= len(self.calls):
             return "the output"
         call = self.calls[index]
-        inside = "".join(f" (inside nested model '{o}')"
-                         for o in reversed(call.owners))
+        inside = "".join(f" (inside '{o}')" for o in reversed(call.owners))
         return f"'{call.op.name}'{inside}"
 
     def cuts(self):
-        """For each call but the last, `None` if its output is a cut point,
-        else `(producer, user)`: calls at the ends of a tensor that goes
-        around it."""
+        """For each chain call but the last, `None` if its output is a cut
+        point, else `(producer, user)`: calls at the ends of a tensor that
+        goes around it."""
         result = []
         # The tensor made at or before the current call that is used last.
-        reach, reach_key = self.last_use[self.input_key], self.input_key
+        if self.input_key is None:
+            reach, reach_key = -1, None
+        else:
+            reach, reach_key = self.last_use[self.input_key], self.input_key
         for p, call in enumerate(self.calls[:-1]):
             if reach <= p and len(call.outputs) == 1:
                 result.append(None)
@@ -125,42 +169,91 @@ class _Graph:
         return result
 
     def holds_weights(self, lo, hi):
-        return any(getattr(c.op, "weights", None) for c in self.calls[lo:hi])
+        return any(_holds_weights(c.op) for c in self.calls[lo:hi])
+
+    def _side_closure(self, keys):
+        """The side calls needed to compute side tensors `keys` from the
+        model inputs, in topological order."""
+        needed, stack = set(), [k for k in keys if k not in self.input_names]
+        producers = {k: c for c in self.side_calls for k in c.outputs}
+        while stack:
+            call = producers[stack.pop()]
+            if id(call) not in needed:
+                needed.add(id(call))
+                stack.extend(k for k in call.inputs
+                             if k not in self.input_names)
+        return [c for c in self.side_calls if id(c) in needed]
 
     def build(self, lo, hi, name):
-        """A functional model of calls `lo..hi-1`, re-calling the original
-        layers on a new `keras.Input`."""
-        start = self.input_key if lo == 0 else self.calls[lo - 1].outputs[0]
-        end = self.output_key if hi == len(self.calls) else (
-            self.calls[hi - 1].outputs[0])
-        spec = self.tensors[start]
-        inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype,
-                             name=f"{name}_input")
-        values = {start: inputs}
-        for call in self.calls[lo:hi]:
+        """A functional model of chain calls `lo..hi-1`, re-calling the
+        original layers on new `keras.Input`s: the hidden state (unless it
+        is the first unit of a model with side inputs) and the model
+        inputs the calls read."""
+        calls = self.calls[lo:hi]
+        values, inputs = {}, []
+        if lo > 0 or self.input_key is not None:
+            start = self.input_key if lo == 0 else self.calls[lo - 1].outputs[0]
+            spec = self.tensors[start]
+            hidden = keras.Input(
+                batch_shape=spec.shape, dtype=spec.dtype,
+                name=side_inputs.HIDDEN if self.multi_input else
+                f"{name}_input")
+            values[start] = hidden
+            inputs.append(hidden)
+        side_keys = {k for c in calls for k in c.inputs if k in self.side}
+        side_calls = self._side_closure(side_keys)
+        read = side_keys | {k for c in side_calls for k in c.inputs}
+        for k in self.input_keys:  # model inputs, in the model's order
+            if k in read:
+                spec = self.tensors[k]
+                values[k] = keras.Input(batch_shape=spec.shape,
+                                        dtype=spec.dtype,
+                                        name=self.input_names[k])
+                inputs.append(values[k])
+        for call in side_calls + calls:
             args, kwargs = _fill_in(call, values)
             outputs = keras.tree.flatten(call.op(*args, **kwargs))
             values.update(zip(call.outputs, outputs))
-        return keras.Model(inputs, values[end], name=name)
+        if hi == len(self.calls):
+            outputs = keras.tree.pack_sequence_as(
+                self.model.output, [values[k] for k in self.output_keys])
+        else:
+            outputs = values[self.calls[hi - 1].outputs[0]]
+        if not self.multi_input:
+            inputs = inputs[0]
+        return keras.Model(inputs, outputs, name=name)
+
+    def zero_inputs(self):
+        """Zeros for one example of each model input, by tensor key (a
+        `None` dimension taken as 32)."""
+        values = {}
+        for k in self.input_keys:
+            spec = self.tensors[k]
+            shape = tuple(32 if d is None else d for d in spec.shape[1:])
+            values[k] = keras.ops.zeros((1,) + shape, dtype=spec.dtype)
+        return values
 
     def call_costs(self):
-        """Forward multiply-accumulates of each call for one example, as
-        `unit_flops` counts them (a `None` input dimension is taken as 32)."""
-        shape = tuple(32 if d is None else d
-                      for d in self.tensors[self.input_key].shape[1:])
-        values = {self.input_key: keras.ops.zeros((1,) + shape)}
-        costs = []
-        ops = [c.op for c in self.calls if isinstance(c.op, keras.layers.Layer)]
+        """Forward multiply-accumulates of each chain call for one example,
+        as `unit_flops` counts them."""
+        values = self.zero_inputs()
+        costs = {}
+        ops = [c.op for c in self.all_calls
+               if isinstance(c.op, keras.layers.Layer)]
         with speedup.count_macs(ops) as counter:
-            for call in self.calls:
+            for call in self.all_calls:
                 counter[0] = 0
                 args, kwargs = _fill_in(call, values)
                 if "training" in getattr(call.op, "_call_context_args", ()):
                     kwargs.setdefault("training", False)
                 outputs = keras.tree.flatten(call.op(*args, **kwargs))
                 values.update(zip(call.outputs, outputs))
-                costs.append(int(counter[0]))
-        return costs
+                costs[id(call)] = int(counter[0])
+        return [costs[id(c)] for c in self.calls]
+
+
+def _holds_weights(op):
+    return bool(getattr(op, "weights", None))
 
 
 def _fill_in(call, values):
@@ -171,24 +264,78 @@ def _fill_in(call, values):
 
 
 def _inlinable(node):
-    """The functional graph to look into for a call of a nested model, or
-    None to keep the call whole (not a model, several inputs or outputs,
-    or called with arguments other than one tensor, `training` and
-    arguments left at None, such as `mask`)."""
+    """`(functional model, outer argument tensors in its input order)` to
+    look into for this call, or None to keep the call whole.
+
+    Looked into: a nested functional model (or `Sequential` with an
+    `Input`) called on its inputs (one tensor, a list in order, or a dict
+    by input name) with no other arguments than `training` and arguments
+    left at None (such as `mask`); and a container of blocks
+    (`_traced_container`)."""
     op = node.operation
     if isinstance(op, keras.Sequential):
         op = op._functional  # None when built without an `Input`
     # `_nodes_by_depth`: a functional model (keras.Model(inputs, outputs)).
     if not isinstance(op, keras.Model) or not hasattr(op, "_nodes_by_depth"):
-        return None
+        return _traced_container(node)
     args = node.arguments
-    if (len(op.inputs) != 1 or len(op.outputs) != 1
-            or len(args.keras_tensors) != 1 or len(args.args) != 1
-            or args.args[0] is not args.keras_tensors[0]
-            or any(v is not None for k, v in args.kwargs.items()
-                   if k != "training")):
+    if (len(args.args) != 1
+            or any(x is not None for k, v in args.kwargs.items()
+                   if k != "training" for x in keras.tree.flatten(v))):
         return None
-    return op
+    given = args.args[0]
+    names = [t.name for t in op.inputs]
+    if isinstance(given, dict):
+        if set(given) != set(names):
+            return None
+        given = [given[name] for name in names]
+    given = keras.tree.flatten(given)
+    if len(given) != len(op.inputs) or not all(
+            isinstance(t, keras.KerasTensor) for t in given):
+        return None
+    return op, given
+
+
+def _has_blocks(layer):
+    """Whether `layer` holds a list of blocks: two or more direct sublayers
+    of one class that are themselves containers of layers with weights."""
+    classes = collections.Counter(
+        type(sub) for sub in layer._flatten_layers(include_self=False,
+                                                   recursive=False)
+        if any(_holds_weights(s)
+               for s in sub._flatten_layers(include_self=False)))
+    return any(count >= 2 for count in classes.values())
+
+
+def _traced_container(node):
+    """A container of blocks, as a functional model of its own calls.
+
+    The one mechanism for layers that call a list of blocks in their
+    `call` (KerasHub's `ViTEncoder` and encoders built the same way): a
+    layer (not a model) holding a list of blocks (`_has_blocks`) is looked
+    into by calling its `call` symbolically on new inputs, which
+    records the sublayer calls and Keras ops it makes, in order, as a
+    functional graph. It is accepted when that succeeds and the recorded
+    calls hold every weight of the layer (nothing is used outside a
+    sublayer call). Otherwise the layer stays one call, and so inside one
+    freeze unit."""
+    op = node.operation
+    if (not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model)
+            or not _has_blocks(op)):
+        return None
+    outer = list(node.arguments.keras_tensors)
+    fresh = [keras.Input(batch_shape=t.shape, dtype=t.dtype) for t in outer]
+    args, kwargs = node.arguments.fill_in(
+        {id(t): f for t, f in zip(outer, fresh)})
+    try:
+        outputs = op.call(*args, **kwargs)
+        traced = keras.Model(fresh, outputs, name=op.name)
+    except Exception:  # not expressible in Keras layers and ops
+        return None
+    if ({id(w) for w in traced.weights} != {id(w) for w in op.weights}
+            or len(traced.outputs) != len(node.outputs)):
+        return None
+    return traced, outer
 
 
 def _check_model(model):
@@ -201,13 +348,12 @@ def _check_model(model):
             f"keras.Model(inputs, outputs)) or a Sequential with an Input; "
             f"got {type(model).__name__} {getattr(model, 'name', model)!r}."
         )
-    for kind, tensors in (("inputs", model.inputs), ("outputs", model.outputs)):
-        if len(tensors) != 1:
-            names = [t.name for t in tensors]
+    for t in model.inputs:
+        if len(model.inputs) > 1 and t.name == side_inputs.HIDDEN:
             raise ValueError(
-                f"Model '{model.name}' has {len(tensors)} {kind} {names}; "
-                f"split_model needs exactly one input and one output (a "
-                f"chain of freeze units passes one tensor along)."
+                f"Model '{model.name}' has an input named {t.name!r}, the "
+                f"name freezeout_tf reserves for the hidden state; rename "
+                f"it."
             )
     return model
 

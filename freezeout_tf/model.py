@@ -29,11 +29,26 @@ import tensorflow as tf
 
 from freezeout_tf import keras_internals
 from freezeout_tf import optimizer as fo_optimizer
+from freezeout_tf import side_inputs
 from freezeout_tf.adaptive import AdaptiveState
 from freezeout_tf.schedule_state import ScheduleState
 from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
 
 __all__ = ["FreezeOutModel"]
+
+
+def _dense(gradients):
+    # Both branches of a unit's cond must return dense tensors; embedding
+    # lookups and slices give IndexedSlices.
+    return [tf.convert_to_tensor(g) for g in gradients]
+
+
+def _split_input_names(model):
+    """`input_names` for a model split by `from_model`: its inputs' names
+    when it has several, else None (one plain input)."""
+    if len(model.inputs) == 1:
+        return None
+    return [t.name for t in model.inputs]
 
 
 XLA_AUTO_NOTE = (
@@ -66,6 +81,12 @@ class FreezeOutModel(keras.Model):
             `model.freeze_units`.
         head: a Keras layer (or model) applied after the last unit; never
             frozen. Available as `model.head`.
+        input_names: for a model with several inputs (a transformer's token
+            ids and padding mask, say): their names, in the order a list of
+            inputs is given. Each unit and the head is then a functional
+            model with named inputs, `side_inputs.HIDDEN` for the hidden
+            state and model input names for the side inputs it reads
+            (`freezeout_tf.side_inputs`). `None` (default): one plain input.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -80,7 +101,7 @@ class FreezeOutModel(keras.Model):
     >>> model.fit(ds, epochs=10, callbacks=[FreezeOut()])  # doctest: +SKIP
     """
 
-    def __init__(self, freeze_units, head, **kwargs):
+    def __init__(self, freeze_units, head, input_names=None, **kwargs):
         super().__init__(**kwargs)
         freeze_units = list(freeze_units)
         if not freeze_units:
@@ -94,6 +115,10 @@ class FreezeOutModel(keras.Model):
                 )
         self.freeze_units = freeze_units
         self.head = head
+        self._part_inputs = side_inputs.check_side_inputs(
+            freeze_units + [head], input_names)
+        self.input_names = (None if input_names is None
+                            else list(input_names))
         # The schedule's clock: batches taken, saved with the model. Not
         # optimizer.iterations, which a mixed-float16 loss-scale optimizer
         # does not advance on the steps it skips (non-finite gradients).
@@ -153,7 +178,8 @@ class FreezeOutModel(keras.Model):
         found and grouped.
 
         Args:
-            model: a single-input, single-output functional `keras.Model`.
+            model: a functional `keras.Model` (several inputs become side
+                inputs; see `split_model`).
             num_units: group the segments into this many units of about
                 equal forward cost; by default one unit per segment.
             boundaries: names of layers right after which to cut, instead of
@@ -164,6 +190,7 @@ class FreezeOutModel(keras.Model):
 
         units, head = split_model(model, num_units=num_units,
                                   boundaries=boundaries)
+        kwargs.setdefault("input_names", _split_input_names(model))
         return cls(units, head, **kwargs)
 
     @property
@@ -171,16 +198,20 @@ class FreezeOutModel(keras.Model):
         return len(self.freeze_units)
 
     def build(self, input_shape):
-        x = keras.KerasTensor(input_shape)
-        for layer in self.freeze_units + [self.head]:
-            x = layer(x)
-        self.built = True
+        if self.input_names is None:
+            self.call(keras.KerasTensor(input_shape))
+        self.built = True  # named parts are functional models, built
+
+    def _part_arguments(self, index, hidden, side):
+        return side_inputs.arguments(self._part_inputs[index], hidden, side)
 
     def call(self, inputs, training=None):
-        x = inputs
-        for unit in self.freeze_units:
-            x = unit(x, training=training)
-        return self.head(x, training=training)
+        side = side_inputs.side_values(inputs, self.input_names)
+        x = inputs if side is None else None
+        for i, unit in enumerate(self.freeze_units):
+            x = unit(self._part_arguments(i, x, side), training=training)
+        return self.head(self._part_arguments(self.num_units, x, side),
+                         training=training)
 
     def compile(self, optimizer="rmsprop", *args, jit_compile="auto",
                 **kwargs):
@@ -281,6 +312,7 @@ class FreezeOutModel(keras.Model):
             `(loss, y_pred, gradients)`, `loss` unscaled.
         """
         step = self.batches_taken.value
+        side = side_inputs.side_values(x, self.input_names)
         state = self.schedule_state
         frozen = [state.frozen(step, i) for i in range(self.num_units)]
         groups = self._unit_variables()
@@ -291,7 +323,8 @@ class FreezeOutModel(keras.Model):
         ) as tape:
             tape.watch(tf.nest.flatten(values))
             unit_inputs, unit_outputs = [], []
-            h = x
+            # Side inputs go to the units as they are, never watched.
+            h = x if side is None else None
             for i, unit in enumerate(self.freeze_units):
                 if i > 0:
                     # Cut the tape between units: each unit's backward is
@@ -301,11 +334,14 @@ class FreezeOutModel(keras.Model):
                 unit_inputs.append(h)
                 with unit_mode(self._unit_leaves[i],
                                tf.logical_not(frozen[i])):
-                    h = unit(h, training=True)
+                    h = unit(self._part_arguments(i, h, side),
+                             training=True)
                 unit_outputs.append(h)
             head_input = tf.stop_gradient(h)
             tape.watch(head_input)
-            y_pred = self.head(head_input, training=True)
+            y_pred = self.head(
+                self._part_arguments(self.num_units, head_input, side),
+                training=True)
             loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                 training=True,
@@ -373,23 +409,26 @@ class FreezeOutModel(keras.Model):
         written out at every step."""
         zero = tf.UnconnectedGradients.ZERO
 
-        def skip():
-            return [tf.zeros(v.shape, v.dtype) for v in values], unit_input
+        def zeros():
+            return [tf.zeros(v.shape, v.dtype) for v in values]
 
         if i == 0:
-            # The first unit never hands a gradient down.
+            # The first unit never hands a gradient down (and with side
+            # inputs it has no hidden-state input at all).
             def weights_only():
-                grads = tape.gradient(output, values,
-                                      output_gradients=upstream,
-                                      unconnected_gradients=zero)
-                return grads, unit_input
+                return _dense(tape.gradient(output, values,
+                                            output_gradients=upstream,
+                                            unconnected_gradients=zero))
 
-            return tf.cond(frozen[0], skip, weights_only)
+            return tf.cond(frozen[0], zeros, weights_only), None
+
+        def skip():
+            return zeros(), unit_input
 
         def weights_and_input():
-            grads = tape.gradient(output, values + [unit_input],
-                                  output_gradients=upstream,
-                                  unconnected_gradients=zero)
+            grads = _dense(tape.gradient(output, values + [unit_input],
+                                         output_gradients=upstream,
+                                         unconnected_gradients=zero))
             return grads[:-1], grads[-1]
 
         # Two branches, not three: a third "weights only" branch for the
@@ -431,6 +470,7 @@ class FreezeOutModel(keras.Model):
                 for u in self.freeze_units
             ],
             head=keras.saving.serialize_keras_object(self.head),
+            input_names=self.input_names,
         )
         return config
 

@@ -105,9 +105,17 @@ def _bad_models():
     no_cut = keras.Model(inputs, L.Add(name="skip_add")([inputs, y]),
                          name="no_cut")
 
+    # Two inputs; after the stem, two hidden streams that cross each other
+    # at every layer, so no cut point lies between stem and output.
     a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
-    two_inputs = keras.Model([a, b], L.Dense(2)(L.Concatenate()([a, b])),
-                             name="two_inputs")
+    stem = L.Dense(4, name="stem")(a)
+    u = L.Dense(4, name="u1")(stem)
+    v = L.Dense(4, name="v1")(L.Concatenate(name="join_sb")([stem, b]))
+    u, v = (L.Dense(4, name="u2")(L.Concatenate(name="join_uv")([u, v])),
+            L.Dense(4, name="v2")(L.Concatenate(name="join_vu")([v, u])))
+    two_inputs = keras.Model(
+        [a, b], L.Dense(2, name="out")(L.Concatenate(name="join")([u, v])),
+        name="two_inputs")
 
     # A nested block whose conv is called again outside it.
     block_in = keras.Input((8, 8, 4))
@@ -128,8 +136,12 @@ def test_each_bad_case_gets_a_clear_error():
     no_cut, two_inputs, shared_nested = _bad_models()
     with pytest.raises(ValueError, match="'no_cut' has no cut point.*'skip_add'"):
         split_model(no_cut)
-    with pytest.raises(ValueError, match=r"'two_inputs' has 2 inputs \['a', 'b'\]"):
-        split_model(two_inputs)
+    with pytest.raises(ValueError, match="boundary 'u2' is not a cut point: "
+                                         "'.*' feeds '.*' around it. Cut "
+                                         "points of 'two_inputs': stem, join"):
+        split_model(two_inputs, boundaries=["u2"])
+    with pytest.raises(ValueError, match="num_units must be at most 2"):
+        split_model(two_inputs, num_units=3)
     with pytest.raises(ValueError, match="'shared_conv' .*nested model 'block'"
                                          ".*unit 1.*unit 3"):
         split_model(shared_nested)
