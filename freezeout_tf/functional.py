@@ -7,20 +7,40 @@ its *cut points*: tensors that every path from the input to the output
 passes through. A ResNet has one after each residual block, a DenseNet after
 each dense layer's concatenation and each transition, MobileNetV2 after each
 inverted-residual block (and between the layers of blocks without a
-residual), and any chain of layers between each pair of layers.
+residual), a transformer after each encoder block, and any chain of layers
+between each pair of layers.
 
 How they are found: with the layer calls in topological order, the output
 of call `p` is a cut point exactly when no other tensor made at or before
 `p` is used after `p` (every path must cross from calls `<= p` to calls
 `> p`, and that one tensor is the only way across).
 
-Nested functional models and `Sequential`s with an `Input` (a pretrained
-backbone inside a fine-tuning model, say) are looked into: their layers are
-placed in the outer graph as if called there, so cut points inside them are
-found too. The units re-call the original layer objects on new
-`keras.Input`s: they share the model's layers and weights, nothing is
-copied, and the original model keeps working (but note that freezing a unit
-sets `trainable = False` on layers the original model also uses).
+Several inputs (a transformer's token ids, segment ids and padding mask):
+the model's inputs, and whatever weightless calls compute from them alone
+(a mask reshaped, say), are *side inputs*. They are not on the chain: a
+unit that reads one gets it as an input of the same name
+(`freezeout_tf.side_inputs`), recomputing the weightless calls it needs,
+and their uses do not count when cut points are found. So a BERT is cut
+after its embeddings and after each encoder block, though every block
+reads the padding mask.
+
+Looked into, as if their layers were called in the outer graph:
+
+* nested functional models and `Sequential`s with an `Input` (a pretrained
+  backbone inside a fine-tuning model), called on their inputs;
+* layers that hold a list of blocks (KerasHub's `ViTEncoder`: one layer
+  whose `call` runs its encoder blocks in turn). One mechanism serves them
+  all, with no special case per class: a layer (not a model) with two or
+  more direct sublayers of one class that themselves hold layers with
+  weights has its `call` run symbolically on new inputs, which records the
+  sublayer calls and Keras ops it makes as a functional graph. It is looked
+  into when that works and the recorded calls hold all of its weights;
+  otherwise it stays one call, inside one unit.
+
+The units re-call the original layer objects on new `keras.Input`s: they
+share the model's layers and weights, nothing is copied, and the original
+model keeps working (but note that freezing a unit sets `trainable = False`
+on layers the original model also uses).
 """
 
 import collections
@@ -65,6 +85,7 @@ class _Graph:
         self.output_keys = [alias.get(k, k)
                             for k in (((), id(t)) for t in model.outputs)]
         self.multi_input = len(model.inputs) > 1
+        every_call = _live(every_call, self.output_keys)
 
         # Side tensors: model inputs and weightless functions of them only.
         self.side = set(self.input_keys) if self.multi_input else set()
@@ -252,6 +273,18 @@ class _Graph:
         return [costs[id(c)] for c in self.calls]
 
 
+def _live(calls, output_keys):
+    """The calls whose outputs reach the model's outputs: a nested model's
+    output left unused (a backbone's pooled output, when the head reads its
+    sequence) is not part of any unit."""
+    needed, live = set(output_keys), []
+    for call in reversed(calls):
+        if needed.intersection(call.outputs):
+            needed.update(call.inputs)
+            live.append(call)
+    return live[::-1]
+
+
 def _holds_weights(op):
     return bool(getattr(op, "weights", None))
 
@@ -294,6 +327,14 @@ def _inlinable(node):
             isinstance(t, keras.KerasTensor) for t in given):
         return None
     return op, given
+
+
+def _is_container(op):
+    """A layer (not a model) with sublayers that hold weights."""
+    return (isinstance(op, keras.layers.Layer)
+            and not isinstance(op, keras.Model)
+            and len([s for s in op._flatten_layers(include_self=False)
+                     if _holds_weights(s)]) >= 2)
 
 
 def _has_blocks(layer):
@@ -366,7 +407,8 @@ def cut_points(model):
     of nested functional models are listed by their own names.
 
     Args:
-        model: a single-input, single-output functional `keras.Model`.
+        model: a functional `keras.Model` (with several inputs, cut points
+            are those of the hidden state; see the module docstring).
 
     Returns:
         list of layer names in forward order.
@@ -399,14 +441,20 @@ def split_model(model, num_units=None, boundaries=None):
     * neither option: each segment is one unit;
     * `num_units=N`: consecutive segments are grouped into `N` units of
       about equal forward cost (multiply-accumulates counted as
-      `unit_flops` does; the grouping minimizes the sum of squared unit
-      costs);
+      `unit_flops` does, attention included; the grouping minimizes the
+      sum of squared unit costs);
     * `boundaries=[names]`: the model is cut right after each named layer;
       each must be a cut point before the head.
 
+    With several model inputs, each unit and the head is a model with named
+    inputs: `side_inputs.HIDDEN` for the hidden state (all but the first
+    unit) and the model inputs it reads; pass the model's input names to
+    `FreezeOutModel(..., input_names=...)` (`from_model` does).
+
     Args:
-        model: a single-input, single-output functional `keras.Model` (or a
-            `Sequential` with an `Input`), built.
+        model: a functional `keras.Model` (or a `Sequential` with an
+            `Input`), built. Several inputs become side inputs; several
+            outputs (a KerasHub backbone's dict) are returned by the head.
         num_units: how many freeze units to make, at most the number of
             segments.
         boundaries: names of layers right after which to cut, instead of
@@ -417,13 +465,16 @@ def split_model(model, num_units=None, boundaries=None):
         for the head, named `<model>_unit_<i>` and `<model>_head`.
 
     Raises:
-        ValueError: the model is not functional, has several inputs or
-            outputs, or has no cut point before its last layer with
-            weights; `num_units` is out of range; a boundary names no layer,
-            a layer called more than once, a layer whose output is not a cut
-            point, or one in the head; or a layer (e.g. of a nested model)
-            would sit in two units, as its weights would then be trained
-            and frozen twice.
+        ValueError: the model is not functional, or has no cut point before
+            its last layer with weights; `num_units` is out of range (the
+            message names layers that hold several weighted layers but stay
+            whole); a boundary names no layer, a layer called more than
+            once, a layer whose output is not a cut point (naming the
+            tensor that goes around it), or one in the head; or a layer
+            would sit in two units (a layer or block shared between layers,
+            as ALBERT shares one block, or a layer of a nested model also
+            used elsewhere), as its weights would then be trained and
+            frozen twice.
 
     Example:
 
@@ -504,10 +555,15 @@ def _group(graph, segments, num_units):
         f"this model)",
     )
     if num_units > len(segments):
+        whole = [graph.describe(i) for lo, hi in segments
+                 for i in range(lo, hi) if _is_container(graph.calls[i].op)]
+        note = (f"; these layers hold several layers with weights but stay "
+                f"whole (their call is not a chain of blocks that could be "
+                f"looked into): {_short_list(whole)}" if whole else "")
         raise ValueError(
             f"num_units must be at most {len(segments)} (the segments "
             f"between this model's cut points that hold weights); got "
-            f"{num_units}."
+            f"{num_units}{note}."
         )
     call_costs = graph.call_costs()
     costs = [sum(call_costs[lo:hi]) for lo, hi in segments]

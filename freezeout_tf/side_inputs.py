@@ -20,8 +20,8 @@ The convention (docs/design.md, "Side inputs"):
 
 import keras
 
-__all__ = ["HIDDEN", "part_input_names", "side_values", "arguments",
-           "check_side_inputs"]
+__all__ = ["HIDDEN", "arguments", "check_side_inputs", "part_input_names",
+           "side_values", "zero_side_inputs"]
 
 # The input name that carries the hidden state into a unit.
 HIDDEN = "freezeout_hidden"
@@ -120,7 +120,42 @@ def side_values(inputs, input_names):
 
 def arguments(names, hidden, side):
     """What to call a part with: the hidden state alone (`names` None), or
-    a dict of its named inputs."""
+    a dict of its named inputs.
+
+    Example:
+
+    >>> arguments(None, "h", None)
+    'h'
+    >>> arguments((HIDDEN, "padding_mask"), "h", {"padding_mask": "m",
+    ...                                          "token_ids": "t"})
+    {'freezeout_hidden': 'h', 'padding_mask': 'm'}
+    """
     if names is None:
         return hidden
     return {n: hidden if n == HIDDEN else side[n] for n in names}
+
+
+def zero_side_inputs(parts, input_names, shapes=None, length=32):
+    """Zeros for one example of each model input, for counting costs.
+
+    Args:
+        parts: the freeze units and the head (functional models).
+        input_names: the model's input names.
+        shapes: optional dict of shapes without the batch dimension, by
+            input name; else each input's declared shape.
+        length: stands in for a `None` dimension (a sequence length).
+
+    Returns:
+        dict of tensors by input name, in each input's declared dtype.
+    """
+    specs = {}
+    for part in parts:
+        for t in part.inputs:
+            specs.setdefault(t.name, t)
+    values = {}
+    for name in input_names:
+        spec = specs[name]
+        shape = (shapes or {}).get(name, tuple(spec.shape)[1:])
+        shape = tuple(length if d is None else d for d in shape)
+        values[name] = keras.ops.zeros((1,) + shape, dtype=spec.dtype)
+    return values

@@ -23,7 +23,7 @@ import numbers
 import keras
 import numpy as np
 
-from freezeout_tf import schedule
+from freezeout_tf import schedule, side_inputs
 
 __all__ = [
     "calc_speedup",
@@ -274,8 +274,11 @@ def unit_flops(model, input_shape=None):
 
     Args:
         model: a `FreezeOutModel` (built, or buildable by one call).
-        input_shape: shape of one input without the batch dimension; by
-            default the model's built input shape, else the input shape of
+        input_shape: shape of one input without the batch dimension (for a
+            model with side inputs, a dict of them by input name, each
+            defaulting to the input's declared shape with a `None`
+            dimension taken as 32); by default the model's built input
+            shape, else the input shape of
             its first unit if that is a functional model with a fixed one
             (as from `FreezeOutModel.from_model`), else `(32, 32, 3)`.
 
@@ -289,15 +292,22 @@ def unit_flops(model, input_shape=None):
     >>> unit_flops(model)[0]  # stem: 32 * 32 * 24 * 3 * 3 * 3
     663552
     """
-    if input_shape is None:
-        input_shape = _default_input_shape(model)
     parts = list(model.freeze_units) + [model.head]
+    if model.input_names is None:
+        if input_shape is None:
+            input_shape = _default_input_shape(model)
+        x, side = keras.ops.zeros((1,) + tuple(input_shape)), None
+    else:
+        x = None
+        side = side_inputs.zero_side_inputs(parts, model.input_names,
+                                            input_shape)
     costs = []
     with count_macs(parts) as counter:
-        x = keras.ops.zeros((1,) + tuple(input_shape))
         for part in parts:
             counter[0] = 0
-            x = part(x, training=False)
+            names = (None if side is None
+                     else side_inputs.part_input_names(part))
+            x = part(side_inputs.arguments(names, x, side), training=False)
             costs.append(int(counter[0]))
     return costs
 

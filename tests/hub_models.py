@@ -1,0 +1,65 @@
+"""Tiny KerasHub classifiers for the transformer tests (random weights from
+a config: nothing is downloaded)."""
+
+import keras
+import keras_hub
+import numpy as np
+
+SEQ, VOCAB, CLASSES = 8, 50, 3
+TEXT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
+
+def bert_classifier(seed=0, dropout=0.0, num_layers=3, head="pooled"):
+    """BertBackbone + Dense head, on the backbone's pooled output (its
+    [CLS] position through the pooler) or on `sequence_output[:, 0]`."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=VOCAB, num_layers=num_layers, num_heads=2,
+        hidden_dim=16, intermediate_dim=32, max_sequence_length=SEQ,
+        dropout=dropout,
+    )
+    inputs = {name: keras.Input((None,), dtype="int32", name=name)
+              for name in TEXT_INPUTS}
+    outputs = backbone(inputs)
+    if head == "pooled":
+        features = outputs["pooled_output"]
+    else:
+        features = outputs["sequence_output"][:, 0, :]
+    logits = keras.layers.Dense(CLASSES, name="classifier")(features)
+    return keras.Model(inputs, logits, name="bert_classifier")
+
+
+def vit_classifier(seed=0, dropout=0.0, num_layers=3):
+    """ViTBackbone + average pooling of its sequence output + Dense head."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=num_layers,
+        num_heads=2, hidden_dim=16, mlp_dim=32, dropout_rate=dropout,
+    )
+    images = keras.Input((16, 16, 3), name="images")
+    features = keras.layers.GlobalAveragePooling1D()(backbone(images))
+    logits = keras.layers.Dense(CLASSES, name="classifier")(features)
+    return keras.Model(images, logits, name="vit_classifier")
+
+
+def text_data(n=32, seed=0):
+    """Token ids with a padding mask that really masks: each example has
+    2..SEQ real tokens, the rest padded with random ids (so that a mask
+    that did not mask would change the output)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, SEQ + 1, size=n)
+    mask = (np.arange(SEQ)[None, :] < lengths[:, None]).astype("int32")
+    x = {
+        "token_ids": rng.integers(1, VOCAB, size=(n, SEQ)).astype("int32"),
+        "segment_ids": (rng.random((n, SEQ)) < 0.5).astype("int32") * mask,
+        "padding_mask": mask,
+    }
+    y = (x["token_ids"][:, 0] % CLASSES).astype("int32")
+    return x, y
+
+
+def image_data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, CLASSES, size=n).astype("int32")
+    return x, y

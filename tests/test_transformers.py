@@ -1,0 +1,251 @@
+"""KerasHub transformers block by block: side inputs (BERT's padding mask
+and segment ids) and containers of blocks (ViT's encoder)."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hub_models import (bert_classifier, image_data, text_data,
+                        vit_classifier, CLASSES, SEQ)
+from freezeout_tf import FreezeOut, FreezeOutModel, schedule, split_model
+from freezeout_tf.side_inputs import HIDDEN
+from test_train_step import optimizer_slots
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+WORKER = os.path.join(os.path.dirname(__file__), "_hub_dist_worker.py")
+
+
+def adamw():
+    return keras.optimizers.AdamW(1e-2, weight_decay=0.1)
+
+
+def unit_state(model, i):
+    """Unit i's weights and the AdamW slots of its trainable ones, as
+    arrays (a frozen unit's `trainable_weights` is empty, so the variables
+    come from the model's grouping)."""
+    values = [v.numpy().copy() for v in model.freeze_units[i].weights]
+    variables = model.trainable_variables
+    for v, unit in zip(variables, model.variable_units(variables)):
+        if unit == i:
+            values += [s.numpy().copy()
+                       for s in optimizer_slots(model.optimizer, v)]
+    return values
+
+
+def test_bert_splits_into_blocks_with_side_inputs():
+    original = bert_classifier()
+    model = FreezeOutModel.from_model(original)
+    assert model.input_names == ["padding_mask", "segment_ids", "token_ids"]
+    inputs = [[t.name for t in u.inputs] for u in model.freeze_units]
+    # Embeddings first, reading ids only; every encoder block reads the
+    # hidden state and the padding mask; nothing else reads the mask.
+    assert inputs[0] == ["token_ids"]
+    blocks = [i for i, names in enumerate(inputs) if "padding_mask" in names]
+    assert len(blocks) == 3
+    assert all(names == [HIDDEN, "padding_mask"]
+               for names in (inputs[i] for i in blocks))
+    assert [t.name for t in model.head.inputs] == [HIDDEN]
+    # Predict equals the original's, from a dict and from a list.
+    x, _ = text_data(16)
+    want = original.predict(x, verbose=0)
+    # (Equal up to float rounding: the graph fuses ops differently.)
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, atol=1e-6)
+    as_list = [x[name] for name in model.input_names]
+    np.testing.assert_allclose(model.predict(as_list, verbose=0), want,
+                               atol=1e-6)
+
+
+def test_padding_mask_really_masks():
+    model = FreezeOutModel.from_model(bert_classifier())
+    x, _ = text_data(16)
+    changed = dict(x, token_ids=np.where(x["padding_mask"] == 1,
+                                         x["token_ids"],
+                                         (x["token_ids"] + 7) % 50))
+    assert np.any(changed["token_ids"] != x["token_ids"])
+    np.testing.assert_allclose(model.predict(changed, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-5)
+    # Without the mask the same change does move the outputs (by far more
+    # than float rounding, which is below 1e-6 here).
+    unmasked = dict(changed, padding_mask=np.ones_like(x["padding_mask"]))
+    diff = np.abs(model.predict(unmasked, verbose=0)
+                  - model.predict(x, verbose=0))
+    assert np.max(diff) > 1e-5
+
+
+def test_vit_encoder_is_split_into_its_blocks():
+    original = vit_classifier(num_layers=4)
+    model = FreezeOutModel.from_model(original)
+    names = [[layer.name for layer in u.layers[1:]]
+             for u in model.freeze_units]
+    # The patch embedding, then one unit per block of the ViTEncoder.
+    assert names[0][0] == "vit_patching_and_embedding"
+    assert names[1:5] == [[f"transformer_block_{i}"] for i in (1, 2, 3, 4)]
+    # The encoder's final LayerNorm holds weights: it closes the chain.
+    assert names[5][0] == "ln" and len(names) == 6
+    assert model.input_names is None  # one image input: no side inputs
+    x, _ = image_data(8)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               original.predict(x, verbose=0), atol=1e-6)
+    # num_units groups the blocks; too many names the limit.
+    assert split_model(original, num_units=3)[0][2].name.endswith("unit_2")
+    with pytest.raises(ValueError, match="num_units must be at most 6"):
+        split_model(original, num_units=7)
+
+
+class Snapshot(keras.callbacks.Callback):
+    """Unit 0's state right after the last step before it freezes."""
+
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step, self.values = at_step, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.batches_taken) == self.at_step:
+            self.values = unit_state(self.model, 0)
+
+
+@pytest.mark.parametrize("make,data", [
+    (lambda: bert_classifier(dropout=0.1, head="sequence"), text_data),
+    (lambda: vit_classifier(dropout=0.1), image_data),
+], ids=["bert", "vit"])
+def test_one_trace_and_frozen_units_bit_identical(make, data):
+    x, y = data(32)
+    model = FreezeOutModel.from_model(make())
+    model.compile(adamw(), LOSS)
+    steps_per_epoch, epochs, t_0 = 4, 4, 0.3
+    fractions = schedule.freeze_fractions(model.num_units, t_0, "cubic")
+    snap = Snapshot(at_step=schedule.freeze_steps(
+        steps_per_epoch * epochs, fractions)[0])
+    model.optimizer.build(model.trainable_variables)
+    last_before = unit_state(model, model.num_units - 1)
+    history = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0,
+                        callbacks=[FreezeOut(t_0=t_0, how_scale="cubic"),
+                                   snap])
+    assert model.train_step_traces == 1
+    assert history.history["active_units"][-1] == 0  # every unit froze
+    assert snap.values is not None
+    after = unit_state(model, 0)
+    assert len(after) == len(snap.values) > 2  # weights and AdamW slots
+    for before, end in zip(snap.values, after):
+        assert np.array_equal(before, end)
+    moved = unit_state(model, model.num_units - 1)
+    assert any(not np.array_equal(a, b) for a, b in zip(last_before, moved))
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_bert_gradients_equal_plain_tape_with_k_frozen(k):
+    original = bert_classifier()
+    model = FreezeOutModel.from_model(original)
+    x, y = text_data(8)
+    x = {n: tf.constant(v) for n, v in x.items()}
+    y = tf.constant(y)
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    fractions = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
+    model.schedule_state.set(100, fractions)
+    model.batches_taken.assign(10)
+    _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
+    by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+
+    @tf.function
+    def plain(x, y):
+        with tf.GradientTape() as tape:
+            loss = LOSS(y, original(x, training=True))
+        return tape.gradient(loss, original.trainable_variables)
+
+    reference = [tf.convert_to_tensor(r).numpy() for r in plain(x, y)]
+    # Tolerance against the gradients' overall scale: some are zero in
+    # exact arithmetic (a key bias cannot change a softmax), so only
+    # rounding is left of them.
+    tol = 1e-5 * max(np.max(np.abs(r)) for r in reference)
+    frozen = {id(v) for u in model.freeze_units[:k]
+              for v in u.trainable_weights}
+    assert (len(frozen) > 0) == (k > 0) and len(reference) > 0
+    for v, r in zip(original.trainable_variables, reference):
+        g = by_var[id(v)].numpy()
+        if id(v) in frozen:
+            assert not np.any(g), v.path
+        else:
+            assert np.max(np.abs(g - r)) <= tol, v.path
+
+
+def test_bert_save_load_and_resume_exactly(tmp_path):
+    x, y = text_data(32)
+
+    def fit(model, initial_epoch, epochs, total_steps=None):
+        model.fit(x, y, batch_size=8, epochs=epochs, shuffle=False,
+                  initial_epoch=initial_epoch, verbose=0,
+                  callbacks=[FreezeOut(t_0=0.3, how_scale="linear",
+                                       total_steps=total_steps)])
+
+    whole = FreezeOutModel.from_model(bert_classifier())
+    whole.compile(adamw(), LOSS)
+    fit(whole, 0, 4)
+
+    model = FreezeOutModel.from_model(bert_classifier())
+    model.compile(adamw(), LOSS)
+    fit(model, 0, 2, total_steps=16)
+    frozen = [not u.trainable for u in model.freeze_units]
+    assert any(frozen)
+    path = str(tmp_path / "bert.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.input_names == model.input_names
+    assert [not u.trainable for u in loaded.freeze_units] == frozen
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-6)
+    fit(loaded, 2, 4)
+    assert loaded.train_step_traces == 1
+    for a, b in zip(whole.weights, loaded.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_bert_mirrored_two_devices_matches_one_device(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, WORKER, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = np.load(tmp_path / "hub_mirrored.npz")
+    # One trace of the step: its Python body runs once per replica.
+    assert int(r["replicas"]) == 2 and int(r["traces"]) == 2
+    assert int(r["frozen_at_end"]) > 0
+    for i in range(int(r["num_weights"])):
+        np.testing.assert_allclose(r[f"two_{i}"], r[f"one_{i}"],
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_bad_inputs_and_shared_blocks_get_clear_errors():
+    model = FreezeOutModel.from_model(bert_classifier())
+    x, _ = text_data(4)
+    with pytest.raises(ValueError, match=r"no \['segment_ids'\]"):
+        model.predict({k: v for k, v in x.items() if k != "segment_ids"},
+                      verbose=0)
+    # One block called at every layer (ALBERT shares its layers so).
+    inputs = {n: keras.Input((SEQ,), dtype="int32", name=n)
+              for n in ("token_ids", "padding_mask")}
+    import keras_hub
+    h = keras.layers.Embedding(50, 16, name="embed")(inputs["token_ids"])
+    block = keras_hub.layers.TransformerEncoder(32, 2, name="shared_block")
+    for _ in range(3):
+        h = block(h, padding_mask=inputs["padding_mask"])
+    logits = keras.layers.Dense(CLASSES, name="out")(h[:, 0, :])
+    albert_like = keras.Model(inputs, logits, name="albert_like")
+    with pytest.raises(ValueError, match="'shared_block' \\(called more than "
+                                         "once\\) would sit in both unit 1"):
+        split_model(albert_like)
+    # Hand-made units must follow the convention.
+    units = FreezeOutModel.from_model(bert_classifier()).freeze_units
+    head = keras.layers.Dense(CLASSES)
+    with pytest.raises(ValueError, match="the head must be a functional "
+                                         "keras.Model with named inputs"):
+        FreezeOutModel(units, head, input_names=["padding_mask",
+                                                 "segment_ids", "token_ids"])
+    with pytest.raises(ValueError, match="unit 1 .*must take an input named "
+                                         "'freezeout_hidden'"):
+        FreezeOutModel([units[0], units[0]], units[-1],
+                       input_names=["token_ids"])
