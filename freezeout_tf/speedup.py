@@ -26,6 +26,7 @@ import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from freezeout_tf import keras_internals, schedule
 
@@ -305,11 +306,7 @@ class _Count:
             self.exact -= exact
 
     def counting_raw(self):
-        return bool(self.inside) and not self.exact
-
-
-def _known(*operands):
-    return all(d is not None for x in operands for d in tuple(np.shape(x)))
+        return bool(self.inside) and not self.exact and tf.executing_eagerly()
 
 
 def _shadow_raw_ops(state):
@@ -328,9 +325,7 @@ def _shadow_raw_ops(state):
             outputs = original(*args, **kwargs)
             if state.counting_raw():
                 bound = signature.bind(*args, **kwargs)
-                arguments = list(bound.args) + list(bound.kwargs.values())
-                if _known(*(a for a in arguments if not isinstance(a, str))):
-                    state.counter[0] += cost(*bound.args, **bound.kwargs)
+                state.counter[0] += cost(*bound.args, **bound.kwargs)
             return outputs
 
         return counting_op
@@ -365,9 +360,10 @@ def count_macs(layers):
     `MultiHeadAttention._compute_attention` of each instance (listed in
     `freezeout_tf.keras_internals`); the ops by replacing them, for the
     block only, in every loaded module that holds them. Ops called inside
-    a counted layer or attention are not counted again, and neither are
-    calls on symbolic tensors with an unknown dimension. Blocks cannot be
-    nested, and other threads' calls of the same layers count too.
+    a counted layer or attention are not counted again. Only eager calls
+    count: not the symbolic run that builds a layer (Keras' build by
+    running `call`), nor a `tf.function`. Blocks cannot be nested, and
+    other threads' calls of the same layers count too.
 
     Args:
         layers: Keras layers or models whose (nested) layers to count.
@@ -387,24 +383,30 @@ def count_macs(layers):
         raise RuntimeError(
             "count_macs blocks cannot be nested: one is already running."
         )
-    given = {id(part) for part in layers}
-    shadowed = {}
-    for part in layers:
-        for layer in part._flatten_layers(include_self=True, recursive=True):
-            if id(layer) in given or isinstance(
-                layer, _COUNTED + (keras.layers.MultiHeadAttention,)
-            ):
-                shadowed.setdefault(id(layer), layer)
     state = _Count()
+    given = {id(part) for part in layers}
+    shadowed = {}  # id -> layer whose `call` is shadowed
+
+    def shadow_tree(root):
+        # Also run at each call: a layer's build may have created layers
+        # (MultiHeadAttention's projections, a KerasHub block's sublayers).
+        for layer in root._flatten_layers(include_self=True, recursive=True):
+            if id(layer) not in shadowed:
+                shadowed[id(layer)] = layer
+                object.__setattr__(layer, "call", wrap(layer))
+                if isinstance(layer, keras.layers.MultiHeadAttention):
+                    object.__setattr__(layer, "_compute_attention",
+                                       wrap_attention(layer))
 
     def wrap(layer):
         original = layer.call
         counted = isinstance(layer, _COUNTED)
 
         def counting_call(*args, **kwargs):
+            shadow_tree(layer)
             with state.call(id(layer) in given, counted):
                 outputs = original(*args, **kwargs)
-            if counted:
+            if counted and tf.executing_eagerly():
                 state.counter[0] += _macs(layer, outputs)
             return outputs
 
@@ -417,6 +419,8 @@ def count_macs(layers):
         def counting_attention(*args, **kwargs):
             with state.call(0, 1):
                 outputs = original(*args, **kwargs)
+            if not tf.executing_eagerly():
+                return outputs
             arguments = signature.bind(*args, **kwargs).arguments
             state.counter[0] += _attention_macs(
                 layer, arguments["query"], arguments["key"],
@@ -428,25 +432,19 @@ def count_macs(layers):
     keras_internals.check()
     _active.append(state)
     replaced = []
-    attention = [layer for layer in shadowed.values()
-                 if isinstance(layer, keras.layers.MultiHeadAttention)]
     try:
-        # Shadow `call` (and `_compute_attention`) on the instance only,
+        # Shadow `call` (and `_compute_attention`) on the instances only,
         # for the block; `Layer.__call__` looks `self.call` up at call time.
-        for layer in shadowed.values():
-            object.__setattr__(layer, "call", wrap(layer))
-        for layer in attention:
-            object.__setattr__(layer, "_compute_attention",
-                               wrap_attention(layer))
+        for part in layers:
+            shadow_tree(part)
         replaced = _shadow_raw_ops(state)
         yield state.counter
     finally:
         for namespace, name, original in replaced:
             namespace[name] = original
-        for layer in attention:
-            vars(layer).pop("_compute_attention", None)
         for layer in shadowed.values():
             vars(layer).pop("call", None)
+            vars(layer).pop("_compute_attention", None)
         _active.clear()
 
 
