@@ -13,7 +13,9 @@ fraction of compute.
 
 The arithmetic lives in `speedup_from_costs` (plain numbers, no
 TensorFlow); only `unit_flops` runs the model, counting with `count_macs`
-(which `freezeout_tf.functional` also uses to balance its units).
+(which `freezeout_tf.functional` also uses to balance its units): convs,
+dense and einsum-dense layers, attention (MultiHeadAttention and the
+einsums/matmuls of hand-written attention).
 """
 
 import contextlib
@@ -393,10 +395,18 @@ def count_macs(layers):
         for layer in root._flatten_layers(include_self=True, recursive=True):
             if id(layer) not in shadowed:
                 shadowed[id(layer)] = layer
-                object.__setattr__(layer, "call", wrap(layer))
+                replace(layer, "call", wrap(layer))
                 if isinstance(layer, keras.layers.MultiHeadAttention):
-                    object.__setattr__(layer, "_compute_attention",
-                                       wrap_attention(layer))
+                    replace(layer, "_compute_attention",
+                            wrap_attention(layer))
+
+    saved = []  # (layer, name, its own attribute or None): to put back
+
+    def replace(layer, name, value):
+        # A layer may already shadow `call` itself (FreezeOutModel's
+        # BatchNorm hook does): keep that and chain to it.
+        saved.append((layer, name, vars(layer).get(name)))
+        object.__setattr__(layer, name, value)
 
     def wrap(layer):
         original = layer.call
@@ -442,9 +452,11 @@ def count_macs(layers):
     finally:
         for namespace, name, original in replaced:
             namespace[name] = original
-        for layer in shadowed.values():
-            vars(layer).pop("call", None)
-            vars(layer).pop("_compute_attention", None)
+        for layer, name, own in reversed(saved):
+            if own is None:
+                object.__delattr__(layer, name)
+            else:
+                object.__setattr__(layer, name, own)
         _active.clear()
 
 
@@ -469,20 +481,38 @@ def _default_input_shape(model):
 def unit_flops(model, input_shape=None):
     """Forward multiply-accumulates of each freeze unit and of the head.
 
-    Runs one forward pass on a single zero image and, on the way, records
-    every call of a `Conv1D`/`Conv2D`/`Conv3D`, `Dense`, depthwise or
-    separable conv layer inside each unit (nested `Sequential`s, functional
-    models and custom layers included): a call costs (output elements) x
-    (kernel elements per output element), i.e.
-    `H_out * W_out * C_out * kh * kw * C_in / groups` for a conv,
-    `units * in` for a Dense, `H_out * W_out * C_out * kh * kw` for a
-    depthwise conv, and a separable conv its depthwise plus its pointwise
-    part. A layer called twice counts twice.
+    Runs one forward pass on a single zero input and, on the way, counts
+    (with `count_macs`) inside each unit, nested `Sequential`s, functional
+    models and custom layers included:
 
-    Left out: BatchNorm, activations, pooling, padding, concatenation,
-    additions, dropout, biases, and any layer not listed above (transposed
-    convs, attention, ...). They are cheap next to the convs of the
-    networks here.
+    * each call of a `Conv1D`/`Conv2D`/`Conv3D`, `Dense`, `EinsumDense`,
+      depthwise or separable conv: (output elements) x (kernel elements
+      per output element), i.e. `H_out * W_out * C_out * kh * kw * C_in /
+      groups` for a conv, `units * in` for a Dense, the output elements
+      times the kernel axes its equation contracts for an `EinsumDense`
+      (`T * N * H * D` for a query projection), `H_out * W_out * C_out *
+      kh * kw` for a depthwise conv, and a separable conv its depthwise
+      plus its pointwise part;
+    * the attention of each `MultiHeadAttention` (KerasHub's
+      `CachedMultiHeadAttention` and other subclasses included), besides
+      its `EinsumDense` projections: `QK^T` and `AV`,
+      `N * T_q * T_k * (key_dim + value_dim)` per example;
+    * each `keras.ops.einsum` (operand by operand, left to right: a
+      pairwise product costs the product of the sizes of all its
+      indices), `keras.ops.matmul` and `keras.ops.dot_product_attention`
+      that a layer other than those above calls itself, e.g. a
+      hand-written attention, over the whole (one-example) batch.
+
+    A layer called twice counts twice.
+
+    Left out: normalisation, activations, softmax, pooling, padding,
+    embeddings, concatenation, additions, dropout, biases, and any other
+    layer or op (transposed convs, `keras.ops.dot`/`tensordot`, the `@`
+    operator, TensorFlow ops called directly, a `keras.ops` function a
+    layer captured before counting began, e.g. as a default argument, and
+    `keras.ops` called on the symbolic inputs of a functional model, which
+    run as graph operations). They are cheap next to the convs and matmuls
+    of the networks here.
 
     Args:
         model: a `FreezeOutModel` (built, or buildable by one call).

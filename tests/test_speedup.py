@@ -253,6 +253,25 @@ def test_raw_op_hand_counts(op, args, shapes, expected):
     assert macs_of(layer, (1,)) == expected
 
 
+def test_count_macs_keeps_a_layers_own_call():
+    # FreezeOut's unit mode shadows BatchNormalization's `call` on the
+    # instance; counting chains to it and puts it back.
+    norm = keras.layers.BatchNormalization()
+    seen = []
+
+    def own_call(*args, **kwargs):
+        seen.append(1)
+        return type(norm).call(norm, *args, **kwargs)
+
+    object.__setattr__(norm, "call", own_call)
+    unit = keras.Sequential([keras.layers.Dense(4), norm])
+    with count_macs([unit]) as counter:
+        unit(keras.ops.zeros((1, 3)))
+    assert counter[0] == 12 and seen == [1]
+    assert vars(norm)["call"] is own_call
+    assert "call" not in vars(unit) and "call" not in vars(unit.layers[0])
+
+
 def test_count_macs_blocks_cannot_be_nested():
     layer = keras.layers.Dense(2)
     with count_macs([layer]):
