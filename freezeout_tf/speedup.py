@@ -229,7 +229,7 @@ def _einsum_terms(term, ndim, ellipsis):
         right)
 
 
-def _einsum_macs(subscripts, *operands):
+def _einsum_macs(subscripts, *operands, **kwargs):
     """An einsum evaluated operand by operand, left to right: each pairwise
     product costs the product of the sizes of all the indices it involves."""
     shapes = [tuple(np.shape(x)) for x in operands]
@@ -245,7 +245,8 @@ def _einsum_macs(subscripts, *operands):
         for label, d in zip(labels, shape):
             sizes[label] = max(sizes.get(label, 1), d)
         terms.append(set(labels))
-    ellipsis = {label for t in terms for label in t if isinstance(label, tuple)}
+    ellipsis = {label for t in terms for label in t
+                if isinstance(label, tuple)}
     if arrow:
         kept = set(output.replace("...", "")) | ellipsis
     else:  # implicit output: the letters that appear once

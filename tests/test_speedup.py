@@ -289,8 +289,8 @@ def transformer_model(num_blocks=3):
     for i in range(num_blocks):
         if i % 2:  # a functional unit
             inputs = keras.Input((T, D))
-            units.append(keras.Model(inputs, keras_hub.layers.TransformerEncoder(
-                64, 2)(inputs)))
+            block = keras_hub.layers.TransformerEncoder(64, 2)
+            units.append(keras.Model(inputs, block(inputs)))
         else:
             units.append(keras.Sequential(
                 [keras_hub.layers.TransformerEncoder(64, 2)]))
