@@ -4,7 +4,9 @@ FreezeOut needs a few things Keras does not expose publicly: the
 optimizer's per-variable update loop (to skip frozen units and scale their
 learning rates), the variables a layer was built to train (they stay the
 same after `trainable = False`), a layer's leaves and whether its `call`
-takes `training`, and BatchNormalization's batch moments. They are listed
+takes `training`, BatchNormalization's batch moments, and, for the cost
+estimate, where MultiHeadAttention computes its attention and over which
+axes. They are listed
 here, once. `check()` verifies that each exists with the expected
 parameters; the model calls it at `compile` and when it builds the train
 step, so a Keras release that renames one fails loudly with the version
@@ -31,6 +33,8 @@ _METHODS = [
     ("layer", "_flatten_layers", ("include_self", "recursive")),
     ("batch_norm", "_moments", ("inputs", "mask")),
     ("model", "_maybe_symbolic_build", ("iterator", "data_batch")),
+    ("multi_head_attention", "_compute_attention",
+     ("query", "key", "value")),
 ]
 # Attributes an instance has after __init__.
 _ATTRIBUTES = [
@@ -40,6 +44,7 @@ _ATTRIBUTES = [
     ("batch_norm", "renorm"),
     ("model", "_loss_tracker"),
     ("model", "_distribute_strategy"),
+    ("multi_head_attention", "_attention_axes"),
 ]
 
 _checked = False
@@ -56,6 +61,7 @@ def _samples():
         "layer": keras.layers.Dense(1),
         "batch_norm": keras.layers.BatchNormalization(),
         "model": keras.Sequential(),
+        "multi_head_attention": keras.layers.MultiHeadAttention(1, 1),
     }
 
 

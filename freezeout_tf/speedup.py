@@ -13,17 +13,24 @@ fraction of compute.
 
 The arithmetic lives in `speedup_from_costs` (plain numbers, no
 TensorFlow); only `unit_flops` runs the model, counting with `count_macs`
-(which `freezeout_tf.functional` also uses to balance its units).
+(which `freezeout_tf.functional` also uses to balance its units): convs,
+dense and einsum-dense layers, attention (MultiHeadAttention and the
+einsums/matmuls of hand-written attention).
 """
 
 import contextlib
+import functools
+import inspect
 import math
 import numbers
+import re
+import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from freezeout_tf import schedule, side_inputs
+from freezeout_tf import keras_internals, schedule, side_inputs
 
 __all__ = [
     "calc_speedup",
@@ -157,8 +164,9 @@ def speedup_from_costs(costs, fractions):
 
 # Layers whose cost `count_macs` counts, and the kernel elements each output
 # element costs: kh * kw * in / groups for a conv, `in` for a Dense, kh * kw
-# for a depthwise conv, and for a separable conv its depthwise part spread
-# over the outputs plus its pointwise part.
+# for a depthwise conv, for a separable conv its depthwise part spread over
+# the outputs plus its pointwise part, and for an EinsumDense the kernel
+# elements its equation contracts.
 _COUNTED = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
@@ -166,37 +174,205 @@ _COUNTED = (
     keras.layers.Dense,
     keras.layers.DepthwiseConv1D,
     keras.layers.DepthwiseConv2D,
+    keras.layers.EinsumDense,
     keras.layers.SeparableConv1D,
     keras.layers.SeparableConv2D,
 )
 
 
+def _prod(dims):
+    return int(np.prod([int(d) for d in dims], dtype=np.int64))
+
+
 def _macs(layer, outputs):
-    elements = int(np.prod(tuple(outputs.shape)[1:]))
+    elements = _prod(tuple(outputs.shape)[1:])
+    if isinstance(layer, keras.layers.EinsumDense):
+        # "input,kernel->output": the kernel axes absent from the output
+        # are summed over for each output element.
+        _, kernel_spec, output_spec = re.split(
+            "->|,", layer.equation.replace(" ", ""))
+        return elements * _prod(
+            d for letter, d in zip(kernel_spec, layer.kernel.shape)
+            if letter not in output_spec)
     if isinstance(layer, (keras.layers.DepthwiseConv1D,
                           keras.layers.DepthwiseConv2D)):
-        return elements * int(np.prod(tuple(layer.kernel.shape)[:-2]))
+        return elements * _prod(tuple(layer.kernel.shape)[:-2])
     if isinstance(layer, (keras.layers.SeparableConv1D,
                           keras.layers.SeparableConv2D)):
         depthwise = tuple(layer.depthwise_kernel.shape)
         positions = elements // int(outputs.shape[-1])
-        return (positions * int(np.prod(depthwise))
+        return (positions * _prod(depthwise)
                 + elements * int(layer.pointwise_kernel.shape[-2]))
-    per_output = int(np.prod(tuple(layer.kernel.shape)[:-1]))
-    return elements * per_output
+    return elements * _prod(tuple(layer.kernel.shape)[:-1])
+
+
+def _attention_macs(layer, query, key, value):
+    """QK^T and AV of `MultiHeadAttention._compute_attention`, per example:
+    projected `query` (B, T..., N, H), `key` (B, S..., N, H) and `value`
+    (B, S..., N, Hv); each of the `T * N` query rows meets `S` keys."""
+    axes = layer._attention_axes
+    if axes is None:  # Keras' default: every axis but batch, heads, features
+        axes = tuple(range(1, len(key.shape) - 2))
+    keys = _prod(key.shape[a] for a in axes)
+    rows = _prod(tuple(query.shape)[1:-1])
+    return rows * keys * (int(query.shape[-1]) + int(value.shape[-1]))
+
+
+def _einsum_terms(term, ndim, ellipsis):
+    """The index labels of one einsum operand; `...` covers the axes its
+    letters leave over, labelled from the right (they broadcast so)."""
+    if "..." not in term:
+        return list(term)
+    left, right = term.split("...")
+    width = ndim - len(left) - len(right) if ndim is not None else ellipsis
+    return list(left) + [("...", i) for i in reversed(range(width))] + list(
+        right)
+
+
+def _einsum_macs(subscripts, *operands, **kwargs):
+    """An einsum evaluated operand by operand, left to right: each pairwise
+    product costs the product of the sizes of all the indices it involves."""
+    shapes = [tuple(np.shape(x)) for x in operands]
+    spec = subscripts.replace(" ", "")
+    inputs, arrow, output = spec.partition("->")
+    inputs = inputs.split(",")
+    if len(inputs) < 2 or len(inputs) != len(shapes):
+        return 0  # one operand: sums and transpositions, no products
+    sizes = {}
+    terms = []
+    for term, shape in zip(inputs, shapes):
+        labels = _einsum_terms(term, len(shape), 0)
+        for label, d in zip(labels, shape):
+            sizes[label] = max(sizes.get(label, 1), d)
+        terms.append(set(labels))
+    ellipsis = {label for t in terms for label in t
+                if isinstance(label, tuple)}
+    if arrow:
+        kept = set(output.replace("...", "")) | ellipsis
+    else:  # implicit output: the letters that appear once
+        letters = [label for t in inputs for label in t.replace("...", "")]
+        kept = {c for c in letters if letters.count(c) == 1} | ellipsis
+    macs = 0
+    current = terms[0]
+    for i, term in enumerate(terms[1:], start=1):
+        together = current | term
+        macs += _prod(sizes[label] for label in together)
+        current = together & (kept.union(*terms[i + 1:]))
+    return macs
+
+
+def _matmul_macs(x1, x2):
+    a, b = tuple(np.shape(x1)), tuple(np.shape(x2))
+    a = (1,) + a if len(a) == 1 else a
+    b = b + (1,) if len(b) == 1 else b
+    batch = np.broadcast_shapes(a[:-2], b[:-2])
+    return _prod(batch) * _prod(a[-2:]) * int(b[-1])
+
+
+def _dot_product_attention_macs(query, key, value, *args, **kwargs):
+    # query (B, T, N, H), key (B, S, K, H), value (B, S, K, Hv); every one
+    # of the B * T * N query rows meets S keys.
+    q, k, v = (tuple(np.shape(x)) for x in (query, key, value))
+    return _prod(q[:-1]) * int(k[-3]) * (int(q[-1]) + int(v[-1]))
+
+
+# The `keras.ops` functions counted when a layer calls them directly, and
+# their cost: the whole product (all of the batch; at batch 1, as
+# `unit_flops` runs, that is per example).
+_RAW_OPS = {
+    "einsum": _einsum_macs,
+    "matmul": _matmul_macs,
+    "dot_product_attention": _dot_product_attention_macs,
+}
+
+_active = []  # the state of the running `count_macs` block, if any
+
+
+class _Count:
+    """One `count_macs` block: the counter, how deep the running calls are
+    in the given layers (`inside`), and in counted layers or attention
+    (`exact`, whose own ops are already counted by shape)."""
+
+    def __init__(self):
+        self.counter = [0]
+        self.inside = 0
+        self.exact = 0
+
+    @contextlib.contextmanager
+    def call(self, given, exact):
+        self.inside += given
+        self.exact += exact
+        try:
+            yield
+        finally:
+            self.inside -= given
+            self.exact -= exact
+
+    def counting_raw(self):
+        return bool(self.inside) and not self.exact and tf.executing_eagerly()
+
+
+def _shadow_raw_ops(state):
+    """Replaces `keras.ops.einsum` & co. in every loaded module that holds
+    them (`keras.ops`, `keras.src.ops`, `from keras.ops import einsum`,
+    ...) by counting versions; returns what to put back."""
+    originals = {name: getattr(keras.ops, name) for name in _RAW_OPS}
+    replaced = []
+
+    def counting(name, original):
+        signature = inspect.signature(original)
+        cost = _RAW_OPS[name]
+
+        @functools.wraps(original)
+        def counting_op(*args, **kwargs):
+            outputs = original(*args, **kwargs)
+            if state.counting_raw():
+                bound = signature.bind(*args, **kwargs)
+                state.counter[0] += cost(*bound.args, **bound.kwargs)
+            return outputs
+
+        return counting_op
+
+    wrappers = {name: counting(name, f) for name, f in originals.items()}
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name, original in originals.items():
+            if namespace.get(name) is original:
+                namespace[name] = wrappers[name]
+                replaced.append((namespace, name, original))
+    return replaced
 
 
 @contextlib.contextmanager
 def count_macs(layers):
-    """Counts the multiply-accumulates of the counted layers among `layers`.
+    """Counts the multiply-accumulates of `layers` while the block runs.
 
     Inside the block, every call of a `Conv1D`/`Conv2D`/`Conv3D`, `Dense`,
-    depthwise or separable conv that is, or is nested in, one of `layers`
-    adds its cost (see `unit_flops`) to the yielded counter; read it with
-    `counter[0]` and reset it by assigning to it.
+    `EinsumDense`, depthwise or separable conv, and the attention of every
+    `MultiHeadAttention` (and subclass, such as KerasHub's
+    `CachedMultiHeadAttention`), that is, or is nested in, one of `layers`
+    adds its cost (see `unit_flops`) to the yielded counter; so do the
+    `keras.ops.einsum`, `keras.ops.matmul` and
+    `keras.ops.dot_product_attention` that other layers call directly
+    (a hand-written attention, say) while one of `layers` runs. Read the
+    counter with `counter[0]` and reset it by assigning to it.
+
+    The attention is counted by shadowing the private
+    `MultiHeadAttention._compute_attention` of each instance (listed in
+    `freezeout_tf.keras_internals`); the ops by replacing them, for the
+    block only, in every loaded module that holds them. Ops called inside
+    a counted layer or attention are not counted again. Only eager calls
+    count: not the symbolic run that builds a layer (Keras' build by
+    running `call`), nor a `tf.function`. Blocks cannot be nested, and
+    other threads' calls of the same layers count too.
 
     Args:
         layers: Keras layers or models whose (nested) layers to count.
+
+    Raises:
+        RuntimeError: another `count_macs` block is running.
 
     Example:
 
@@ -206,34 +382,83 @@ def count_macs(layers):
     >>> counter[0]  # 4 * 4 * 8 * 3 * 3 * 3
     3456
     """
-    counted = []
-    seen = set()
-    for part in layers:
-        for layer in part._flatten_layers(include_self=True, recursive=True):
-            if isinstance(layer, _COUNTED) and id(layer) not in seen:
-                seen.add(id(layer))
-                counted.append(layer)
-    counter = [0]
+    if _active:
+        raise RuntimeError(
+            "count_macs blocks cannot be nested: one is already running."
+        )
+    state = _Count()
+    given = {id(part) for part in layers}
+    shadowed = {}  # id -> layer whose `call` is shadowed
+
+    def shadow_tree(root):
+        # Also run at each call: a layer's build may have created layers
+        # (MultiHeadAttention's projections, a KerasHub block's sublayers).
+        for layer in root._flatten_layers(include_self=True, recursive=True):
+            if id(layer) not in shadowed:
+                shadowed[id(layer)] = layer
+                replace(layer, "call", wrap(layer))
+                if isinstance(layer, keras.layers.MultiHeadAttention):
+                    replace(layer, "_compute_attention",
+                            wrap_attention(layer))
+
+    saved = []  # (layer, name, its own attribute or None): to put back
+
+    def replace(layer, name, value):
+        # A layer may already shadow `call` itself (FreezeOutModel's
+        # BatchNorm hook does): keep that and chain to it.
+        saved.append((layer, name, vars(layer).get(name)))
+        object.__setattr__(layer, name, value)
 
     def wrap(layer):
         original = layer.call
+        counted = isinstance(layer, _COUNTED)
 
         def counting_call(*args, **kwargs):
-            outputs = original(*args, **kwargs)
-            counter[0] += _macs(layer, outputs)
+            shadow_tree(layer)
+            with state.call(id(layer) in given, counted):
+                outputs = original(*args, **kwargs)
+            if counted and tf.executing_eagerly():
+                state.counter[0] += _macs(layer, outputs)
             return outputs
 
         return counting_call
 
-    # Shadow each counted layer's `call` on the instance only, for the
-    # block; `Layer.__call__` looks `self.call` up at call time.
-    for layer in counted:
-        object.__setattr__(layer, "call", wrap(layer))
+    def wrap_attention(layer):
+        original = layer._compute_attention
+        signature = inspect.signature(original)
+
+        def counting_attention(*args, **kwargs):
+            with state.call(0, 1):
+                outputs = original(*args, **kwargs)
+            if not tf.executing_eagerly():
+                return outputs
+            arguments = signature.bind(*args, **kwargs).arguments
+            state.counter[0] += _attention_macs(
+                layer, arguments["query"], arguments["key"],
+                arguments["value"])
+            return outputs
+
+        return counting_attention
+
+    keras_internals.check()
+    _active.append(state)
+    replaced = []
     try:
-        yield counter
+        # Shadow `call` (and `_compute_attention`) on the instances only,
+        # for the block; `Layer.__call__` looks `self.call` up at call time.
+        for part in layers:
+            shadow_tree(part)
+        replaced = _shadow_raw_ops(state)
+        yield state.counter
     finally:
-        for layer in counted:
-            object.__delattr__(layer, "call")
+        for namespace, name, original in replaced:
+            namespace[name] = original
+        for layer, name, own in reversed(saved):
+            if own is None:
+                object.__delattr__(layer, name)
+            else:
+                object.__setattr__(layer, name, own)
+        _active.clear()
 
 
 def _default_input_shape(model):
@@ -257,20 +482,38 @@ def _default_input_shape(model):
 def unit_flops(model, input_shape=None):
     """Forward multiply-accumulates of each freeze unit and of the head.
 
-    Runs one forward pass on a single zero image and, on the way, records
-    every call of a `Conv1D`/`Conv2D`/`Conv3D`, `Dense`, depthwise or
-    separable conv layer inside each unit (nested `Sequential`s, functional
-    models and custom layers included): a call costs (output elements) x
-    (kernel elements per output element), i.e.
-    `H_out * W_out * C_out * kh * kw * C_in / groups` for a conv,
-    `units * in` for a Dense, `H_out * W_out * C_out * kh * kw` for a
-    depthwise conv, and a separable conv its depthwise plus its pointwise
-    part. A layer called twice counts twice.
+    Runs one forward pass on a single zero input and, on the way, counts
+    (with `count_macs`) inside each unit, nested `Sequential`s, functional
+    models and custom layers included:
 
-    Left out: BatchNorm, activations, pooling, padding, concatenation,
-    additions, dropout, biases, and any layer not listed above (transposed
-    convs, attention, ...). They are cheap next to the convs of the
-    networks here.
+    * each call of a `Conv1D`/`Conv2D`/`Conv3D`, `Dense`, `EinsumDense`,
+      depthwise or separable conv: (output elements) x (kernel elements
+      per output element), i.e. `H_out * W_out * C_out * kh * kw * C_in /
+      groups` for a conv, `units * in` for a Dense, the output elements
+      times the kernel axes its equation contracts for an `EinsumDense`
+      (`T * N * H * D` for a query projection), `H_out * W_out * C_out *
+      kh * kw` for a depthwise conv, and a separable conv its depthwise
+      plus its pointwise part;
+    * the attention of each `MultiHeadAttention` (KerasHub's
+      `CachedMultiHeadAttention` and other subclasses included), besides
+      its `EinsumDense` projections: `QK^T` and `AV`,
+      `N * T_q * T_k * (key_dim + value_dim)` per example;
+    * each `keras.ops.einsum` (operand by operand, left to right: a
+      pairwise product costs the product of the sizes of all its
+      indices), `keras.ops.matmul` and `keras.ops.dot_product_attention`
+      that a layer other than those above calls itself, e.g. a
+      hand-written attention, over the whole (one-example) batch.
+
+    A layer called twice counts twice.
+
+    Left out: normalisation, activations, softmax, pooling, padding,
+    embeddings, concatenation, additions, dropout, biases, and any other
+    layer or op (transposed convs, `keras.ops.dot`/`tensordot`, the `@`
+    operator, TensorFlow ops called directly, a `keras.ops` function a
+    layer captured before counting began, e.g. as a default argument, and
+    `keras.ops` called on the symbolic inputs of a functional model, which
+    run as graph operations). They are cheap next to the convs and matmuls
+    of the networks here.
 
     Args:
         model: a `FreezeOutModel` (built, or buildable by one call).

@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -12,6 +13,7 @@ from freezeout_tf.model import FreezeOutModel  # noqa: E402
 from freezeout_tf.schedule import freeze_fractions  # noqa: E402
 from freezeout_tf.speedup import (  # noqa: E402
     calc_speedup,
+    count_macs,
     densenet_costs,
     estimate_speedup,
     speedup_from_costs,
@@ -109,6 +111,205 @@ def test_unit_flops_nested_sequential_and_restores_layers():
         assert "call" not in vars(layer)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x)),
                                   before)
+
+
+# Transformers: EinsumDense, attention, raw einsum/matmul.
+
+T, D = 16, 32  # sequence length and width of the transformer tests
+
+
+def macs_of(layer, *inputs, batch=1, **kwargs):
+    """What `count_macs` counts for one call of `layer` on zeros of the
+    given shapes (without batch), and checks the layer is left as found."""
+    tensors = [keras.ops.zeros((batch,) + s) for s in inputs]
+    with count_macs([layer]) as counter:
+        layer(*tensors, **kwargs)
+    for sub in layer._flatten_layers():
+        assert "call" not in vars(sub)
+        assert "_compute_attention" not in vars(sub)
+    return counter[0]
+
+
+@pytest.mark.parametrize(
+    "equation, output_shape, input_shape, expected",
+    [
+        # Q/K/V projection (T, D) -> (T, N, H): T * N * H outputs, D each.
+        ("abc,cde->abde", (None, 2, 8), (T, D), T * 2 * 8 * D),
+        # Output projection (T, N, H) -> (T, D): N * H each.
+        ("abcd,cde->abe", (None, D), (T, 2, 8), T * D * 2 * 8),
+        # A Dense written as an EinsumDense, with an ellipsis.
+        ("...b,bc->...c", 5, (T, D), T * 5 * D),
+    ],
+)
+def test_einsum_dense_hand_counts(equation, output_shape, input_shape,
+                                  expected):
+    layer = keras.layers.EinsumDense(equation, output_shape)
+    assert macs_of(layer, input_shape) == expected
+    # Per example, like Dense.
+    assert macs_of(layer, input_shape, batch=3) == expected
+
+
+def mha_hand_count(heads=2, key_dim=8, value_dim=8, t_q=T, t_k=T):
+    projections = (t_q * heads * key_dim * D + t_k * heads * key_dim * D
+                   + t_k * heads * value_dim * D)
+    scores = heads * t_q * t_k * key_dim  # Q K^T
+    mix = heads * t_q * t_k * value_dim  # A V
+    output = t_q * D * heads * value_dim
+    return projections + scores + mix + output
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # fused / explicit einsums
+@pytest.mark.parametrize("batch", [1, 2])
+def test_multi_head_attention_hand_count(dropout, batch):
+    layer = keras.layers.MultiHeadAttention(2, 8, dropout=dropout)
+    assert macs_of(layer, (T, D), (T, D), batch=batch) == mha_hand_count()
+    assert mha_hand_count() == 3 * 8192 + 2 * 4096 + 8192
+
+
+def test_cross_attention_with_value_dim_hand_count():
+    layer = keras.layers.MultiHeadAttention(2, 8, value_dim=4)
+    assert macs_of(layer, (T, D), (24, D)) == mha_hand_count(
+        value_dim=4, t_k=24)
+
+
+def test_keras_hub_transformer_encoder_hand_count():
+    encoder = keras_hub.layers.TransformerEncoder(intermediate_dim=64,
+                                                  num_heads=2)
+    key_dim = D // 2
+    attention = mha_hand_count(heads=2, key_dim=key_dim, value_dim=key_dim)
+    feed_forward = T * 64 * D + T * D * 64
+    assert macs_of(encoder, (T, D)) == attention + feed_forward
+    assert isinstance(encoder._self_attention_layer,
+                      keras.layers.MultiHeadAttention)
+
+
+class HandWrittenAttention(keras.layers.Layer):
+    """Single-head attention with raw ops; its projection is a Dense."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.project = keras.layers.Dense(D)
+
+    def call(self, x):
+        q = self.project(x)
+        scores = keras.ops.softmax(keras.ops.einsum("btd,bsd->bts", q, x))
+        return keras.ops.matmul(scores, x)
+
+
+def test_raw_einsum_and_matmul_in_a_custom_layer():
+    layer = HandWrittenAttention()
+    dense = T * D * D
+    raw = T * T * D + T * T * D  # einsum, then matmul, at batch 1
+    assert macs_of(layer, (T, D)) == dense + raw
+    # Raw ops count the whole product, all of the batch.
+    assert macs_of(layer, (T, D), batch=2) == dense + 2 * raw
+    # Ops outside the given layers are not counted, and are put back.
+    einsum, matmul = keras.ops.einsum, keras.ops.matmul
+    x = keras.ops.zeros((1, T, D))
+    with count_macs([layer]) as counter:
+        keras.ops.einsum("btd,bsd->bts", x, x)
+        keras.ops.matmul(x, keras.ops.zeros((D, 3)))
+        assert counter[0] == 0
+        assert keras.ops.einsum is not einsum
+    assert keras.ops.einsum is einsum and keras.ops.matmul is matmul
+
+
+class RawOp(keras.layers.Layer):
+    """Calls `keras.ops.<op>` on zeros of `shapes` (looked up at call time:
+    a function captured before the block is not counted)."""
+
+    def __init__(self, op, *args, shapes, **kwargs):
+        super().__init__()
+        self.op, self.args, self.shapes, self.op_kwargs = (
+            op, args, shapes, kwargs)
+
+    def call(self, x):
+        operands = [keras.ops.zeros(s) for s in self.shapes]
+        return getattr(keras.ops, self.op)(*self.args, *operands,
+                                           **self.op_kwargs)
+
+
+@pytest.mark.parametrize(
+    "op, args, shapes, expected",
+    [
+        ("einsum", ("btd,bsd->bts",), [(1, T, D), (1, T, D)], T * T * D),
+        ("einsum", ("td,sd",), [(T, D), (T, D)], T * T * D),  # implicit
+        # Broadcast ellipses: (2, 1) and (5,) -> (2, 5).
+        ("einsum", ("...ij,...jk->...ik",), [(2, 1, 3, 4), (5, 4, 6)],
+         2 * 5 * 3 * 4 * 6),
+        # Three operands, left to right: (b i j k), then (b i k l).
+        ("einsum", ("bij,jk,kl->bil",), [(1, 4, 5), (5, 6), (6, 7)],
+         4 * 5 * 6 + 4 * 6 * 7),
+        ("einsum", ("ij->ji",), [(4, 5)], 0),  # no products
+        ("matmul", (), [(4,), (2, 4, 3)], 2 * 4 * 3),
+        ("matmul", (), [(2, 1, 3, 4), (5, 4, 6)], 2 * 5 * 3 * 4 * 6),
+        # Queries (B, T, N, H) meet S keys: QK^T with H, AV with Hv.
+        ("dot_product_attention", (), [(1, T, 2, 8), (1, 24, 2, 8),
+                                       (1, 24, 2, 4)], T * 2 * 24 * (8 + 4)),
+    ],
+)
+def test_raw_op_hand_counts(op, args, shapes, expected):
+    layer = RawOp(op, *args, shapes=shapes)
+    assert macs_of(layer, (1,)) == expected
+
+
+def test_count_macs_keeps_a_layers_own_call():
+    # FreezeOut's unit mode shadows BatchNormalization's `call` on the
+    # instance; counting chains to it and puts it back.
+    norm = keras.layers.BatchNormalization()
+    seen = []
+
+    def own_call(*args, **kwargs):
+        seen.append(1)
+        return type(norm).call(norm, *args, **kwargs)
+
+    object.__setattr__(norm, "call", own_call)
+    unit = keras.Sequential([keras.layers.Dense(4), norm])
+    with count_macs([unit]) as counter:
+        unit(keras.ops.zeros((1, 3)))
+    assert counter[0] == 12 and seen == [1]
+    assert vars(norm)["call"] is own_call
+    assert "call" not in vars(unit) and "call" not in vars(unit.layers[0])
+
+
+def test_count_macs_blocks_cannot_be_nested():
+    layer = keras.layers.Dense(2)
+    with count_macs([layer]):
+        with pytest.raises(RuntimeError, match="nested"):
+            with count_macs([layer]):
+                pass
+    with count_macs([layer]) as counter:  # the first block cleaned up
+        layer(keras.ops.zeros((1, 3)))
+    assert counter[0] == 6
+
+
+def transformer_model(num_blocks=3):
+    keras.utils.set_random_seed(0)
+    units = []
+    for i in range(num_blocks):
+        if i % 2:  # a functional unit
+            inputs = keras.Input((T, D))
+            block = keras_hub.layers.TransformerEncoder(64, 2)
+            units.append(keras.Model(inputs, block(inputs)))
+        else:
+            units.append(keras.Sequential(
+                [keras_hub.layers.TransformerEncoder(64, 2)]))
+    head = keras.Sequential([keras.layers.GlobalAveragePooling1D(),
+                             keras.layers.Dense(3)])
+    model = FreezeOutModel(units, head)
+    model.build((None, T, D))
+    return model
+
+
+def test_unit_flops_of_transformer_blocks():
+    model = transformer_model()
+    flops = unit_flops(model)  # input shape from the build: (16, 32)
+    block = mha_hand_count(key_dim=D // 2, value_dim=D // 2) + 2 * T * 64 * D
+    assert flops == [block, block, block, D * 3]
+    fractions = freeze_fractions(model.num_units, 0.8, "cubic")
+    assert estimate_speedup(model) == pytest.approx(
+        speedup_from_costs(flops, fractions))
+    assert estimate_speedup(model) > 0
 
 
 # The better estimate and its inverse.
