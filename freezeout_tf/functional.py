@@ -244,33 +244,39 @@ class _Graph:
             inputs = inputs[0]
         return keras.Model(inputs, outputs, name=name)
 
-    def zero_inputs(self):
-        """Zeros for one example of each model input, by tensor key (a
-        `None` dimension taken as 32)."""
+    def zero_inputs(self, free):
+        """Zeros for one example of each model input, by tensor key, with
+        `free` for a `None` dimension."""
         values = {}
         for k in self.input_keys:
             spec = self.tensors[k]
-            shape = tuple(32 if d is None else d for d in spec.shape[1:])
+            shape = tuple(free if d is None else d for d in spec.shape[1:])
             values[k] = keras.ops.zeros((1,) + shape, dtype=spec.dtype)
         return values
 
     def call_costs(self):
         """Forward multiply-accumulates of each chain call for one example,
-        as `unit_flops` counts them."""
-        values = self.zero_inputs()
-        costs = {}
+        as `unit_flops` counts them (a `None` dimension as
+        `speedup.with_free_dimension` chooses)."""
         ops = [c.op for c in self.all_calls
                if isinstance(c.op, keras.layers.Layer)]
-        with speedup.count_macs(ops) as counter:
-            for call in self.all_calls:
-                counter[0] = 0
-                args, kwargs = _fill_in(call, values)
-                if "training" in getattr(call.op, "_call_context_args", ()):
-                    kwargs.setdefault("training", False)
-                outputs = keras.tree.flatten(call.op(*args, **kwargs))
-                values.update(zip(call.outputs, outputs))
-                costs[id(call)] = int(counter[0])
-        return [costs[id(c)] for c in self.calls]
+
+        def count(free):
+            values = self.zero_inputs(free)
+            costs = {}
+            with speedup.count_macs(ops) as counter:
+                for call in self.all_calls:
+                    counter[0] = 0
+                    args, kwargs = _fill_in(call, values)
+                    if "training" in getattr(call.op, "_call_context_args",
+                                             ()):
+                        kwargs.setdefault("training", False)
+                    outputs = keras.tree.flatten(call.op(*args, **kwargs))
+                    values.update(zip(call.outputs, outputs))
+                    costs[id(call)] = int(counter[0])
+            return [costs[id(c)] for c in self.calls]
+
+        return speedup.with_free_dimension(count)
 
 
 def _live(calls, output_keys):

@@ -40,6 +40,7 @@ __all__ = [
     "speedup_from_costs",
     "t0_for_speedup",
     "unit_flops",
+    "with_free_dimension",
 ]
 
 
@@ -520,7 +521,8 @@ def unit_flops(model, input_shape=None):
         input_shape: shape of one input without the batch dimension (for a
             model with side inputs, a dict of them by input name, each
             defaulting to the input's declared shape with a `None`
-            dimension taken as 32); by default the model's built input
+            dimension taken as 32, or 8 or 1 where the model does not
+            accept 32); by default the model's built input
             shape, else the input shape of
             its first unit if that is a functional model with a fixed one
             (as from `FreezeOutModel.from_model`), else `(32, 32, 3)`.
@@ -536,23 +538,44 @@ def unit_flops(model, input_shape=None):
     663552
     """
     parts = list(model.freeze_units) + [model.head]
-    if model.input_names is None:
-        if input_shape is None:
-            input_shape = _default_input_shape(model)
-        x, side = keras.ops.zeros((1,) + tuple(input_shape)), None
-    else:
-        x = None
-        side = side_inputs.zero_side_inputs(parts, model.input_names,
-                                            input_shape)
-    costs = []
-    with count_macs(parts) as counter:
-        for part in parts:
-            counter[0] = 0
-            names = (None if side is None
-                     else side_inputs.part_input_names(part))
-            x = part(side_inputs.arguments(names, x, side), training=False)
-            costs.append(int(counter[0]))
-    return costs
+    if model.input_names is None and input_shape is None:
+        input_shape = _default_input_shape(model)
+
+    def count(free):
+        if model.input_names is None:
+            x, side = keras.ops.zeros((1,) + tuple(input_shape)), None
+        else:
+            x = None
+            side = side_inputs.zero_side_inputs(parts, model.input_names,
+                                                input_shape, length=free)
+        costs = []
+        with count_macs(parts) as counter:
+            for part in parts:
+                counter[0] = 0
+                names = (None if side is None
+                         else side_inputs.part_input_names(part))
+                x = part(side_inputs.arguments(names, x, side),
+                         training=False)
+                costs.append(int(counter[0]))
+        return costs
+
+    return with_free_dimension(count)
+
+
+# Stand-ins for a `None` input dimension (a sequence length) when counting
+# costs, tried in turn: a position embedding caps the sequence length.
+FREE_DIMENSIONS = (32, 8, 1)
+
+
+def with_free_dimension(count):
+    """`count(d)` for the first stand-in `d` of `FREE_DIMENSIONS` the model
+    accepts (the last one's error is raised)."""
+    for free in FREE_DIMENSIONS[:-1]:
+        try:
+            return count(free)
+        except (ValueError, tf.errors.InvalidArgumentError):
+            continue
+    return count(FREE_DIMENSIONS[-1])
 
 
 def estimate_speedup(model, t_0=0.8, how_scale="cubic", input_shape=None):
