@@ -13,10 +13,11 @@ Public API (see README.md):
   speedup estimates.
 * `split_model`, `cut_points`: a functional Keras model cut into freeze
   units (what `FreezeOutModel.from_model` uses).
-* `models` (`densenet_bc`, `wide_resnet`, `vgg`), `data` (`load_data`).
+* `models` (`densenet_bc`, `wide_resnet`, `vgg`), `data` (`load_data`),
+  `download` (`prepare`: download a tfds data set, failing fast offline).
 """
 
-from freezeout_tf import data, models
+from freezeout_tf import data, download, models
 from freezeout_tf.adaptive import AdaptiveFreeze
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.functional import cut_points, split_model
@@ -48,6 +49,7 @@ __all__ = [
     "cut_points",
     "data",
     "densenet_bc",
+    "download",
     "estimate_speedup",
     "freeze_fractions",
     "freeze_steps",

@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from freezeout_tf.download import default_data_dir
+
 __all__ = [
     "DATASETS",
     "VALIDATION_MODES",
@@ -54,7 +56,8 @@ _AUGMENT_STREAM = 2
 
 
 class DatasetNotFoundError(ValueError):
-    """The data set is not prepared under ``data_dir`` and cannot be downloaded."""
+    """The data set is not prepared under ``data_dir`` (``load_data`` never
+    downloads; ``freezeout_tf.download.prepare`` does)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,17 +214,11 @@ def make_synthetic_arrays(
     return np.clip(np.rint(images), 0, 255).astype(np.uint8), labels
 
 
-def _default_data_dir(data_dir: Optional[str]) -> str:
-    if data_dir:
-        return os.path.abspath(os.path.expanduser(data_dir))
-    env = os.environ.get("TFDS_DATA_DIR")
-    return env or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
-
-
 def _tfds_arrays(
     name: str, split: str, data_dir: Optional[str]
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Loads a split of a prepared tfds data set into memory; never downloads."""
+    """Loads a split of a prepared tfds data set into memory; never downloads
+    (``freezeout_tf.download.prepare`` does)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:  # pragma: no cover - a dependency of the package
@@ -229,7 +226,7 @@ def _tfds_arrays(
             f"data set {name!r} needs tensorflow-datasets, which failed to import: "
             f"{err}"
         ) from err
-    where = _default_data_dir(data_dir)
+    where = default_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=where)
     # ``as_dataset`` only reads (it never downloads, unlike ``tfds.load``) and
     # raises AssertionError when the prepared files are missing.  It is also
@@ -242,8 +239,8 @@ def _tfds_arrays(
         tfds.core.registered.DatasetNotFoundError,
     ) as err:
         raise DatasetNotFoundError(
-            f"data set {name!r} is not prepared under {where!r} (it is not downloaded "
-            f"automatically); prepare it on a machine with internet with: python -c "
+            f"data set {name!r} is not prepared under {where!r}; prepare it on a "
+            f"machine with internet with: python -c "
             f"\"import tensorflow_datasets as tfds; tfds.builder('{name}', "
             f"data_dir='{where}').download_and_prepare()\" and copy the directory "
             f"'{os.path.join(where, name)}' to this machine (or pass --data-dir)"

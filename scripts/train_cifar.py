@@ -5,8 +5,10 @@ The Keras 3 / TensorFlow counterpart of the original FreezeOut training
 script: every option of the original works under its original name and a
 hyphenated one (``--t_0`` / ``--t-0``, ...).  Examples::
 
-    # the original's default run: DenseNet-BC L=76 k=12 on CIFAR-100
-    python scripts/train_cifar.py --data-dir ~/tensorflow_datasets
+    # the original's default run: DenseNet-BC L=76 k=12 on CIFAR-100, which
+    # tensorflow-datasets downloads (161 MiB) and prepares on first use under
+    # --data-dir (default ~/tensorflow_datasets)
+    python scripts/train_cifar.py --output-dir runs/densenet76
 
     # a one-minute demo on synthetic data (no download needed)
     python scripts/train_cifar.py --dataset synthetic -L 10 -k 4 --epochs 3
@@ -22,9 +24,12 @@ checked on ``--resume``) and ``tensorboard/NAME/`` (TensorBoard event files).
 is ``freezeout_tf.training``; this script parses options and prints.
 
 Exit status: 0 done; 2 bad input (an option, or files that do not allow the
-run, such as a torn checkpoint on ``--resume``), refused with one line before
-anything is written; 3 the training loss became non-finite: the run stopped
-in that epoch, and its last good checkpoint is kept.
+run, such as a torn checkpoint on ``--resume``) or a data set that could not
+be downloaded (no network, a proxy that refuses, a checksum mismatch: within
+seconds, see ``freezeout_tf.download``), refused with one line before
+anything is written under ``--output-dir``; 3 the training loss became
+non-finite: the run stopped in that epoch, and its last good checkpoint is
+kept.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ RESUME_KEYS = (
     "synthetic_train_size",
     "mixed_precision",
 )
+VERBOSE_CHOICES = ("auto", "0", "1", "2")
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 
@@ -214,8 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--data_dir",
         dest="data_dir",
         default=None,
-        help="tensorflow-datasets data directory holding the prepared "
-        "cifar10/cifar100 (default $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+        help="tensorflow-datasets data directory of cifar10/cifar100: "
+        "downloaded and prepared there if it is not yet, unless --no-download "
+        "(default $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    )
+    down = data.add_mutually_exclusive_group()
+    down.add_argument(
+        "--download",
+        dest="download",
+        action="store_true",
+        default=True,
+        help="download and prepare cifar10/cifar100 with tensorflow-datasets "
+        "if it is not prepared under --data-dir (CIFAR-100: 161 MiB) (default)",
+    )
+    down.add_argument(
+        "--no-download",
+        "--no_download",
+        dest="download",
+        action="store_false",
+        help="never download: refuse to start if the data set is not prepared "
+        "under --data-dir (e.g. offline, with a copied data directory)",
     )
     aug = data.add_mutually_exclusive_group()
     aug.add_argument(
@@ -388,18 +412,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry_run",
         dest="dry_run",
         action="store_true",
-        help="check the options, open the data set, build the model, print the "
-        "plan and exit, writing nothing",
+        help="check the options, open the data set (never downloading it), "
+        "build the model, print the plan and exit, writing nothing",
     )
     out.add_argument(
         "--summary", action="store_true", help="print the full Keras model summary"
     )
     out.add_argument(
         "--verbose",
-        type=int,
-        choices=(0, 1, 2),
-        default=1,
-        help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch",
+        choices=VERBOSE_CHOICES,
+        default="auto",
+        help="Keras fit's output, besides the script's own line per epoch: 0 "
+        "none, 1 a progress bar, 2 Keras' line per epoch; auto: 1 when stdout "
+        "is a terminal, else 0 (a log file gets one plain line per epoch, no "
+        "carriage returns or escape codes). Also the download's progress: "
+        "tensorflow-datasets' bars with 1, plain lines otherwise",
     )
     return p
 
@@ -482,6 +509,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(
             f"--stop-after {args.stop_after} is not allowed: it must be 1 or more"
         )
+    args.verbose = fit_verbosity(args.verbose, sys.stdout)
     if args.save_weights is not None and (
         not args.save_weights
         or os.sep in args.save_weights
@@ -492,6 +520,19 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             "plain file name (no directory; put directories in --output-dir)"
         )
     return args
+
+
+def fit_verbosity(choice, stream) -> int:
+    """Keras ``fit(verbose=...)`` for ``--verbose choice`` printing to ``stream``.
+
+    ``auto`` is the progress bar (1) on a terminal and nothing (0) otherwise:
+    piped or redirected, Keras' bar would write dozens of carriage returns and
+    escape codes per epoch, and the script's own epoch line says it all.
+    """
+    if choice == "auto":
+        isatty = getattr(stream, "isatty", None)
+        return 1 if isatty is not None and isatty() else 0
+    return int(choice)
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -646,6 +687,7 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint,
         data,
         distribute,
+        download,
         summaries,
         training,
         training_log,
@@ -662,7 +704,17 @@ def _run(args: argparse.Namespace) -> int:
     strategy = distribute.make_strategy(args.strategy)
     distribute.set_mixed_precision(args.mixed_precision)
 
-    # 1. Open the data set (nothing is written before everything checks out).
+    # 1. Open the data set, downloading it first if needed (nothing is written
+    # under --output-dir before everything checks out).
+    if args.dataset != "synthetic" and args.download and not args.dry_run:
+        try:
+            download.prepare(
+                args.dataset,
+                args.data_dir,
+                progress="bar" if args.verbose == 1 else "lines",
+            )
+        except download.DownloadError as err:
+            raise UsageError(str(err), options=False) from None
     try:
         ds = data.load_data(
             args.dataset,
@@ -674,7 +726,10 @@ def _run(args: argparse.Namespace) -> int:
             synthetic_train_size=args.synthetic_train_size,
             synthetic_validation_size=args.synthetic_val_size,
         )
-    except ValueError as err:  # DatasetNotFoundError is a ValueError
+    except data.DatasetNotFoundError as err:
+        dry = " (--dry-run downloads nothing)" if args.dry_run and args.download else ""
+        raise UsageError(f"{err}{dry}") from None
+    except ValueError as err:
         raise UsageError(str(err)) from None
 
     # 2. Build the model, or load the checkpoint to resume.

@@ -1,13 +1,23 @@
 """The data pipelines: shapes, split sizes, reproducible order, augmentation,
-normalisation, and the error for a data set that is not prepared."""
+normalisation, and the error for a data set that is not prepared; and
+``freezeout_tf.download``: a download through a fake builder with its progress
+lines, and its failures (a refusing proxy, no DNS, a silent server, a checksum
+mismatch) as one line, fast, before anything is written. No test reaches the
+network: proxies point at a closed port on 127.0.0.1, servers are local."""
 
+import contextlib
+import http.server
+import io
 import os
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from freezeout_tf import data
+from freezeout_tf import data, download
 
 
 def _batches(ds):
@@ -177,5 +187,279 @@ def test_bad_arguments(kwargs, text):
 
 def test_default_data_dir_honours_tfds_env(monkeypatch, tmp_path):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    assert data._default_data_dir(None) == str(tmp_path)
-    assert data._default_data_dir("~/x") == os.path.expanduser("~/x")
+    assert download.default_data_dir(None) == str(tmp_path)
+    assert download.default_data_dir("~/x") == os.path.expanduser("~/x")
+    monkeypatch.delenv("TFDS_DATA_DIR")
+    assert download.default_data_dir(None) == os.path.expanduser(
+        "~/tensorflow_datasets"
+    )
+
+
+# ---------------------------------------------------------------------------
+# freezeout_tf.download
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+NO_PROXY_VARS = ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
+
+
+@contextlib.contextmanager
+def closed_port():
+    """A port on 127.0.0.1 that refuses connections (bound, never listening,
+    so no other process can take it meanwhile)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A port on 127.0.0.1 that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def local_server():
+    """An HTTP server on 127.0.0.1 that answers 200 to everything."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    """Sets every proxy variable to ``url`` (and clears NO_PROXY)."""
+
+    def set_proxy(url):
+        for var in NO_PROXY_VARS:
+            monkeypatch.delenv(var, raising=False)
+        for var in PROXY_VARS:
+            monkeypatch.setenv(var, url)
+
+    return set_proxy
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for var in PROXY_VARS + NO_PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+class FakeBuilder:
+    """Stands in for ``tfds.builder(name, data_dir=...)``: ``url_infos`` as a
+    real builder's, ``download_and_prepare`` runs ``action(self, download_dir)``
+    and marks the data set prepared."""
+
+    def __init__(self, url, size, action, prepared=False):
+        self.url_infos = {url: tfds.core.download.checksums.UrlInfo(
+            size=size, checksum="0" * 64, filename="fake.tar.gz")}
+        self.action, self.prepared, self.calls = action, prepared, []
+
+    def is_prepared(self):
+        return self.prepared
+
+    def download_and_prepare(self, download_dir=None, **kwargs):
+        self.calls.append(download_dir)
+        self.action(self, download_dir)
+        self.prepared = True
+
+
+def _install(monkeypatch, builder):
+    made = []
+
+    def fake(name, data_dir=None, **kwargs):
+        made.append((name, data_dir))
+        return builder
+
+    monkeypatch.setattr(tfds, "builder", fake)
+    return made
+
+
+def test_prepare_downloads_with_progress_lines(tmp_path, monkeypatch, no_proxy):
+    out = io.StringIO()
+
+    def download_in_chunks(builder, download_dir):
+        target = os.path.join(download_dir, "fake", "fake.tar.gz.tmp")
+        os.makedirs(os.path.dirname(target))
+        with open(target, "wb") as f:
+            for _ in range(3):
+                f.write(b"x" * (1 << 20))
+                f.flush()
+                deadline = time.monotonic() + 30
+                lines = out.getvalue().count("MiB downloaded")
+                while out.getvalue().count("MiB downloaded") == lines:
+                    assert time.monotonic() < deadline, "no progress line"
+                    time.sleep(0.01)
+        print("tfds' own line")  # hidden: the module writes its own lines
+
+    with local_server() as url:
+        builder = FakeBuilder(url + "/fake.tar.gz", 4 << 20, download_in_chunks)
+        made = _install(monkeypatch, builder)
+        assert download.prepare(
+            "cifar100", str(tmp_path), progress="lines", stream=out, interval=0.02
+        )
+    assert made[0] == ("cifar100", str(tmp_path))
+    assert builder.calls == [str(tmp_path / "downloads")]
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (
+        f"data: cifar100 is not prepared under {tmp_path}: downloading it with "
+        f"tensorflow-datasets (4.0 MiB from 127.0.0.1 into "
+        f"{tmp_path / 'downloads'}) and preparing it"
+    )
+    assert [x for x in lines if "MiB downloaded" in x] == [
+        f"data: cifar100: {n}.0 of 4.0 MiB downloaded" for n in (1, 2, 3)
+    ]
+    assert lines[-1].startswith(
+        f"data: cifar100 prepared under {tmp_path / 'cifar100'} in "
+    )
+    assert "tfds' own line" not in out.getvalue()
+
+    # Prepared now: nothing is asked of anyone, nothing is written.
+    (info,) = builder.url_infos.values()
+    builder.url_infos = {"http://127.0.0.1:9/never": info}
+    out = io.StringIO()
+    assert download.prepare("cifar100", str(tmp_path), stream=out) is False
+    assert out.getvalue() == "" and len(builder.calls) == 1
+
+
+def test_prepare_progress_off_writes_nothing(tmp_path, monkeypatch, no_proxy, capsys):
+    with local_server() as url:
+        builder = FakeBuilder(url + "/f", 10, lambda b, d: print("tfds"))
+        _install(monkeypatch, builder)
+        assert download.prepare("cifar10", str(tmp_path), progress="off")
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(ValueError, match="'loud'.*bar, lines, off"):
+        download.prepare("cifar10", str(tmp_path), progress="loud")
+
+
+def _expect_download_error(name, where, **kwargs):
+    start = time.perf_counter()
+    with pytest.raises(download.DownloadError) as info:
+        download.prepare(name, str(where), **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"could not download data set {name!r}: ")
+    assert f"copy '{where / name}' here" in message  # what to do
+    assert not where.exists()  # nothing written
+    return info.value, time.perf_counter() - start
+
+
+def test_a_refusing_proxy_is_one_line(tmp_path, proxy_env):
+    """The real CIFAR-100 builder, through a proxy at a closed port."""
+    with closed_port() as port:
+        proxy_env(f"http://127.0.0.1:{port}")
+        err, seconds = _expect_download_error("cifar100", tmp_path / "tfds")
+    assert err.cause == (
+        f"cannot connect to the proxy http://127.0.0.1:{port} "
+        "([Errno 111] Connection refused)"
+    )
+    print(f"refusing proxy: DownloadError after {seconds:.2f} s")
+
+
+def test_no_dns_is_one_line(tmp_path, monkeypatch, no_proxy):
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    err, _ = _expect_download_error("cifar100", tmp_path / "tfds")
+    assert err.cause == (
+        "cannot resolve the host name www.cs.toronto.edu (no network or no DNS?)"
+    )
+
+
+def test_a_silent_server_times_out(tmp_path, monkeypatch, no_proxy):
+    with silent_server() as port:
+        builder = FakeBuilder(f"http://127.0.0.1:{port}/f", 10, None)
+        _install(monkeypatch, builder)
+        err, _ = _expect_download_error(
+            "cifar100", tmp_path / "tfds", probe_timeout=0.5
+        )
+    assert err.cause == "no answer from 127.0.0.1 within 0.5 s"
+    assert builder.calls == []
+
+
+def test_an_http_error_is_one_line(tmp_path, monkeypatch, no_proxy):
+    with local_server() as url:
+        builder = FakeBuilder(url + "/f", 10, None)
+        _install(monkeypatch, builder)
+        monkeypatch.setattr(
+            http.server.BaseHTTPRequestHandler, "send_response",
+            lambda self, code, message=None: http.server.BaseHTTPRequestHandler
+            .send_response_only(self, 404),
+        )
+        err, _ = _expect_download_error("cifar100", tmp_path / "tfds")
+    assert err.cause == f"{url}/f answered HTTP 404"
+
+
+def test_a_checksum_mismatch_is_one_line(tmp_path, monkeypatch, no_proxy):
+    from tensorflow_datasets.core.download.download_manager import (
+        NonMatchingChecksumError,
+    )
+
+    def corrupt(builder, download_dir):
+        raise NonMatchingChecksumError("Artifact ... has wrong checksum:\n* ...")
+
+    with local_server() as url:
+        _install(monkeypatch, FakeBuilder(url + "/f", 10, corrupt))
+        with pytest.raises(download.DownloadError) as info:
+            download.prepare("cifar100", str(tmp_path / "tfds"))
+    assert "\n" not in str(info.value)
+    assert info.value.cause.startswith(
+        "the downloaded file does not match the checksum recorded in "
+        "tensorflow-datasets"
+    )
+
+
+def test_tfds_download_is_bounded(tmp_path, proxy_env):
+    """tensorflow-datasets' own download, past the probe: with its retries
+    lowered (it retries 10 times, ~3.5 min through a refusing proxy) and a
+    socket timeout (it sets none, so a silent server would hang it)."""
+    from tensorflow_datasets.core.download import downloader
+
+    assert downloader.MAX_RETRIES == 10  # the names patched still exist
+    original = downloader._open_url
+    with silent_server() as port, download._bounded_requests(0, (0.5, 0.5)):
+        assert downloader.MAX_RETRIES == 0
+        with pytest.raises(Exception) as info:
+            with downloader._open_url(f"http://127.0.0.1:{port}/f"):
+                pass
+        assert "timed out" in str(info.value)
+    assert downloader.MAX_RETRIES == 10 and downloader._open_url is original
+
+    # The real CIFAR-100 builder's download_and_prepare, bounded.
+    with closed_port() as port:
+        proxy_env(f"http://127.0.0.1:{port}")
+        builder = tfds.builder("cifar100", data_dir=str(tmp_path))
+        start = time.perf_counter()
+        with download._bounded_requests():
+            with pytest.raises(Exception) as info:
+                builder.download_and_prepare(
+                    download_dir=str(tmp_path / "downloads")
+                )
+        seconds = time.perf_counter() - start
+    assert "Unable to connect to proxy" in str(info.value)
+    print(f"bounded tfds download through a refusing proxy: {seconds:.2f} s")

@@ -1,14 +1,19 @@
 """scripts/train_cifar.py end to end, on tiny synthetic and mocked-tfds data:
 outputs and log format, exact resume, a SIGKILL mid-run, divergence, a torn
-checkpoint, and bad input (refused fast, in one line). The resume protocol
-itself is tested in test_training.py."""
+checkpoint, bad input (refused fast, in one line), the download of a data set
+that is not prepared (a fake builder; a proxy at a closed port: one line, fast,
+nothing written), and its output on a terminal (a pty) and piped. The resume
+protocol itself is tested in test_training.py."""
 
 import glob
 import hashlib
 import importlib.util
 import json
 import os
+import pty
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -205,6 +210,7 @@ def test_mocked_cifar100_end_to_end(tmp_path, capsys):
                 "0.5",
                 "--verbose",
                 "0",
+                "--no-download",
                 "--output-dir",
                 str(out),
             ]
@@ -212,6 +218,7 @@ def test_mocked_cifar100_end_to_end(tmp_path, capsys):
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "cifar100" in stdout and "test images" in stdout and "linear" in stdout
+    assert "download" not in stdout
     (log,) = glob.glob(str(out / "*.jsonl"))
     assert "cifar100" in os.path.basename(log) and "unscaled" in os.path.basename(log)
     records = training_log.read_log(log)
@@ -463,7 +470,8 @@ def test_const_time_scales_the_epochs(tmp_path, capsys):
         (["--batch-size", "-50"], "--batch_size -50"),
         (["-L", "11"], "--depth 11"),
         (["--model", "vgg", "-L", "12"], "--depth 12"),
-        (["--dataset", "cifar10"], "download_and_prepare"),
+        (["--dataset", "cifar10", "--no-download"], "download_and_prepare"),
+        (["--dataset", "cifar10", "--dry-run"], "(--dry-run downloads nothing)"),
         (["--resume"], "no checkpoint"),
     ],
 )
@@ -581,3 +589,177 @@ def test_resume_from_a_torn_checkpoint_exits_2_and_keeps_it(
     assert line.startswith("train_cifar.py: error: --resume: ")
     assert "run.keras' is torn or not a checkpoint" in line
     assert {p: _digest(p) for p in glob.glob(str(out / "*"))} == before
+
+
+# ---------------------------------------------------------------------------
+# downloading the data set, and the output on and off a terminal
+
+
+class _PreparingBuilder:
+    """``tfds.builder`` for a data set that is not prepared: its
+    ``download_and_prepare`` checks that nothing is under --output-dir yet,
+    then serves 100 random CIFAR-shaped examples per split."""
+
+    def __init__(self, output_dir):
+        self.output_dir, self.prepared, self.downloads = output_dir, False, []
+        self.url_infos = {}
+
+    def is_prepared(self):
+        return self.prepared
+
+    def download_and_prepare(self, download_dir=None, **kwargs):
+        assert not os.path.exists(self.output_dir), "written before the data"
+        self.downloads.append(download_dir)
+        self.prepared = True
+
+    def as_dataset(self, split, as_supervised=True, shuffle_files=False):
+        import tensorflow as tf
+
+        assert self.prepared, "read before it was prepared"
+        rng = np.random.default_rng(len(split))
+        images = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 100, 100)
+        return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+def test_a_missing_data_set_is_downloaded_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "out"
+    builder = _PreparingBuilder(str(out))
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: builder)
+    argv = [
+        "--dataset", "cifar100", "--data-dir", str(tmp_path / "tfds"),
+        "-L", "10", "-k", "4", "--batch-size", "50", "--epochs", "1",
+        "--output-dir", str(out),
+    ]
+    assert train_cifar.main(argv) == 0
+    assert builder.downloads == [str(tmp_path / "tfds" / "downloads")]
+    stdout = capsys.readouterr().out.splitlines()
+    assert stdout[0].startswith(
+        f"data: cifar100 is not prepared under {tmp_path / 'tfds'}: downloading "
+        "it with tensorflow-datasets"
+    )
+    assert stdout[1].startswith(f"data: cifar100 prepared under {tmp_path}")
+    assert stdout[2].startswith("model: DenseNet-BC L=10 k=4")
+    assert glob.glob(str(out / "*.keras"))
+
+
+def _script_env(**extra):
+    env = dict(
+        os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the script's own default
+    env.update(extra)
+    return env
+
+
+def test_download_through_a_refusing_proxy_is_one_line_and_writes_nothing(
+    tmp_path,
+):
+    """The README's real job (CIFAR-100) without network: a proxy at a
+    closed port on 127.0.0.1 refuses; tensorflow-datasets alone would retry
+    for about 3.5 minutes."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: connections refused
+    port = sock.getsockname()[1]
+    proxy = f"http://127.0.0.1:{port}"
+    env = _script_env(**{v: proxy for v in (
+        "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")})
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(var, None)
+    out, tfds_dir = tmp_path / "runs" / "densenet76", tmp_path / "tfds"
+    try:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, SCRIPT, "--output-dir", str(out),
+             "--data-dir", str(tfds_dir)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        sock.close()
+    print(f"refusing proxy: exit {proc.returncode} after {seconds:.1f} s")
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line == (
+        "train_cifar.py: error: could not download data set 'cifar100': cannot "
+        f"connect to the proxy {proxy} ([Errno 111] Connection refused); check "
+        "the network and the proxy settings (HTTPS_PROXY / https_proxy) and try "
+        f"again, or prepare it on a machine with internet and copy "
+        f"'{tfds_dir / 'cifar100'}' here"
+    )
+    assert seconds < 60  # the requirement; tensorflow-datasets alone: ~200 s
+    assert not out.exists() and not (tmp_path / "runs").exists()
+    assert not tfds_dir.exists()
+
+
+def test_fit_verbosity():
+    class Tty:
+        def isatty(self):
+            return True
+
+    import io
+
+    assert train_cifar.fit_verbosity("auto", Tty()) == 1
+    assert train_cifar.fit_verbosity("auto", io.StringIO()) == 0
+    assert train_cifar.fit_verbosity("auto", object()) == 0
+    assert [train_cifar.fit_verbosity(v, Tty()) for v in "012"] == [0, 1, 2]
+    assert train_cifar.build_parser().parse_args([]).verbose == "auto"
+
+
+OUTPUT_RUN = [
+    "--dataset", "synthetic", "-L", "10", "-k", "4", "--batch-size", "25",
+    "--synthetic-train-size", "100", "--synthetic-val-size", "25",
+    "--epochs", "2",
+]
+
+
+def test_piped_output_is_one_plain_line_per_epoch(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *OUTPUT_RUN, "--output-dir", str(tmp_path / "o")],
+        cwd=tmp_path, env=_script_env(), capture_output=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout.decode()
+    assert "\r" not in text and "\x1b[" not in text
+    lines = text.splitlines()
+    assert [x.split(":")[0] for x in lines] == [
+        "model", "data", "FreezeOut", "training", "epoch 1/2", "epoch 2/2", "done",
+    ]
+
+
+def test_a_terminal_gets_the_progress_bar(tmp_path):
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, *OUTPUT_RUN, "--output-dir", str(tmp_path / "o")],
+        cwd=tmp_path, env=_script_env(), stdin=subprocess.DEVNULL,
+        stdout=follower, stderr=subprocess.PIPE,
+    )
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the script closed its end
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    text = b"".join(chunks).decode("utf-8", "replace")
+    # Keras' bar: redrawn in place, "4/4 ... step" per epoch.
+    assert "\r" in text and "4/4" in text and "step" in text
+    assert "epoch 2/2: train loss" in text
