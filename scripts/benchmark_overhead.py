@@ -44,8 +44,9 @@ def _worker(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    threads = args.threads[0]  # the driver passes one
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
     import keras
 
     import freezeout_tf as fo
@@ -63,7 +64,7 @@ def _worker(args):
     x = tf.random.normal((args.batch_size, 32, 32, 3), seed=1)
     y = tf.random.uniform((args.batch_size,), 0, 100, tf.int32, seed=2)
     state = model.schedule_state
-    out = {"threads": args.threads,
+    out = {"threads": threads,
            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
            "units": model.num_units, "tf": tf.__version__,
            "keras": keras.__version__}
