@@ -45,17 +45,20 @@ XLA_AUTO_NOTE = (
 )
 
 
-# Measured with scripts/benchmark_xla.py --only steady (benchmarks/xla.md):
-# the steady XLA:CPU step of FreezeOut with no unit frozen over plain
-# Keras' XLA step, DenseNet-BC k=12, batch 50, 2 CPU cores.
-XLA_CPU_FACTOR = "10-16x"
+# Measured with `scripts/benchmark_xla.py --configs densenet:22 --only steady
+# --graph-arms` (benchmarks/README.md, XLA): DenseNet-BC L=22 k=12, batch 50,
+# 2 CPU cores, no unit frozen, all arms interleaved in one process. The XLA
+# step took 8.96x FreezeOut's step without XLA, 8.72x plain Keras' without
+# XLA and 10.8x plain Keras' under XLA.
+XLA_CPU_FACTOR = "about 9x"
 
 XLA_CPU_NOTE = (
-    "FreezeOutModel: jit_compile=True with no GPU or TPU visible. XLA:CPU "
-    "runs the convolutions inside the per-unit backward branches on a slow "
-    f"path: the compiled step measured {XLA_CPU_FACTOR} plain Keras' step "
-    "while units train. On CPU use jit_compile=False (the default), which "
-    "runs at about plain Keras' speed; see the README's XLA section."
+    "FreezeOutModel: jit_compile=True on a machine with no GPU or TPU. "
+    "XLA:CPU runs the convolutions inside the per-unit backward branches on "
+    f"a slow path: while units train, the compiled step measured "
+    f"{XLA_CPU_FACTOR} the step without XLA (DenseNet-BC L=22, 2 CPU "
+    "cores). On CPU use jit_compile=False (the default), which runs at "
+    "about plain Keras' speed; see the README's XLA section."
 )
 
 

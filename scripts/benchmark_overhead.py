@@ -14,13 +14,15 @@ alternated step by step in many short rounds
 * `fit` mode: one `fit` step per call, timed by `StepTimer` (Keras' train
   function, with its distribution wrapper), arms `plain` and `fo`.
 
-The table gives per-step medians (ms), the ratio of the pooled per-step
-medians and its spread: the quartiles of the per-round ratios and a 95 %
-bootstrap interval over rounds (`freezeout_tf.benchmarking.ratio_spread`).
+The table gives per-step medians (ms) and, as the overhead figure, the
+median of the paired ratios (FreezeOut's step over plain's step right
+beside it) with a 95 % bootstrap interval over rounds; also the ratio of
+the pooled per-step medians with the quartiles of the per-round ratios
+(`freezeout_tf.benchmarking.ratio_spread`).
 
 Usage:
     python scripts/benchmark_overhead.py [--threads 1 2] [--onednn 1 0]
-        [--modes step fit] [--rounds 30] [--steps 2] [--batch-size 32]
+        [--modes step fit] [--rounds 40] [--steps 3] [--batch-size 32]
         [--out benchmarks/overhead]
     python scripts/benchmark_overhead.py --from-json run1.json run2.json \\
         --out benchmarks/overhead
@@ -129,8 +131,8 @@ def summarize(result, mode):
 
 
 def spread_cell(r):
-    return (f"**{r['ratio']:.3f}** ({r['ci_low']:.3f}-{r['ci_high']:.3f}; "
-            f"rounds {r['round_q1']:.3f}-{r['round_q3']:.3f})")
+    return (f"**{r['paired']:.3f}** ({r['ci_low']:.3f}-{r['ci_high']:.3f}) "
+            f"| {r['ratio']:.3f} ({r['round_q1']:.3f}-{r['round_q3']:.3f})")
 
 
 def markdown(runs):
@@ -138,19 +140,20 @@ def markdown(runs):
     for run in runs:
         lines.append(f"    {run['command']}")
     lines += ["", "| run | mode | threads | oneDNN | plain ms | FreezeOut ms "
-              "| FreezeOut / plain (95 % CI; per-round IQR) | all frozen ms "
-              "| all frozen / plain | rounds x steps |",
-              "|---:|---|---:|---|---:|---:|---|---:|---:|---|"]
+              "| FreezeOut / plain, paired (95 % CI) | pooled medians "
+              "(per-round IQR) | all frozen ms | all frozen / plain, paired "
+              "| rounds x steps |",
+              "|---:|---|---:|---|---:|---:|---|---|---:|---:|---|"]
     for n, run in enumerate(runs, 1):
         for row in run["rows"]:
             if "error" in row:
                 lines.append(f"| {n} | {row['mode']} | {row['threads']} | "
                              f"{row['onednn']} | {row['error']} |"
-                             + " - |" * 6)
+                             + " - |" * 7)
                 continue
             all_cells = ("- | - |" if "fo_all/plain" not in row else
                          f"{row['fo_all_ms']:.1f} | "
-                         f"{row['fo_all/plain']['ratio']:.3f} |")
+                         f"{row['fo_all/plain']['paired']:.3f} |")
             lines.append(
                 f"| {n} | {row['mode']} | {row['threads']} | "
                 f"{'on' if row['onednn'] == '1' else 'off'} | "
@@ -169,8 +172,8 @@ def main(argv=None):
     p.add_argument("--depth", type=int, default=22)
     p.add_argument("--growth-rate", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--steps", type=int, default=2,
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--steps", type=int, default=3,
                    help="timed steps per arm per round")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds allowed per subprocess")
@@ -188,6 +191,10 @@ def main(argv=None):
         for path in args.from_json:
             with open(path) as f:
                 runs.extend(json.load(f)["runs"])
+        for run in runs:  # recompute the figures from the saved steps
+            for row in run["rows"]:
+                if "times" in row:
+                    row.update(summarize(row, row["mode"]))
     else:
         if min(args.threads) < 1 or args.rounds < 1 or args.steps < 1:
             p.error("--threads, --rounds and --steps must be >= 1")

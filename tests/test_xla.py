@@ -69,7 +69,8 @@ def test_explicit_xla_on_cpu_logs_its_measured_cost(caplog):
     assert model.jit_compile is True
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [fo_model.XLA_CPU_NOTE]
-    assert f"measured {fo_model.XLA_CPU_FACTOR} plain" in messages[0]
+    assert f"measured {fo_model.XLA_CPU_FACTOR} the step without XLA" \
+        in messages[0]
     assert "jit_compile=False" in messages[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="freezeout_tf"):
