@@ -23,7 +23,7 @@ the pooled per-step medians with the quartiles of the per-round ratios
 Usage:
     python scripts/benchmark_overhead.py [--threads 1 2] [--onednn 1 0]
         [--modes step fit] [--rounds 40] [--steps 3] [--batch-size 32]
-        [--out benchmarks/overhead]
+        [--label 1] [--out benchmarks/overhead]
     python scripts/benchmark_overhead.py --from-json run1.json run2.json \\
         --out benchmarks/overhead
 """
@@ -145,6 +145,7 @@ def markdown(runs):
               "| rounds x steps |",
               "|---:|---|---:|---|---:|---:|---|---|---:|---:|---|"]
     for n, run in enumerate(runs, 1):
+        n = run.get("label", n)
         for row in run["rows"]:
             if "error" in row:
                 lines.append(f"| {n} | {row['mode']} | {row['threads']} | "
@@ -179,6 +180,8 @@ def main(argv=None):
                    help="seconds allowed per subprocess")
     p.add_argument("--out", default=None,
                    help="path prefix for <out>.json and <out>.md")
+    p.add_argument("--label", default="1",
+                   help="name of this run in the table (e.g. a repeat)")
     p.add_argument("--from-json", nargs="+", default=None, metavar="PATH",
                    help="tabulate saved runs (their .json) together")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -215,7 +218,7 @@ def main(argv=None):
                     print(json.dumps({k: v for k, v in row.items()
                                       if k != "times"}), flush=True)
                     rows.append(row)
-        runs = [{"command": command, "rows": rows}]
+        runs = [{"command": command, "label": args.label, "rows": rows}]
     text = markdown(runs)
     print(text)
     if args.out:

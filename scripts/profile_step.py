@@ -15,6 +15,7 @@ profiler records what the executor really ran, after Grappler's rewrites.
 
 Usage:
     python scripts/profile_step.py --depth 22 --frozen 0 6 11 --stock
+    python scripts/profile_step.py --frozen 0 --stock --threads 1 --top 30
 """
 
 import argparse
@@ -126,7 +127,14 @@ def main(argv=None):
     p.add_argument("--stock", action="store_true",
                    help="also profile plain Keras on the same layers")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra- and inter-op threads (default: TF's)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads {args.threads}: must be >= 1")
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     keras.utils.set_random_seed(0)
     model = models.densenet_bc(args.depth, args.growth_rate)
