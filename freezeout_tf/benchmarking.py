@@ -6,6 +6,7 @@ wall-clock sum hides stalls. These helpers give the scripts one way to do
 that.
 """
 
+import random
 import statistics
 import time
 
@@ -14,9 +15,11 @@ import tensorflow as tf
 
 __all__ = [
     "StepTimer",
+    "alternate_steps",
     "lower_train_step",
     "median_ms",
     "plain_keras_model",
+    "ratio_spread",
     "timed_steps",
 ]
 
@@ -81,3 +84,112 @@ def lower_train_step(model, batch):
 def median_ms(times):
     """Median of step times (s) in milliseconds."""
     return 1000.0 * statistics.median(times)
+
+
+def alternate_steps(arms, rounds, steps, warmup=2):
+    """Times one step of each arm in turn, step by step, in short rounds.
+
+    Each arm first runs `warmup` untimed steps. Then every round runs
+    `steps` passes over the arms, one step of each per pass, timing each
+    step on its own; the order of the arms is reversed every other round,
+    so neither always runs right after the other.
+
+    Args:
+        arms: dict name -> callable that runs one training step and returns
+            only once it has finished (e.g. reads its loss). It returns
+            `None`, and the call is timed, or its own measured step time in
+            seconds (e.g. `StepTimer`'s, leaving `fit`'s setup out).
+        rounds: number of rounds.
+        steps: timed steps per arm per round.
+        warmup: untimed steps per arm before the first round.
+
+    Returns:
+        dict name -> list of `rounds` lists of `steps` step times (s).
+
+    Example:
+
+    >>> times = alternate_steps({"a": lambda: None, "b": lambda: None}, 3, 2)
+    >>> [len(times["a"]), len(times["a"][0])]
+    [3, 2]
+    """
+    if rounds < 1 or steps < 1:
+        raise ValueError(
+            f"rounds and steps must be >= 1; got rounds={rounds!r}, "
+            f"steps={steps!r}.")
+    names = list(arms)
+    for name in names:
+        for _ in range(warmup):
+            arms[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        per_round = {name: [] for name in names}
+        for _ in range(steps):
+            for name in order:
+                start = time.perf_counter()
+                measured = arms[name]()
+                elapsed = time.perf_counter() - start
+                per_round[name].append(
+                    elapsed if measured is None else measured)
+        for name in names:
+            times[name].append(per_round[name])
+    return times
+
+
+def _pooled_median(rounds):
+    return statistics.median(t for r in rounds for t in r)
+
+
+def ratio_spread(rounds_a, rounds_b, resamples=2000, seed=0):
+    """Arm a's step time as a multiple of arm b's, with its spread.
+
+    The headline is `paired`: the median over every pass of a round of
+    `a`'s step over `b`'s step in that pass (`alternate_steps` runs them
+    back to back), which cancels the machine's slow drifts; its 95 %
+    bootstrap interval resamples whole rounds, so that a slow spell counts
+    once per round it lasted.
+
+    Args:
+        rounds_a, rounds_b: per-round step times of two arms measured in
+            the same rounds (`alternate_steps`), as lists of lists.
+        resamples: bootstrap resamples of the rounds.
+        seed: seed of the bootstrap.
+
+    Returns:
+        dict with `paired`, `ci_low`, `ci_high` (its 95 % interval),
+        `ratio` (median step time of a over that of b, all steps pooled)
+        and `round_q1`, `round_median`, `round_q3` (quartiles of the
+        per-round ratios of medians).
+
+    Example:
+
+    >>> r = ratio_spread([[2.0, 2.2]] * 4, [[1.0, 1.1]] * 4)
+    >>> [round(r[k], 3) for k in ("paired", "ci_low", "ci_high", "ratio")]
+    [2.0, 2.0, 2.0, 2.0]
+    """
+    if (len(rounds_a) != len(rounds_b) or not rounds_a
+            or any(len(a) != len(b) for a, b in zip(rounds_a, rounds_b))):
+        raise ValueError(
+            f"rounds_a and rounds_b must hold the same number (>= 1) of "
+            f"rounds of the same lengths; got {len(rounds_a)} and "
+            f"{len(rounds_b)} rounds.")
+    pairs = [[x / y for x, y in zip(a, b)]
+             for a, b in zip(rounds_a, rounds_b)]
+    per_round = sorted(statistics.median(a) / statistics.median(b)
+                       for a, b in zip(rounds_a, rounds_b))
+    if len(per_round) > 1:
+        q1, q2, q3 = statistics.quantiles(per_round, n=4, method="inclusive")
+    else:
+        q1 = q2 = q3 = per_round[0]
+    rng = random.Random(seed)
+    n = len(pairs)
+    boot = sorted(
+        _pooled_median([pairs[rng.randrange(n)] for _ in range(n)])
+        for _ in range(resamples))
+    return {
+        "paired": _pooled_median(pairs),
+        "ci_low": boot[int(0.025 * (resamples - 1))],
+        "ci_high": boot[int(0.975 * (resamples - 1))],
+        "ratio": _pooled_median(rounds_a) / _pooled_median(rounds_b),
+        "round_q1": q1, "round_median": q2, "round_q3": q3,
+    }

@@ -31,7 +31,7 @@ from freezeout_tf import keras_internals
 from freezeout_tf import optimizer as fo_optimizer
 from freezeout_tf import side_inputs
 from freezeout_tf.adaptive import AdaptiveState
-from freezeout_tf.schedule_state import ScheduleState
+from freezeout_tf.schedule_state import HOST, ScheduleState
 from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
 
 __all__ = ["FreezeOutModel"]
@@ -58,6 +58,29 @@ XLA_AUTO_NOTE = (
     "runs the convolutions inside the per-unit branches on a slow path; "
     "see the README's XLA section."
 )
+
+
+# Measured with `scripts/benchmark_xla.py --configs densenet:22 --only steady
+# --graph-arms` (benchmarks/README.md, XLA): DenseNet-BC L=22 k=12, batch 50,
+# 2 CPU cores, no unit frozen, all arms interleaved in one process. The XLA
+# step took 8.96x FreezeOut's step without XLA, 8.72x plain Keras' without
+# XLA and 10.8x plain Keras' under XLA.
+XLA_CPU_FACTOR = "about 9x"
+
+XLA_CPU_NOTE = (
+    "FreezeOutModel: jit_compile=True on a machine with no GPU or TPU. "
+    "XLA:CPU runs the convolutions inside the per-unit backward branches on "
+    f"a slow path: while units train, the compiled step measured "
+    f"{XLA_CPU_FACTOR} the step without XLA (DenseNet-BC L=22, 2 CPU "
+    "cores). On CPU use jit_compile=False (the default), which runs at "
+    "about plain Keras' speed; see the README's XLA section."
+)
+
+
+def _host_only():
+    # As Keras decides where "auto" turns XLA off: no device but CPUs.
+    return all(d.device_type == "CPU"
+               for d in tf.config.list_physical_devices())
 
 
 def _unscale_loss_for_distribution(loss):
@@ -122,10 +145,13 @@ class FreezeOutModel(keras.Model):
         # The schedule's clock: batches taken, saved with the model. Not
         # optimizer.iterations, which a mixed-float16 loss-scale optimizer
         # does not advance on the steps it skips (non-finite gradients).
-        self.batches_taken = self.add_weight(
-            shape=(), dtype="int64", initializer="zeros", trainable=False,
-            name="batches_taken", aggregation="only_first_replica",
-        )
+        # On the host, as the frozen flags made from it (schedule_state).
+        with tf.device(HOST):
+            self.batches_taken = self.add_weight(
+                shape=(), dtype="int64", initializer="zeros",
+                trainable=False, name="batches_taken",
+                aggregation="only_first_replica",
+            )
         self.schedule_state = ScheduleState(len(freeze_units),
                                             self.batches_taken)
         # The adaptive criterion's state (freezeout_tf.adaptive): model
@@ -225,14 +251,19 @@ class FreezeOutModel(keras.Model):
           per-unit skip).
         * `jit_compile="auto"` stays off (one log line says so) where Keras
           would turn XLA on, i.e. on GPUs: see `XLA_AUTO_NOTE`. An explicit
-          `jit_compile=True` is honoured.
+          `jit_compile=True` is honoured; on a machine with only CPUs one
+          log line gives its measured cost and the alternative
+          (`XLA_CPU_NOTE`).
         """
         keras_internals.check()
         super().compile(optimizer, *args, jit_compile=jit_compile, **kwargs)
         fo_optimizer.check_supported(self.optimizer)
+        log = logging.getLogger("freezeout_tf")
         if jit_compile == "auto" and self.jit_compile:
             self.jit_compile = False
-            logging.getLogger("freezeout_tf").warning(XLA_AUTO_NOTE)
+            log.warning(XLA_AUTO_NOTE)
+        elif self.jit_compile and _host_only():
+            log.warning(XLA_CPU_NOTE)
 
     def compile_from_config(self, config):
         # Keras skips restoring the compile state of a model whose compile()
@@ -311,10 +342,10 @@ class FreezeOutModel(keras.Model):
         Returns:
             `(loss, y_pred, gradients)`, `loss` unscaled.
         """
-        step = self.batches_taken.value
         side = side_inputs.side_values(x, self.input_names)
         state = self.schedule_state
-        frozen = [state.frozen(step, i) for i in range(self.num_units)]
+        step = state.step()
+        frozen = state.frozen_flags(step)  # host-placed (schedule_state)
         groups = self._unit_variables()
         values = [[v.value for v in group] for group in groups]
         zero = tf.UnconnectedGradients.ZERO

@@ -92,7 +92,7 @@ def attach_schedule(optimizer, variables, variable_units, state):
         tf.cond(state.frozen(step, unit), lambda: tf.constant(False), run)
 
     def distributed_update_step(distribution, grads_and_vars, learning_rate):
-        step = state.clock.value
+        step = state.step()
         for unit, pairs in _by_unit(opt, grads_and_vars, hooks["unit_of"]):
 
             def update(unit=unit, pairs=pairs):
@@ -113,7 +113,7 @@ def attach_schedule(optimizer, variables, variable_units, state):
             return
 
         def distributed(distribution, variables):
-            step = state.clock.value
+            step = state.step()
             decayed = [
                 (None, v.value if isinstance(v, keras.Variable) else v)
                 for v in variables
@@ -188,7 +188,7 @@ def _unit_all_reduce(opt, plain_all_reduce, grads_and_vars, unit_of, state):
         return plain_all_reduce(grads_and_vars)
     replica_context = tf.distribute.get_replica_context()
     strategy = replica_context.strategy
-    step = state.clock.value
+    step = state.step()
     groups = {}  # unit -> indices of its non-None gradients
     for i, (g, v) in enumerate(grads_and_vars):
         if g is not None:

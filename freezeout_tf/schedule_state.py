@@ -1,10 +1,17 @@
 """The FreezeOut schedule as in-graph TensorFlow state.
 
 The train step and the optimizer read the schedule from these variables and
-compute the per-unit state from the optimizer's iteration counter, so a
+compute the per-unit state from the model's clock (`batches_taken`), so a
 freeze event changes *values*, never the traced graph: one trace serves the
 whole run, and the schedule is exact per step even when several steps run
 in one `tf.function` call (`steps_per_execution > 1`).
+
+Host placement: every `tf.cond` of the step (the model's per-unit backward
+branches, the optimizer's per-unit updates) branches on a frozen flag, and
+TensorFlow's `If` kernel reads its predicate in host memory. So the clock,
+the freeze steps and the comparisons that make the flags are placed on the
+host (`HOST`): on a GPU no branch then waits on a device-to-host copy of a
+flag computed on the device. On CPU this changes nothing.
 
 The math mirrors `freezeout_tf.schedule.lr_multipliers`; the integer freeze
 steps are computed there in float64 and only looked up here, so "frozen" is
@@ -18,10 +25,13 @@ import tensorflow as tf
 
 from freezeout_tf import schedule
 
-__all__ = ["NEVER", "ScheduleState"]
+__all__ = ["HOST", "NEVER", "ScheduleState"]
 
 # Freeze step of a unit that never freezes (no schedule set yet).
 NEVER = np.iinfo(np.int64).max
+
+# Where the schedule's integer state and the frozen flags live.
+HOST = "/device:CPU:0"
 
 
 class ScheduleState:
@@ -34,9 +44,20 @@ class ScheduleState:
     Args:
         num_units: number of freeze units (the head not included).
         clock: the variable counting the batches taken (the model's
-            `batches_taken`); the train step and the optimizer read the step
-            from it. Not `optimizer.iterations`: a mixed-float16 loss-scale
-            optimizer does not count the steps it skips.
+            `batches_taken`, created under `tf.device(HOST)`); the train step
+            and the optimizer read the step from it. Not
+            `optimizer.iterations`: a mixed-float16 loss-scale optimizer does
+            not count the steps it skips.
+
+    Example:
+
+    >>> import keras
+    >>> state = ScheduleState(2, keras.Variable(0, dtype="int64"))
+    >>> state.freeze_prefix(1)
+    >>> [bool(f) for f in state.frozen_flags()]
+    [True, False]
+    >>> state.frozen_flags()[0].device
+    '/job:localhost/replica:0/task:0/device:CPU:0'
     """
 
     def __init__(self, num_units, clock=None):
@@ -50,11 +71,14 @@ class ScheduleState:
             np.ones(size, np.float32), trainable=False, name="fo_fractions"
         )
         # Adaptive freezing writes it in the train step, in replica context
-        # under tf.distribute; every replica writes the same value.
-        self.freeze_steps = tf.Variable(
-            np.full(size, NEVER, np.int64), trainable=False, name="fo_steps",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
+        # under tf.distribute; every replica writes the same value. On the
+        # host: the frozen flags are computed from it (module docstring).
+        with tf.device(HOST):
+            self.freeze_steps = tf.Variable(
+                np.full(size, NEVER, np.int64), trainable=False,
+                name="fo_steps",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
         self.total_steps = tf.Variable(
             1.0, dtype=tf.float32, trainable=False, name="fo_total_steps"
         )
@@ -100,9 +124,29 @@ class ScheduleState:
     # In-graph reads. `step` is the optimizer's iteration counter before the
     # update, i.e. the 0-based step being taken.
 
+    def step(self):
+        """The clock's value (the 0-based step being taken), read on the
+        host."""
+        with tf.device(HOST):
+            return tf.identity(self.clock.value)
+
     def frozen(self, step, unit):
-        """Scalar bool tensor: is `unit` (an int) frozen at `step`?"""
-        return tf.cast(step, tf.int64) >= self.freeze_steps[unit]
+        """Scalar bool tensor: is `unit` (an int) frozen at `step`? Computed
+        on the host, so it can feed a `tf.cond` with no device-to-host
+        copy."""
+        with tf.device(HOST):
+            return tf.cast(step, tf.int64) >= self.freeze_steps[unit]
+
+    def frozen_flags(self, step=None):
+        """The frozen flag of every unit (not the head) at `step` (by
+        default the clock's value), as a list of host-placed scalar bool
+        tensors: what the train step and the optimizer branch on."""
+        step = self.step() if step is None else step
+        with tf.device(HOST):
+            steps = tf.unstack(self.freeze_steps[:self.num_units],
+                               num=self.num_units)
+            step = tf.cast(step, tf.int64)
+            return [step >= s for s in steps]
 
     def multiplier(self, step, unit):
         """Scalar float32 tensor: learning-rate multiplier of `unit`."""

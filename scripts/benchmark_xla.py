@@ -92,12 +92,21 @@ def _worker(args):
         n = fo_model.num_units
         settings = {"plain": (plain, None), "fo_0": (fo_net, 0),
                     "fo_50": (fo_net, n // 2), "fo_100": (fo_net, n)}
+        if args.graph_arms:
+            # The same two models without XLA: what the compile-time note
+            # offers instead (separate models, as a model has one
+            # jit_compile setting).
+            graph_model, graph_net = build("freezeout", False)
+            _, graph_plain = build("plain", False)
+            settings["plain_graph"] = (graph_plain, None)
+            settings["fo_graph_0"] = (graph_net, 0)
+            graph_model.schedule_state.clear()
         for net, _ in settings.values():
             bm.timed_steps(net, data, 2)  # compile and warm up
         times = {name: [] for name in settings}
         for _ in range(args.rounds):
             for name, (net, frozen) in settings.items():
-                if frozen is not None:
+                if frozen is not None and net is fo_net:
                     fo_model.schedule_state.freeze_prefix(frozen)
                 times[name] += bm.timed_steps(net, data, args.steps)
         out = {f"{k}_ms": bm.median_ms(v) for k, v in times.items()}
@@ -113,6 +122,8 @@ def run_worker(args, worker, config, arm=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker,
            "--config", config, "--batch-size", str(args.batch_size),
            "--rounds", str(args.rounds), "--steps", str(args.steps)]
+    if args.graph_arms:
+        cmd.append("--graph-arms")
     if arm:
         cmd += ["--arm", arm]
     start = time.perf_counter()
@@ -161,7 +172,8 @@ def summarize(raw):
             continue
         row["steady"] = {k: median_of(steady, k) for k in
                          ("plain_ms", "fo_0_ms", "fo_50_ms", "fo_100_ms",
-                          "traces", "units")}
+                          "plain_graph_ms", "fo_graph_0_ms", "traces",
+                          "units")}
         if steady and all("error" in s for s in steady):
             row["steady"]["error"] = steady[0]["error"]
         table[config] = row
@@ -246,6 +258,21 @@ def markdown(table, command):
             f"{fmt(100 * (1 - s['fo_50_ms'] / base))} % | "
             f"{fmt(100 * (1 - s['fo_100_ms'] / base))} % | "
             f"{fmt(s['traces'], 0)} |")
+    graph = [(c, r["steady"]) for c, r in table.items() if r["steady"]
+             and r["steady"].get("fo_graph_0_ms") is not None]
+    if graph:
+        lines += ["", "The same steps without XLA, interleaved with the "
+                  "above (ms):", "",
+                  "| network | plain | FreezeOut 0 % | XLA FreezeOut 0 % / "
+                  "FreezeOut 0 % | XLA FreezeOut 0 % / plain | XLA plain / "
+                  "plain |", "|---|---:|---:|---:|---:|---:|"]
+        for config, s in graph:
+            pg, fg = s["plain_graph_ms"], s["fo_graph_0_ms"]
+            lines.append(
+                f"| {config} | {fmt(pg)} | {fmt(fg)} | "
+                f"{fmt(ratio(s['fo_0_ms'], fg), 2)} | "
+                f"{fmt(ratio(s['fo_0_ms'], pg), 2)} | "
+                f"{fmt(ratio(s['plain_ms'], pg), 2)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -262,6 +289,8 @@ def main(argv=None):
                    help="interleaved rounds of the steady measurement")
     p.add_argument("--steps", type=int, default=5,
                    help="timed steps per arm per round")
+    p.add_argument("--graph-arms", action="store_true",
+                   help="steady: also time both models without XLA")
     p.add_argument("--timeout", type=float, default=1200.0,
                    help="seconds allowed per subprocess")
     p.add_argument("--out", default=None, help="directory for xla.json/.md")

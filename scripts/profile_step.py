@@ -15,6 +15,7 @@ profiler records what the executor really ran, after Grappler's rewrites.
 
 Usage:
     python scripts/profile_step.py --depth 22 --frozen 0 6 11 --stock
+    python scripts/profile_step.py --frozen 0 --stock --threads 1 --top 30
 """
 
 import argparse
@@ -66,16 +67,40 @@ def profile(step_fn, data, steps, logdir):
     return executed_ops(logdir)
 
 
-def op_table(ops, steps, top):
+def per_type(ops, steps):
+    """(ms per step, ops per step) by op type."""
     by_type = collections.Counter()
     count = collections.Counter()
     for _, op_type, ms in ops:
         by_type[op_type] += ms / steps
         count[op_type] += 1
+    return by_type, {k: v // steps for k, v in count.items()}
+
+
+def diff_table(ops, stock_ops, steps, top):
+    """Op types whose time per step differs most between FreezeOut (nothing
+    frozen) and plain Keras: what one step gets that the other does not."""
+    mine, mine_n = per_type(ops, steps)
+    theirs, theirs_n = per_type(stock_ops, steps)
+    total = sum(mine.values()) - sum(theirs.values())
+    print(f"FreezeOut (first --frozen setting) minus plain Keras, op time "
+          f"per step: {total:+.1f} ms")
+    print(f"    {'op type':34s} {'FreezeOut':>10s} {'plain':>10s} "
+          f"{'delta':>8s}  count FO/plain")
+    types = sorted(set(mine) | set(theirs),
+                   key=lambda t: -abs(mine[t] - theirs[t]))
+    for t in types[:top]:
+        print(f"    {t:34s} {mine[t]:8.2f}ms {theirs[t]:8.2f}ms "
+              f"{mine[t] - theirs[t]:+7.2f}  {mine_n.get(t, 0)}/"
+              f"{theirs_n.get(t, 0)}")
+
+
+def op_table(ops, steps, top):
+    by_type, count = per_type(ops, steps)
     print(f"  ops: {len(ops) // steps} per step, {sum(by_type.values()):.1f} "
           f"ms op time per step")
     for op_type, ms in by_type.most_common(top):
-        print(f"    {op_type:34s} {ms:8.2f} ms  x{count[op_type] // steps}")
+        print(f"    {op_type:34s} {ms:8.2f} ms  x{count[op_type]}")
 
 
 def unit_table(model, ops, steps, frozen):
@@ -102,7 +127,14 @@ def main(argv=None):
     p.add_argument("--stock", action="store_true",
                    help="also profile plain Keras on the same layers")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra- and inter-op threads (default: TF's)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads {args.threads}: must be >= 1")
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     keras.utils.set_random_seed(0)
     model = models.densenet_bc(args.depth, args.growth_rate)
@@ -112,11 +144,13 @@ def main(argv=None):
     y = tf.random.uniform((args.batch_size,), 0, 100, tf.int32)
     step = tf.function(model.train_step, autograph=False)
     root = tempfile.mkdtemp(prefix="freezeout_profile_")
+    first_ops = None
     for k in args.frozen:
         if not 0 <= k <= model.num_units:
             p.error(f"--frozen {k}: must be in 0..{model.num_units}")
         model.schedule_state.freeze_prefix(k)
         ops = profile(step, (x, y), args.steps, os.path.join(root, f"k{k}"))
+        first_ops = ops if first_ops is None else first_ops
         print(f"FreezeOut train step, {k} of {model.num_units} units frozen:")
         op_table(ops, args.steps, args.top)
         unit_table(model, ops, args.steps, k)
@@ -130,6 +164,7 @@ def main(argv=None):
         ops = profile(step, (x, y), args.steps, os.path.join(root, "stock"))
         print("Plain Keras train step on the same layers:")
         op_table(ops, args.steps, args.top)
+        diff_table(first_ops, ops, args.steps, args.top)
     print(f"profiles (open with TensorBoard's profile plugin): {root}")
     return 0
 

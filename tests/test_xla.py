@@ -55,3 +55,42 @@ def test_auto_jit_compile_stays_off_with_one_log_line(monkeypatch, caplog):
         model.compile(original_sgd(), "sparse_categorical_crossentropy")
     assert model.jit_compile is False
     assert [r.getMessage() for r in caplog.records] == [fo_model.XLA_AUTO_NOTE]
+
+
+def test_explicit_xla_on_cpu_logs_its_measured_cost(caplog):
+    """On a machine with only CPUs, jit_compile=True is honoured and one
+    warning gives the measured factor of the compiled step and the
+    alternative; without XLA nothing is logged."""
+    assert not tf.config.list_physical_devices("GPU")  # this CI machine
+    model = densenet_bc(depth=10, growth_rate=4, num_classes=10)
+    with caplog.at_level(logging.WARNING, logger="freezeout_tf"):
+        model.compile(original_sgd(), "sparse_categorical_crossentropy",
+                      jit_compile=True)
+    assert model.jit_compile is True
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [fo_model.XLA_CPU_NOTE]
+    assert f"measured {fo_model.XLA_CPU_FACTOR} the step without XLA" \
+        in messages[0]
+    assert "jit_compile=False" in messages[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="freezeout_tf"):
+        model.compile(original_sgd(), "sparse_categorical_crossentropy")
+        model.compile(original_sgd(), "sparse_categorical_crossentropy",
+                      jit_compile=False)
+    assert model.jit_compile is False
+    assert caplog.records == []
+
+
+def test_explicit_xla_with_a_gpu_logs_nothing(monkeypatch, caplog):
+    gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(
+        tf.config, "list_physical_devices",
+        lambda kind=None: real(kind) + ([gpu] if kind in (None, "GPU") else []),
+    )
+    model = densenet_bc(depth=10, growth_rate=4, num_classes=10)
+    with caplog.at_level(logging.WARNING, logger="freezeout_tf"):
+        model.compile(original_sgd(), "sparse_categorical_crossentropy",
+                      jit_compile=True)
+    assert model.jit_compile is True
+    assert caplog.records == []
