@@ -4,8 +4,8 @@ Public API (see README.md):
 
 * `FreezeOutModel`, `FreezeOut`: the model with the one-graph train step, and
   the callback that installs the schedule.
-* `AdaptiveFreeze`: freeze each unit when its gradient norm has settled,
-  decided in the train step (`FreezeOut(adaptive=...)`).
+* `AdaptiveFreeze`: freeze units by a criterion on their gradients (rank,
+  pace or threshold), decided in the train step (`FreezeOut(adaptive=...)`).
 * `original_sgd`, `SGDWithL2`, `attach_schedule`: optimizers.
 * `freeze_fractions`, `lr_multipliers`, `freeze_steps`, `num_frozen`: the pure
   schedule.

@@ -1,47 +1,65 @@
-"""Adaptive freezing: each unit freezes when its gradient norm has settled,
+"""Adaptive freezing: units freeze by a criterion on their gradients,
 decided inside the traced train step.
 
-The criterion (docs/algorithm.md §9), per freeze unit i and 0-based step j:
+Three criteria (docs/algorithm.md §9), all from the same signal: g_i, the
+norm of freeze unit i's gradient at a step, summed over replicas under
+`tf.distribute` (one all-reduce of n floats, so every replica decides from
+the same numbers; every criterion is scale-free).
 
-* `g_i` is the norm of unit i's gradient at step j, summed over replicas
-  under `tf.distribute` (so every replica decides from the same numbers;
-  the criterion below is a *relative* change, so the sum's scale does not
-  matter).
-* `s_i` smooths it: an exponential moving average with span `window` steps,
-  `s_i <- s_i + (g_i - s_i) / window`, started at the first `g_i`.
-* Every `interval` steps (when `(j + 1) % interval == 0`) the criterion is
-  checked: `change_i = |s_i - r_i| / r_i`, with `r_i` the value of `s_i` at
-  the previous check. Unit i *triggers* when `change_i < threshold`, the
-  average has seen at least `window` steps and a previous check exists.
-* Frozen units stay a prefix: a triggered unit freezes (from step j + 1)
-  only if every unit before it is frozen by then, or freezes at the same
-  step. A triggered unit that has to wait is checked again later.
+* `"rank"` (the default; AutoFreeze, Liu et al. 2021): the run is cut into
+  `intervals` evaluation intervals. At the end of each, every unit still
+  training gets `change_i = |m_i - r_i| / r_i`, with `m_i` the mean of g_i
+  over the interval and `r_i` that of the previous interval. The front
+  units whose change is below the `percentile`-th percentile of the
+  training units' changes freeze (from the next step). No threshold to
+  set: the comparison is among units, so it fires whatever the scale of the
+  changes.
+* `"pace"`: the FreezeOut schedule's spacing (`t_0`, cubic) gives each unit
+  a target freeze step; at the end of each interval the same ranking moves
+  the target of a unit whose change is below the percentile one interval
+  earlier, and of one above it one interval later. A unit freezes when its
+  (moved) target is reached.
+* `"threshold"`: an exponential moving average `s_i` of g_i with span
+  `window` steps; every `interval` steps a unit freezes when
+  `|s_i - r_i| / r_i < threshold`, `r_i` the value of `s_i` at the previous
+  check (after `window` steps and one earlier check).
 
-The decision is written into the schedule's in-graph freeze steps
-(`ScheduleState.freeze_steps[i] = j + 1`), from which the train step skips
-the unit's backward pass and the optimizer its updates, as for a scheduled
-freeze; so a decision costs no retrace and no host round trip.
+In every criterion frozen units stay a prefix: a unit freezes only if
+every unit before it is frozen by then, or freezes at the same step; one
+that has to wait is looked at again later. The decision is written into the
+schedule's in-graph freeze steps (`ScheduleState.freeze_steps[i] = j + 1`),
+from which the train step skips the unit's backward pass and the optimizer
+its updates, as for a scheduled freeze; so a decision costs no retrace and
+no host round trip.
 
 The criterion's state lives in `AdaptiveState`, a layer of non-trainable
 Keras variables that every `FreezeOutModel` owns (`model.adaptive_state`,
-idle unless the callback runs the criterion): a `.keras` checkpoint saves
-it with the weights, so a resumed run freezes at the
-same steps as an uninterrupted one.
+idle unless the callback runs a criterion): a `.keras` checkpoint saves it
+with the weights, so a resumed run freezes at the same steps as an
+uninterrupted one.
 
-The step math (`criterion_step`) is a pure function of tensors, separate
-from the variables that hold its state.
+The step math (`criterion_step`, `rank_step`, `pace_step`) is pure
+functions of tensors, separate from the variables that hold the state.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from freezeout_tf import schedule
+from freezeout_tf.schedule_state import NEVER
+
 __all__ = [
     "AdaptiveFreeze",
     "AdaptiveState",
+    "CRITERIA",
+    "DEFAULT_CRITERION",
     "NOT_YET",
+    "active_percentile",
     "criterion_step",
     "merge_freeze_steps",
+    "pace_step",
+    "rank_step",
     "unit_norms",
 ]
 
@@ -49,56 +67,134 @@ __all__ = [
 # not checked) yet; also what the callback logs for it.
 NOT_YET = -1
 
+CRITERIA = ("rank", "pace", "threshold")
+# Chosen by the pre-registered evaluation (benchmarks/adaptive.md).
+DEFAULT_CRITERION = "rank"
 
-def _check(name, value, kind, low, low_open):
+# Each criterion's settings and their defaults.
+_DEFAULTS = {
+    "rank": {"percentile": 50.0, "intervals": 10, "interval": None},
+    "pace": {"t_0": 0.5, "percentile": 50.0, "intervals": 10,
+             "interval": None},
+    "threshold": {"window": 20, "threshold": 0.05, "interval": 20},
+}
+
+
+def _check(name, value, kind, low, low_open, high=None):
     ok_type = (isinstance(value, (int, np.integer)) if kind == "int"
                else isinstance(value, (int, float, np.integer, np.floating)))
-    if isinstance(value, bool) or not ok_type or not (
-        value > low if low_open else value >= low
-    ) or not np.isfinite(value):
-        allowed = (f"an integer >= {low}" if kind == "int"
-                   else f"a finite number > {low}")
+    ok = (not isinstance(value, bool) and ok_type and np.isfinite(value)
+          and (value > low if low_open else value >= low)
+          and (high is None or value <= high))
+    if not ok:
+        if kind == "int":
+            allowed = f"an integer >= {low}"
+        elif high is None:
+            allowed = f"a finite number > {low}"
+        else:
+            allowed = f"a number in {'(' if low_open else '['}{low}, {high}]"
         raise ValueError(f"AdaptiveFreeze({name}={value!r}): must be {allowed}.")
 
 
 @keras.saving.register_keras_serializable(package="freezeout_tf")
 class AdaptiveFreeze:
-    """Settings of the adaptive freezing criterion (see the module docstring).
+    """Settings of an adaptive freezing criterion (see the module docstring).
 
     Pass it to the `FreezeOut` callback: `FreezeOut(t_0=None,
-    adaptive=AdaptiveFreeze(...))` freezes by the criterion only (learning
+    adaptive=AdaptiveFreeze())` freezes by the criterion only (learning
     rates follow the optimizer); `FreezeOut(t_0=0.8, adaptive=...)` keeps the
     FreezeOut schedule and freezes each unit at the earlier of its t_i and
-    its trigger (its annealed learning rate is cut to zero there).
+    the criterion's decision (its annealed learning rate is cut to zero
+    there).
 
     Args:
-        window: span, in steps, of the moving average of each unit's
-            gradient norm; an integer >= 1.
-        threshold: a unit triggers when the relative change of its average
-            between two checks is below this; a number > 0.
-        interval: steps between checks; an integer >= 1.
+        criterion: `"rank"`, `"pace"` or `"threshold"`. By default `"rank"`,
+            or `"threshold"` when `window` or `threshold` is given (the
+            settings of the first version of this class).
+        percentile: rank and pace: the percentile (0, 100] of the training
+            units' changes below which a unit counts as settled (50).
+        intervals: rank and pace: evaluation intervals over the run (10);
+            an interval is `total_steps // intervals` steps, so the callback
+            must know the run's length (or give `interval`).
+        interval: steps between checks. Rank and pace: overrides
+            `intervals`. Threshold: 20 by default.
+        t_0: pace: the schedule's t_0 (0, 1] that places the initial
+            targets (0.5).
+        window: threshold: span, in steps, of the moving average (20).
+        threshold: threshold: a unit triggers when the relative change of
+            its average between two checks is below this (0.05).
 
     Example:
 
+    >>> AdaptiveFreeze()
+    AdaptiveFreeze(criterion='rank', percentile=50.0, intervals=10)
     >>> AdaptiveFreeze(window=20, threshold=0.05, interval=20)
-    AdaptiveFreeze(window=20, threshold=0.05, interval=20)
+    AdaptiveFreeze(criterion='threshold', window=20, threshold=0.05, interval=20)
+    >>> AdaptiveFreeze("pace", t_0=0.3, interval=40)
+    AdaptiveFreeze(criterion='pace', t_0=0.3, percentile=50.0, intervals=10, interval=40)
     >>> AdaptiveFreeze(window=0)
     Traceback (most recent call last):
     ...
     ValueError: AdaptiveFreeze(window=0): must be an integer >= 1.
+    >>> AdaptiveFreeze("rank", window=5)
+    Traceback (most recent call last):
+    ...
+    ValueError: AdaptiveFreeze(window=5): not a setting of criterion 'rank'; its settings are percentile, intervals, interval.
     """
 
-    def __init__(self, window=20, threshold=0.05, interval=20):
-        _check("window", window, "int", 1, False)
-        _check("threshold", threshold, "float", 0, True)
-        _check("interval", interval, "int", 1, False)
-        self.window = int(window)
-        self.threshold = float(threshold)
-        self.interval = int(interval)
+    def __init__(self, criterion=None, *, percentile=None, intervals=None,
+                 interval=None, t_0=None, window=None, threshold=None):
+        given = {k: v for k, v in dict(
+            percentile=percentile, intervals=intervals, interval=interval,
+            t_0=t_0, window=window, threshold=threshold).items()
+            if v is not None}
+        if criterion is None:
+            criterion = ("threshold" if "window" in given
+                         or "threshold" in given else DEFAULT_CRITERION)
+        if criterion not in CRITERIA:
+            raise ValueError(
+                f"AdaptiveFreeze(criterion={criterion!r}): must be one of "
+                f"{', '.join(map(repr, CRITERIA))}.")
+        defaults = _DEFAULTS[criterion]
+        for name, value in given.items():
+            if name not in defaults:
+                raise ValueError(
+                    f"AdaptiveFreeze({name}={value!r}): not a setting of "
+                    f"criterion {criterion!r}; its settings are "
+                    f"{', '.join(defaults)}.")
+        settings = {**defaults, **given}
+        for name, value in settings.items():
+            if value is None:
+                continue
+            if name in ("window", "interval"):
+                _check(name, value, "int", 1, False)
+            elif name == "intervals":
+                _check(name, value, "int", 2, False)
+            elif name == "threshold":
+                _check(name, value, "float", 0, True)
+            elif name == "percentile":
+                _check(name, value, "float", 0, True, 100)
+            elif name == "t_0":
+                _check(name, value, "float", 0, True, 1)
+        self.criterion = criterion
+        self._settings = {
+            k: (None if v is None else int(v) if k in (
+                "window", "interval", "intervals") else float(v))
+            for k, v in settings.items()}
+
+    def __getattr__(self, name):
+        settings = self.__dict__.get("_settings", {})
+        if name in settings:
+            return settings[name]
+        raise AttributeError(
+            f"AdaptiveFreeze({self.__dict__.get('criterion')!r}) has no "
+            f"setting {name!r}")
 
     def get_config(self):
-        return {"window": self.window, "threshold": self.threshold,
-                "interval": self.interval}
+        config = {"criterion": self.criterion}
+        config.update({k: v for k, v in self._settings.items()
+                       if v is not None})
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -112,10 +208,41 @@ class AdaptiveFreeze:
         return (isinstance(other, AdaptiveFreeze)
                 and self.get_config() == other.get_config())
 
+    def check_interval(self, total_steps):
+        """Steps between checks in a run of `total_steps` steps (None:
+        unknown); raises if it cannot be known."""
+        if self.interval is not None:
+            return self.interval
+        if total_steps is None:
+            raise ValueError(
+                f"{self!r} places {self.intervals} intervals over the run, "
+                "but the run's length cannot be known here (an endless or "
+                "unsized dataset). Pass steps_per_epoch= to fit, "
+                "total_steps= to FreezeOut, or interval= (steps) to "
+                "AdaptiveFreeze.")
+        return max(1, int(total_steps) // self.intervals)
+
+    def initial_targets(self, num_units, total_steps, frozen_from_start=0):
+        """Pace: each unit's first target freeze step (int64 `[n]`), the
+        cubic FreezeOut schedule with this `t_0` over `total_steps`; other
+        criteria: `NEVER`.
+
+        Example:
+
+        >>> AdaptiveFreeze("pace", t_0=0.5).initial_targets(3, 100)
+        array([13, 30, 58])
+        """
+        if self.criterion != "pace":
+            return np.full(num_units, NEVER, np.int64)
+        fractions = schedule.freeze_fractions(num_units, self.t_0, "cubic",
+                                              frozen_from_start)
+        return schedule.freeze_steps(total_steps, fractions,
+                                     frozen_from_start)[:num_units]
+
 
 def criterion_step(step, norms, active, scheduled, ema, reference, change,
                    seen, checks, config):
-    """One step of the criterion, as a pure function of tensors.
+    """One step of the threshold criterion, as a pure function of tensors.
 
     Args:
         step: the 0-based step just taken (int64 scalar).
@@ -175,6 +302,145 @@ def criterion_step(step, norms, active, scheduled, ema, reference, change,
     }
 
 
+def active_percentile(values, mask, q):
+    """The `q`-th percentile (linear interpolation, as `np.percentile`) of
+    `values[mask]`; 0 where `mask` is all false.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> float(active_percentile(tf.constant([4.0, 1.0, 9.0, 2.0]),
+    ...                         tf.constant([True, True, False, True]), 50))
+    2.0
+    """
+    k = tf.reduce_sum(tf.cast(mask, tf.int32))
+    top = tf.maximum(k - 1, 0)
+    ordered = tf.sort(tf.where(mask, values, np.inf))
+    pos = float(q) / 100.0 * tf.cast(top, tf.float32)
+    low = tf.cast(tf.floor(pos), tf.int32)
+    high = tf.minimum(low + 1, top)
+    v_low, v_high = tf.gather(ordered, low), tf.gather(ordered, high)
+    value = v_low + (pos - tf.floor(pos)) * (v_high - v_low)
+    return tf.where(k > 0, value, 0.0)
+
+
+def _interval_signal(step, norms, active, interval_sum, interval_steps,
+                     reference, change, checks, interval):
+    """The rank and pace signal: each unit's mean gradient norm over an
+    interval and its relative change from the previous interval's."""
+    is_check = tf.equal((step + 1) % interval, 0)
+    total = tf.where(active, interval_sum + norms, interval_sum)
+    count = interval_steps + 1
+    mean = total / tf.cast(count, tf.float32)
+    checked = is_check & (checks > 0) & active
+    ratio = tf.abs(mean - reference) / tf.maximum(reference, 1e-30)
+    return checked, ratio, {
+        "interval_sum": tf.where(is_check, tf.zeros_like(total), total),
+        "interval_steps": tf.where(is_check, tf.zeros_like(count), count),
+        "reference": tf.where(is_check & active, mean, reference),
+        "change": tf.where(checked, ratio, change),
+        "checks": checks + tf.cast(is_check, tf.int64),
+    }
+
+
+def _prefix(scheduled, step, wants):
+    """Units that freeze from `step + 1`: those that want to and whose
+    predecessors are all frozen by then (frozen units stay a prefix)."""
+    frozen_next = scheduled <= step + 1
+    allowed = tf.math.cumprod(
+        tf.cast(frozen_next | wants, tf.int32), exclusive=False) > 0
+    return allowed & ~frozen_next
+
+
+def rank_step(step, norms, active, scheduled, interval_sum, interval_steps,
+              reference, change, checks, interval, percentile):
+    """One step of the rank criterion (AutoFreeze), as a pure function.
+
+    Args:
+        step: the 0-based step just taken (int64 scalar).
+        norms: float32 `[n]`, each unit's gradient norm at `step`.
+        active: bool `[n]`, units that trained at `step`.
+        scheduled: int64 `[n]`, each unit's freeze step so far.
+        interval_sum: float32 `[n]`, norms summed over the current interval.
+        interval_steps: int64 scalar, steps in it so far.
+        reference: float32 `[n]`, each unit's mean over the last interval.
+        change: float32 `[n]`, each unit's last relative change
+            (`NOT_YET` before its first).
+        checks: int64 scalar, intervals ended so far.
+        interval: steps per interval (int or int64 scalar).
+        percentile: a unit below this percentile of the training units'
+            changes counts as settled.
+
+    Returns:
+        A dict of the new `interval_sum`, `interval_steps`, `reference`,
+        `change`, `checks`, and `freeze` (bool `[n]`: units that freeze
+        from `step + 1`).
+
+    Example: at the end of the second interval, unit 0 changed least, and
+    unit 2 (below the median too) must wait for unit 1:
+
+    >>> import tensorflow as tf
+    >>> out = rank_step(
+    ...     tf.constant(3, tf.int64), tf.constant([1.0, 1.0, 1.0, 1.0]),
+    ...     tf.fill([4], True), tf.fill([4], tf.int64.max),
+    ...     tf.constant([1.0, 2.0, 1.0, 3.0]), tf.constant(1, tf.int64),
+    ...     tf.constant([1.0, 1.0, 1.0, 1.0]), tf.fill([4], -1.0),
+    ...     tf.constant(1, tf.int64), 2, 50)
+    >>> out["change"].numpy(), out["freeze"].numpy()
+    (array([0. , 0.5, 0. , 1. ], dtype=float32), array([ True, False, False, False]))
+    """
+    step = tf.cast(step, tf.int64)
+    interval = tf.cast(interval, tf.int64)
+    checked, ratio, out = _interval_signal(
+        step, norms, active, interval_sum, interval_steps, reference, change,
+        checks, interval)
+    threshold = active_percentile(ratio, checked, percentile)
+    out["freeze"] = _prefix(scheduled, step, checked & (ratio < threshold))
+    return out
+
+
+def pace_step(step, norms, active, scheduled, target, interval_sum,
+              interval_steps, reference, change, checks, interval,
+              percentile):
+    """One step of the pace criterion, as a pure function.
+
+    Args:
+        target: int64 `[n]`, each unit's target freeze step.
+        others: as for `rank_step`.
+
+    Returns:
+        As `rank_step`, plus the new `target`: at the end of an interval a
+        training unit's target moves `interval` steps earlier if its change
+        is below the percentile, later if not; a unit freezes (in prefix
+        order) once its target is reached.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> out = pace_step(
+    ...     tf.constant(3, tf.int64), tf.constant([1.0, 1.0, 1.0]),
+    ...     tf.fill([3], True), tf.fill([3], tf.int64.max),
+    ...     tf.constant([5, 8, 9], tf.int64),
+    ...     tf.constant([1.0, 2.0, 3.0]), tf.constant(1, tf.int64),
+    ...     tf.constant([1.0, 1.0, 1.0]), tf.fill([3], -1.0),
+    ...     tf.constant(1, tf.int64), 2, 50)
+    >>> out["target"].numpy(), out["freeze"].numpy()
+    (array([ 3, 10, 11]), array([ True, False, False]))
+    """
+    step = tf.cast(step, tf.int64)
+    interval = tf.cast(interval, tf.int64)
+    checked, ratio, out = _interval_signal(
+        step, norms, active, interval_sum, interval_steps, reference, change,
+        checks, interval)
+    threshold = active_percentile(ratio, checked, percentile)
+    move = tf.where(ratio < threshold, -interval, interval)
+    placed = target < NEVER // 2
+    target = tf.where(checked & placed, target + move, target)
+    out["target"] = target
+    out["freeze"] = _prefix(scheduled, step, target <= step + 1)
+    return out
+
+
 def unit_norms(unit_grads, frozen):
     """Float32 `[n]`: each unit's gradient norm, summed over replicas.
 
@@ -218,11 +484,14 @@ def merge_freeze_steps(scheduled, decided):
 class AdaptiveState(keras.layers.Layer):
     """The criterion's state: non-trainable variables the model owns.
 
-    Variables: `ema`, `reference`, `change` (float32 `[n]`), `decided`
-    (int64 `[n]`, the step the criterion froze each unit from, `NOT_YET`
-    if not), `seen` and `checks` (int64 scalars). Each is written in the
-    train step with `only_first_replica` aggregation: every replica computes
-    the same value from all-reduced norms, and one copy is kept in sync.
+    Variables: `ema`, `reference`, `change`, `interval_sum` (float32 `[n]`),
+    `decided` (int64 `[n]`, the step the criterion froze each unit from,
+    `NOT_YET` if not), `target` (int64 `[n]`, pace's target freeze steps),
+    `seen`, `checks`, `interval_steps` and `interval` (int64 scalars: steps
+    observed, checks done, steps into the current interval, steps per
+    interval of this run). Each is written in the train step with
+    `only_first_replica` aggregation: every replica computes the same value
+    from all-reduced norms, and one copy is kept in sync.
 
     Args:
         num_units: freeze units of the model (the head not counted).
@@ -247,6 +516,10 @@ class AdaptiveState(keras.layers.Layer):
         self.decided = weight("decided", n, "int64", NOT_YET)
         self.seen = weight("seen", (), "int64", 0)
         self.checks = weight("checks", (), "int64", 0)
+        self.interval_sum = weight("interval_sum", n, "float32", 0.0)
+        self.interval_steps = weight("interval_steps", (), "int64", 0)
+        self.target = weight("target", n, "int64", NEVER)
+        self.interval = weight("interval", (), "int64", 1)
         self.built = True
 
     def get_config(self):
@@ -255,23 +528,55 @@ class AdaptiveState(keras.layers.Layer):
         config.update(num_units=self.num_units)
         return config
 
+    def start(self, config, total_steps, frozen_from_start=0):
+        """Readies the state for a fit with criterion `config` over a run of
+        `total_steps` steps (None: unknown): the steps per interval, and,
+        on a fresh run (nothing observed yet), pace's targets. A resumed
+        run keeps its state."""
+        if config.criterion == "threshold":
+            self.interval.assign(config.interval)
+            return
+        self.interval.assign(config.check_interval(total_steps))
+        if int(keras.ops.convert_to_numpy(self.seen)) == 0:
+            if config.criterion == "pace" and total_steps is None:
+                config.check_interval(None)  # the same clear error
+            self.target.assign(config.initial_targets(
+                self.num_units, total_steps or 1, frozen_from_start))
+
+    def _run(self, config, step, norms, active, scheduled):
+        """The criterion's step on the current state; returns its outputs."""
+        names = ["reference", "change", "checks"]
+        if config.criterion == "threshold":
+            out = criterion_step(
+                step, norms, active, scheduled, self.ema.value,
+                self.reference.value, self.change.value, self.seen.value,
+                self.checks.value, config)
+            out.pop("seen")
+            return out, names + ["ema"]
+        args = (self.interval_sum.value, self.interval_steps.value,
+                self.reference.value, self.change.value, self.checks.value,
+                self.interval.value, config.percentile)
+        names += ["interval_sum", "interval_steps"]
+        if config.criterion == "rank":
+            return rank_step(step, norms, active, scheduled, *args), names
+        return (pace_step(step, norms, active, scheduled,
+                          self.target.value, *args), names + ["target"])
+
     def observer(self, config, schedule_state):
         """A `FreezeOutModel.gradient_observers` entry that runs the
-        criterion with `config` and writes its decisions into
+        criterion `config` and writes its decisions into
         `schedule_state.freeze_steps`."""
 
         def observe(step, unit_grads, frozen):
             step = tf.cast(step, tf.int64)
             n = self.num_units
             steps = schedule_state.freeze_steps
-            out = criterion_step(
-                step, unit_norms(unit_grads[:n], frozen),
-                tf.logical_not(tf.stack(frozen)), steps[:n],
-                self.ema.value, self.reference.value, self.change.value,
-                self.seen.value, self.checks.value, config,
-            )
-            for name in ("ema", "reference", "change", "seen", "checks"):
+            out, names = self._run(
+                config, step, unit_norms(unit_grads[:n], frozen),
+                tf.logical_not(tf.stack(frozen)), steps[:n])
+            for name in names:
                 getattr(self, name).assign(out[name])
+            self.seen.assign(self.seen.value + 1)
             self.decided.assign(
                 tf.where(out["freeze"], step + 1, self.decided.value))
             # Only freeze steps change; the head's entry stays as it is.

@@ -68,16 +68,23 @@ class FreezeOut(keras.callbacks.Callback):
             their weights and cost no backward pass); the schedule above
             then applies to the other units, unit `frozen_from_start`
             freezing first. At most the model's number of units.
-        adaptive: an `AdaptiveFreeze`: also freeze each unit when its
-            gradient norm has settled, decided in the train step
-            (`freezeout_tf.adaptive`). With `t_0=None` the criterion alone
-            freezes units and learning rates follow the optimizer; with a
-            `t_0` a unit freezes at the earlier of its t_i and its trigger.
-            The logs then also get `first_active_change` (the criterion's
-            last value for the first unit still training) and, per epoch,
-            `unit{i}_freeze_step` and `unit{i}_change` for every unit
-            (`-1`: not frozen / not checked yet). The criterion's state is
-            saved with the model, so a checkpoint resumes it exactly.
+        adaptive: an `AdaptiveFreeze`: also freeze units by an adaptive
+            criterion decided in the train step (`freezeout_tf.adaptive`;
+            `AdaptiveFreeze()` is the default rank criterion). With
+            `t_0=None` the criterion alone freezes units and learning rates
+            follow the optimizer; with a `t_0` a unit freezes at the earlier
+            of its t_i and the criterion's decision. The logs then also get,
+            per epoch, `unit{i}_freeze_step` and `unit{i}_change` for every
+            unit (`-1`: not frozen / not checked yet); `active_units` is read
+            from the graph at epoch ends only (per batch it holds the
+            epoch's first value), so that training never waits on the host.
+            The criterion's state is saved with the model, so a checkpoint
+            resumes it exactly.
+        adaptive_batch_logs: with `adaptive`, read the criterion's state
+            after every batch (one host read each, which waits for the
+            step) to log a fresh `active_units` and `first_active_change`
+            (the criterion's last value for the first unit still training)
+            per batch, for the progress bar. Off by default.
 
     Example:
 
@@ -86,12 +93,13 @@ class FreezeOut(keras.callbacks.Callback):
     ...               "sparse_categorical_crossentropy", metrics=["accuracy"])
     >>> model.fit(train_ds, epochs=100,  # doctest: +SKIP
     ...           callbacks=[FreezeOut(t_0=0.8)])
-    >>> FreezeOut(t_0=None, adaptive=AdaptiveFreeze(threshold=0.02))
-    FreezeOut(t_0=None, adaptive=AdaptiveFreeze(window=20, threshold=0.02, interval=20))
+    >>> FreezeOut(t_0=None, adaptive=AdaptiveFreeze())
+    FreezeOut(t_0=None, adaptive=AdaptiveFreeze(criterion='rank', percentile=50.0, intervals=10))
     """
 
     def __init__(self, t_0=0.8, how_scale="cubic", scale_lr=True,
-                 total_steps=None, frozen_from_start=0, adaptive=None):
+                 total_steps=None, frozen_from_start=0, adaptive=None,
+                 adaptive_batch_logs=False):
         super().__init__()
         if isinstance(adaptive, dict):  # from get_config
             adaptive = fo_adaptive.AdaptiveFreeze.from_config(adaptive)
@@ -99,8 +107,7 @@ class FreezeOut(keras.callbacks.Callback):
                 adaptive, fo_adaptive.AdaptiveFreeze):
             raise ValueError(
                 f"FreezeOut(adaptive={adaptive!r}): must be None or an "
-                "freezeout_tf.AdaptiveFreeze(window=..., threshold=..., "
-                "interval=...)."
+                "freezeout_tf.AdaptiveFreeze(...)."
             )
         if t_0 is None and adaptive is None:
             raise ValueError(
@@ -120,6 +127,11 @@ class FreezeOut(keras.callbacks.Callback):
         self.scale_lr = bool(scale_lr)
         self.total_steps = total_steps
         self.adaptive = adaptive
+        if not isinstance(adaptive_batch_logs, bool):
+            raise ValueError(
+                f"FreezeOut(adaptive_batch_logs={adaptive_batch_logs!r}): "
+                "must be True or False.")
+        self.adaptive_batch_logs = adaptive_batch_logs
         self._observer = None
         self._configured = False
         self._freeze_steps = None
@@ -134,6 +146,7 @@ class FreezeOut(keras.callbacks.Callback):
             "frozen_from_start": self.frozen_from_start,
             "adaptive": (None if self.adaptive is None
                          else self.adaptive.get_config()),
+            "adaptive_batch_logs": self.adaptive_batch_logs,
         }
 
     def __repr__(self):
@@ -163,12 +176,17 @@ class FreezeOut(keras.callbacks.Callback):
                 "steps_per_epoch= to fit, or total_steps= to FreezeOut."
             )
         if self.adaptive is not None:  # after every check that can fail
-            self._start_adaptive()
+            self._start_adaptive(steps)
         self._configured = False
 
-    def _start_adaptive(self):
-        """Adds the criterion to the train step; a train function traced
-        without it is remade."""
+    def _start_adaptive(self, steps):
+        """Readies the criterion's state for this run and adds the criterion
+        to the train step; a train function traced without it is remade."""
+        total = self.total_steps
+        if total is None and steps:
+            total = self.params["epochs"] * steps
+        self.model.adaptive_state.start(self.adaptive, total,
+                                        self.frozen_from_start)
         self._observer = self.model.adaptive_state.observer(
             self.adaptive, self.model.schedule_state)
         self.model.gradient_observers.append(self._observer)
@@ -242,13 +260,14 @@ class FreezeOut(keras.callbacks.Callback):
             self.model.schedule_state.freeze_steps.assign(freeze_steps)
         self._freeze_steps = freeze_steps[:-1]
         self._configured = True
-        self._sync_trainable(done)
+        self._sync_trainable(done, read=True)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._sync_trainable(self._iterations(), logs)
+        self._sync_trainable(self._iterations(), logs,
+                             read=self.adaptive_batch_logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._sync_trainable(self._iterations(), logs)
+        self._sync_trainable(self._iterations(), logs, read=True)
         if self.adaptive is not None and logs is not None:
             _, change = self.model.adaptive_state.host_values()
             for i, (at, value) in enumerate(zip(self._freeze_steps, change)):
@@ -269,10 +288,12 @@ class FreezeOut(keras.callbacks.Callback):
         """Units frozen for the step after `step` steps were taken."""
         return int(np.sum(step >= self._freeze_steps))
 
-    def _sync_trainable(self, step, logs=None):
+    def _sync_trainable(self, step, logs=None, read=False):
         """Mirrors the in-graph frozen state in the units' `trainable` flags
-        (for summary and saving; the graph does not read them)."""
-        if self.adaptive is not None:
+        (for summary and saving; the graph does not read them). With a
+        criterion the freeze steps are read back from the graph only when
+        `read`: at epoch ends, or per batch when asked for."""
+        if self.adaptive is not None and read:
             # The train step may have frozen units since the last call.
             self._freeze_steps = (
                 self.model.schedule_state.host_freeze_steps()[:-1])
@@ -290,7 +311,7 @@ class FreezeOut(keras.callbacks.Callback):
                 multiplier = schedule.lr_multipliers(
                     step, total, fractions, self.scale_lr
                 )[frozen]
-            if self.adaptive is not None:
+            if self.adaptive is not None and self.adaptive_batch_logs:
                 self._log_adaptive(logs, frozen)
             logs["active_units"] = _Count(self.model.num_units - frozen)
             logs["first_active_lr"] = base * float(multiplier)

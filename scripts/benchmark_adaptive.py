@@ -1,30 +1,54 @@
-"""Adaptive freezing vs the FreezeOut schedule vs no freezing, on real data.
+"""Adaptive freezing vs the FreezeOut schedule vs no freezing, on real data,
+pre-registered.
 
 scikit-learn's handwritten digits (1797 8x8 images, shipped with the
-package; the `benchmark` extra installs it), nearest-upsampled:
+package; the `benchmark` extra installs it). Three tasks:
 
-* **fine-tune**: a small conv net (6 conv-BN-ReLU units, 16x16 inputs) is
-  pretrained on digits 0-4, then fine-tuned on digits 5-9 with a new head;
-* **scratch**: a DenseNet-BC (L=22, k=8, 32x32x3 inputs) trained from scratch
+* `finetune`: a small conv net (6 conv-BN-ReLU units, 16x16 inputs)
+  pretrained on digits 0-4, fine-tuned on digits 5-9 with a new head;
+* `vit`: a small ViT built from keras_hub layers (a patch-embedding unit,
+  then one unit per `keras_hub.layers.TransformerEncoder` block; head
+  LayerNorm + mean pool + Dense) pretrained on digits 0-4 (Adam),
+  fine-tuned on 5-9 with a new head;
+* `scratch`: a DenseNet-BC (L=22, k=8, 32x32x3 inputs) trained from scratch
   on all ten digits.
 
-Each task runs, per seed and interleaved, three ways with the same optimizer,
-data order and initial weights: "none" (a plain Keras model over the same
-layers), "schedule" (`FreezeOut()`, t_0=0.8 cubic) and "adaptive"
-(`FreezeOut(t_0=None, adaptive=AdaptiveFreeze(window=S, threshold=0.05,
-interval=S))` with S the steps per epoch: checked once an epoch, the
-library's default threshold; chosen before any run and not tuned). It
-reports test accuracy (mean and min-max over seeds), fit wall-clock time
-(trace included), the summed step time, the median step time per phase
-(number of units still training) and each unit's freeze step.
+Methods: "none" (a plain Keras model over the same layers), "schedule"
+(`FreezeOut()`, t_0=0.8 cubic), and each adaptive candidate
+(`FreezeOut(t_0=None, adaptive=AdaptiveFreeze(criterion, ...))`).
 
-    python scripts/benchmark_adaptive.py --out benchmarks/adaptive
+Pre-registration, in two phases:
 
-writes `adaptive.json`, `adaptive.md` and `adaptive.png`. `--quick` is a
-seconds-long smoke run (1 seed, 2 epochs).
+1. `--phase tune`: on a validation split (20 % of the fine-tuning tasks'
+   training sets, seed 100; test data not evaluated), each candidate's
+   settings from a fixed grid are run next to "none", and the rule in
+   `choose_settings` fixes one setting per candidate and the default
+   criterion. Writes `--settings` (JSON).
+2. `--phase test --task T --seeds ...`: reads `--settings`, writes them
+   into its output file before any run, then runs every method per seed,
+   interleaved, on the task's full training set and reports test
+   accuracy, wall-clock, summed step time and each unit's freeze step.
+3. `--phase merge`: merges the per-call test files into `--out`.json/.md/.png.
+
+`--phase cost` measures the criterion's in-graph cost with nothing frozen
+(interleaved per-step medians; `cost`'s docstring), writing
+`--out`-cost-`--run`.json.
+
+Each call stays under 10 minutes on 2 cores (split `scratch` by seed):
+
+    python scripts/benchmark_adaptive.py --phase tune
+    python scripts/benchmark_adaptive.py --phase test --task finetune
+    python scripts/benchmark_adaptive.py --phase test --task vit
+    python scripts/benchmark_adaptive.py --phase test --task scratch --seeds 0
+    ...
+    python scripts/benchmark_adaptive.py --phase merge
+
+`--quick` is a seconds-long smoke run (1 seed, 2 epochs, no files unless
+`--out` is given).
 """
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -41,9 +65,19 @@ from freezeout_tf import (  # noqa: E402
 )
 from freezeout_tf.benchmarking import StepTimer, plain_keras_model  # noqa: E402
 
-METHODS = ("none", "schedule", "adaptive")
 BATCH = 32
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+TASKS = ("finetune", "vit", "scratch")
+TUNE_TASKS = ("finetune", "vit")
+TUNE_SEED = 100
+# The grid each candidate is tuned over (fixed before any run).
+GRID = {
+    "rank": [{"intervals": 10}, {"intervals": 20}],
+    "pace": [{"t_0": 0.3}, {"t_0": 0.5}],
+}
+# Targets the selection rule applies on the validation split.
+MAX_DROP, MIN_SPEEDUP = 1.0, 1.3
+EPOCHS = {"finetune": (10, 20), "vit": (12, 15), "scratch": (0, 15)}
 
 
 def digits(classes, size, channels, seed):
@@ -99,8 +133,45 @@ class PhaseTimer(StepTimer):
         super().on_train_batch_begin(batch, logs)
 
 
-def run(method, model, train, test, epochs, lr):
-    """Trains `model` (a FreezeOutModel) the `method` way; returns metrics."""
+class AddPosition(keras.layers.Layer):
+    """Adds a learned position embedding (keras_hub's) to a token sequence."""
+
+    def __init__(self, length, **kwargs):
+        super().__init__(**kwargs)
+        import keras_hub
+
+        self.position = keras_hub.layers.PositionEmbedding(length)
+
+    def call(self, x):
+        return x + self.position(x)
+
+
+def small_vit(num_classes, dim=32, depth=4, heads=2, patch=2, size=8):
+    """Patch embedding (conv patch x patch, + positions) as unit 0, one
+    `keras_hub.layers.TransformerEncoder` (pre-norm) per unit after it; head
+    LayerNorm, mean pool, Dense."""
+    import keras_hub
+
+    tokens = (size // patch) ** 2
+    units = [keras.Sequential([
+        keras.layers.Conv2D(dim, patch, strides=patch),
+        keras.layers.Reshape((tokens, dim)),
+        AddPosition(tokens),
+    ])]
+    for _ in range(depth):
+        units.append(keras_hub.layers.TransformerEncoder(
+            2 * dim, heads, normalize_first=True))
+    head = keras.Sequential([keras.layers.LayerNormalization(),
+                             keras.layers.GlobalAveragePooling1D(),
+                             keras.layers.Dense(num_classes)])
+    model = FreezeOutModel(units, head)
+    model.build((None, size, size, 1))
+    return model
+
+
+def run(method, model, train, test, epochs, optimizer):
+    """Trains `model` (a FreezeOutModel) the `method` way ("none",
+    "schedule" or an `AdaptiveFreeze`); returns metrics."""
     x, y = train
     steps_per_epoch = -(-len(x) // BATCH)
     callbacks = []
@@ -110,12 +181,9 @@ def run(method, model, train, test, epochs, lr):
     elif method == "schedule":
         callbacks.append(FreezeOut())
     else:
-        callbacks.append(FreezeOut(t_0=None, adaptive=AdaptiveFreeze(
-            window=steps_per_epoch, threshold=0.05,
-            interval=steps_per_epoch)))
+        callbacks.append(FreezeOut(t_0=None, adaptive=method))
     timer = PhaseTimer()
-    fit_model.compile(keras.optimizers.SGD(lr, momentum=0.9), LOSS,
-                      metrics=["accuracy"])
+    fit_model.compile(optimizer, LOSS, metrics=["accuracy"])
     start = time.perf_counter()
     fit_model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0,
                   callbacks=callbacks + [timer])
@@ -140,40 +208,168 @@ def run(method, model, train, test, epochs, lr):
     }
 
 
-def finetune_seed(seed, epochs, pre_epochs):
-    keras.utils.set_random_seed(seed)
-    pre_train, pre_test_x, pre_y, pre_test_y = digits(range(5), 16, 1, seed)
-    x, tx, y, ty = digits(range(5, 10), 16, 1, seed)
-    base = conv_net(5)
-    base.compile(keras.optimizers.SGD(0.05, momentum=0.9), LOSS,
-                 metrics=["accuracy"])
-    base.fit(pre_train, pre_y, batch_size=BATCH, epochs=pre_epochs, verbose=0)
-    pretrained = [u.get_weights() for u in base.freeze_units]
-    results = {}
-    for method in METHODS:
-        keras.utils.set_random_seed(seed + 1)  # same new head for each way
-        model = conv_net(5)
-        for unit, weights in zip(model.freeze_units, pretrained):
-            unit.set_weights(weights)
-        results[method] = run(method, model, (x, y), (tx, ty), epochs, 0.02)
-    return results
+def _split(task, seed, validation):
+    """(pretraining train set or None, train, evaluation) of `task`; with
+    `validation` the evaluation set is 20 % of the training set and the
+    test set is not used."""
+    from sklearn.model_selection import train_test_split
+
+    size, channels = {"finetune": (16, 1), "vit": (8, 1),
+                      "scratch": (32, 3)}[task]
+    classes = range(10) if task == "scratch" else range(5, 10)
+    x, tx, y, ty = digits(classes, size, channels, seed)
+    if validation:
+        x, tx, y, ty = train_test_split(x, y, test_size=0.2, stratify=y,
+                                        random_state=seed)
+    pre = None
+    if task != "scratch":
+        px, _, py, _ = digits(range(5), size, channels, seed)
+        pre = (px, py)
+    return pre, (x, y), (tx, ty)
 
 
-def scratch_seed(seed, epochs):
-    x, tx, y, ty = digits(range(10), 32, 3, seed)
-    results = {}
-    for method in METHODS:
+def _builder(task):
+    return {"finetune": lambda: conv_net(5), "vit": lambda: small_vit(5),
+            "scratch": lambda: densenet_bc(
+                depth=22, growth_rate=8, num_classes=10,
+                classifier_activation=None)}[task]
+
+
+def _optimizer(task, pretraining=False):
+    if task == "vit":
+        return keras.optimizers.Adam(1e-3 if pretraining else 5e-4)
+    lr = 0.05 if pretraining or task == "scratch" else 0.02
+    return keras.optimizers.SGD(lr, momentum=0.9)
+
+
+def task_seed(task, seed, methods, epochs, pre_epochs, validation=False):
+    """Runs every `(name, method)` of `methods` on `task` for one seed, in
+    an order rotated by the seed, from the same initial weights."""
+    build = _builder(task)
+    pre, train, evaluation = _split(task, seed, validation)
+    pretrained = None
+    if pre is not None:
         keras.utils.set_random_seed(seed)
-        model = densenet_bc(depth=22, growth_rate=8, num_classes=10,
-                            classifier_activation=None)
-        results[method] = run(method, model, (x, y), (tx, ty), epochs, 0.05)
+        base = build()
+        base.compile(_optimizer(task, True), LOSS)
+        base.fit(*pre, batch_size=BATCH, epochs=pre_epochs, verbose=0)
+        pretrained = [u.get_weights() for u in base.freeze_units]
+    order = methods[seed % len(methods):] + methods[:seed % len(methods)]
+    results = {}
+    for name, method in order:
+        keras.utils.set_random_seed(seed + 1)  # the same new head each way
+        model = build()
+        if pretrained is not None:
+            for unit, weights in zip(model.freeze_units, pretrained):
+                unit.set_weights(weights)
+        results[name] = run(method, model, train, evaluation, epochs,
+                            _optimizer(task))
+        print(f"  {task} seed {seed} {name}: "
+              f"{100 * results[name]['accuracy']:.2f} % "
+              f"{results[name]['wall_s']:.1f} s", file=sys.stderr, flush=True)
     return results
 
 
-def summarise(per_seed):
+def _candidate(name, setting):
+    return AdaptiveFreeze(name, **setting)
+
+
+def choose_settings(tuning):
+    """The pre-registered rule. For each candidate, over its grid: a setting
+    is admissible when on every tuning task its validation accuracy is at
+    most `MAX_DROP` points below "none"'s; its score is its smallest
+    wall-clock speed-up over "none" across the tasks. The admissible setting
+    with the best score is chosen (none admissible: the most accurate, by
+    mean validation accuracy). The default is the candidate whose chosen
+    setting scores best among admissible ones (rank on a tie)."""
+    chosen, scores = {}, {}
+    for name, grid in GRID.items():
+        best = None
+        for i, setting in enumerate(grid):
+            key = f"{name}{i}"
+            drops = [100 * (r["none"]["accuracy"] - r[key]["accuracy"])
+                     for r in tuning.values()]
+            speed = min(r["none"]["wall_s"] / r[key]["wall_s"]
+                        for r in tuning.values())
+            acc = statistics.mean(100 * r[key]["accuracy"]
+                                  for r in tuning.values())
+            admissible = max(drops) <= MAX_DROP
+            rank_key = (admissible, speed if admissible else acc)
+            if best is None or rank_key > best[0]:
+                best = (rank_key, setting)
+        chosen[name] = best[1]
+        scores[name] = best[0]
+    default = max(GRID, key=lambda n: (scores[n], n == "rank"))
+    return chosen, default, {n: list(s) for n, s in scores.items()}
+
+
+def tune(args):
+    """Phase 1: fix every candidate's setting on the validation split."""
+    methods = [("none", "none")] + [
+        (f"{name}{i}", _candidate(name, setting))
+        for name, grid in GRID.items() for i, setting in enumerate(grid)]
+    tuning = {}
+    for task in TUNE_TASKS:
+        pre_epochs, epochs = _epochs(task, args)
+        tuning[task] = task_seed(task, TUNE_SEED, methods, epochs,
+                                 pre_epochs, validation=True)
+    chosen, default, scores = choose_settings(tuning)
+    out = {
+        "command": _command(),
+        "written_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "grid": GRID, "rule": choose_settings.__doc__,
+        "validation": tuning, "chosen": chosen, "default": default,
+        "scores": scores,
+    }
+    _write_json(args.settings, out)
+    print(json.dumps({"chosen": chosen, "default": default,
+                      "scores": scores}, indent=1))
+
+
+def _epochs(task, args):
+    pre, epochs = EPOCHS[task]
+    return (1, 2) if args.quick else (pre, epochs)
+
+
+def _command():
+    return "python scripts/benchmark_adaptive.py " + " ".join(sys.argv[1:])
+
+
+def _write_json(path, data):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
+def test(args):
+    """Phase 2: one task's test runs with the pre-registered settings."""
+    with open(args.settings) as f:
+        registered = json.load(f)
+    chosen = registered["chosen"]
+    methods = [("none", "none"), ("schedule", "schedule")] + [
+        (name, _candidate(name, chosen[name])) for name in GRID]
+    seeds = args.seeds
+    path = f"{args.out}-{args.task}-s{'-'.join(map(str, seeds))}.json"
+    out = {"command": _command(), "task": args.task, "seeds": seeds,
+           "registered": {"settings_file": args.settings,
+                          "written_utc": registered["written_utc"],
+                          "chosen": chosen,
+                          "default": registered["default"],
+                          "methods": {n: repr(m) for n, m in methods}},
+           "per_seed": "pending: settings written before any run"}
+    _write_json(path, out)  # the settings, on disk before any test run
+    pre_epochs, epochs = _epochs(args.task, args)
+    out["epochs"] = [pre_epochs, epochs]
+    out["per_seed"] = [task_seed(args.task, seed, methods, epochs,
+                                 pre_epochs) for seed in seeds]
+    _write_json(path, out)
+    print(f"wrote {path}")
+
+
+def summarise(per_seed, names):
     """Mean and spread per method, speed relative to "none"."""
     out = {}
-    for method in METHODS:
+    for method in names:
         rs = [r[method] for r in per_seed]
         acc = [100 * r["accuracy"] for r in rs]
         out[method] = {
@@ -182,7 +378,7 @@ def summarise(per_seed):
             "wall_s_mean": statistics.mean(r["wall_s"] for r in rs),
             "steps_s_mean": statistics.mean(r["steps_s"] for r in rs),
         }
-    for method in METHODS:
+    for method in names:
         out[method]["speedup_wall"] = (out["none"]["wall_s_mean"]
                                        / out[method]["wall_s_mean"])
         out[method]["speedup_steps"] = (out["none"]["steps_s_mean"]
@@ -190,13 +386,13 @@ def summarise(per_seed):
     return out
 
 
-def table(summary):
+def table(summary, names):
     lines = [
         "| method | accuracy % (mean, min-max) | fit wall-clock s | speed-up "
         "(wall) | summed step time s | speed-up (steps) |",
         "|---|---|---|---|---|---|",
     ]
-    for method in METHODS:
+    for method in names:
         s = summary[method]
         lines.append(
             f"| {method} | {s['accuracy_mean']:.2f} ({s['accuracy_min']:.2f}"
@@ -206,10 +402,10 @@ def table(summary):
     return "\n".join(lines)
 
 
-def phase_lines(per_seed):
+def phase_lines(per_seed, names):
     lines = []
     for i, r in enumerate(per_seed):
-        for method in METHODS:
+        for method in names:
             phases = ", ".join(f"{a}: {ms:.1f}"
                                for a, ms in r[method]["phase_ms"].items())
             freeze = r[method]["freeze_steps"]
@@ -219,16 +415,18 @@ def phase_lines(per_seed):
             "steps (None: never) |", "|---|---|---|---|"] + lines
 
 
-def plot(results, path):
+def plot(results, names, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (task, data) in zip(axes, results.items()):
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4),
+                             squeeze=False)
+    for ax, (task, data) in zip(axes[0], results.items()):
         summary = data["summary"]
-        for method, marker, color in zip(METHODS, "os^", ("C0", "C2", "C3")):
+        for j, method in enumerate(names):
+            marker, color = "os^vD"[j % 5], f"C{j}"
             accs = [100 * r[method]["accuracy"] for r in data["per_seed"]]
             walls = [r[method]["wall_s"] for r in data["per_seed"]]
             ax.scatter(walls, accs, marker=marker, color=color, alpha=0.4,
@@ -239,54 +437,144 @@ def plot(results, path):
         ax.set_title(task)
         ax.set_xlabel("fit wall-clock (s)")
         ax.set_ylabel("test accuracy (%)")
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="benchmarks/adaptive",
-                        help="path prefix of the .json/.md/.png outputs")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=20,
-                        help="fine-tuning epochs (pretraining: half)")
-    parser.add_argument("--scratch-epochs", type=int, default=15)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    if args.seeds < 1 or args.epochs < 2 or args.scratch_epochs < 2:
-        parser.error("--seeds must be >= 1 and --epochs, --scratch-epochs "
-                     ">= 2")
-    if args.quick:
-        args.seeds, args.epochs, args.scratch_epochs = 1, 2, 2
-    results = {"finetune": {"per_seed": []}, "scratch": {"per_seed": []}}
-    for seed in range(args.seeds):
-        results["finetune"]["per_seed"].append(
-            finetune_seed(seed, args.epochs, max(2, args.epochs // 2)))
-        print(f"seed {seed} fine-tune done", file=sys.stderr, flush=True)
-        results["scratch"]["per_seed"].append(
-            scratch_seed(seed, args.scratch_epochs))
-        print(f"seed {seed} scratch done", file=sys.stderr, flush=True)
+def merge(args):
+    """Phase 3: the per-call files into one report."""
+    with open(args.settings) as f:
+        registered = json.load(f)
+    results = {}
+    for task in TASKS:
+        files = sorted(glob.glob(f"{args.out}-{task}-s*.json"))
+        per_seed, commands, epochs = [], [], None
+        for path in files:
+            with open(path) as f:
+                data = json.load(f)
+            per_seed += data["per_seed"]
+            commands.append(data["command"])
+            epochs = data["epochs"]
+        if per_seed:
+            results[task] = {"per_seed": per_seed, "commands": commands,
+                             "epochs": epochs}
+    names = ["none", "schedule", *GRID]
     for data in results.values():
-        data["summary"] = summarise(data["per_seed"])
-    command = "python scripts/benchmark_adaptive.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
-    results["command"] = command
-    results["config"] = vars(args)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(results, f, indent=1)
-    md = [f"# Adaptive freezing on scikit-learn digits\n\n`{command}`\n"]
-    for task, title in [("finetune", "Fine-tune (conv net, 0-4 -> 5-9, "
-                         f"{args.epochs} epochs)"),
-                        ("scratch", "From scratch (DenseNet-BC L=22 k=8, "
-                         f"{args.scratch_epochs} epochs)")]:
-        md += [f"## {title}\n", table(results[task]["summary"]), "",
-               *phase_lines(results[task]["per_seed"]), ""]
+        data["summary"] = summarise(data["per_seed"], names)
+    _write_json(args.out + ".json", {"registered": registered,
+                                     "results": results})
+    titles = {"finetune": "Fine-tune (conv net, 0-4 -> 5-9)",
+              "vit": "Fine-tune (small ViT from keras_hub blocks, 0-4 -> 5-9)",
+              "scratch": "From scratch (DenseNet-BC L=22 k=8)"}
+    md = ["# Adaptive freezing on scikit-learn digits (pre-registered)\n",
+          f"Settings fixed on the validation split before any test run "
+          f"(`{registered['command']}`, written {registered['written_utc']} "
+          f"UTC): {json.dumps(registered['chosen'])}; default criterion: "
+          f"`{registered['default']}`. Rule: {registered['rule'].strip()}\n",
+          "Validation (seed 100, 20 % of the training set):\n",
+          "| task | method | val accuracy % | wall-clock s |", "|---|---|---|---|"]
+    for task, runs in registered["validation"].items():
+        for name, r in runs.items():
+            md.append(f"| {task} | {name} | {100 * r['accuracy']:.2f} | "
+                      f"{r['wall_s']:.1f} |")
+    md.append("")
+    for task, data in results.items():
+        pre, epochs = data["epochs"]
+        md += [f"## {titles[task]}, {epochs} epochs"
+               + (f" (pretraining {pre})" if pre else "") + "\n",
+               "\n".join(f"`{c}`" for c in data["commands"]) + "\n",
+               table(data["summary"], names), "",
+               *phase_lines(data["per_seed"], names), ""]
     with open(args.out + ".md", "w") as f:
         f.write("\n".join(md))
-    plot({k: results[k] for k in ("finetune", "scratch")}, args.out + ".png")
+    plot(results, names, args.out + ".png")
     print("\n".join(md))
+
+
+def cost(args):
+    """The criterion's in-graph cost with nothing frozen: per-step medians
+    of the same FreezeOutModel trained without a criterion ("plain step")
+    and with `AdaptiveFreeze()` (its interval set beyond the run, so that
+    nothing freezes) and, third, with `adaptive_batch_logs=True`; the arms
+    interleaved in `--rounds` rounds of `--steps` steps (a round's first two
+    steps, holding the trace, are left out)."""
+    rng = np.random.default_rng(0)
+    shapes = {"finetune": (16, 16, 1), "vit": (8, 8, 1),
+              "scratch": (32, 32, 3)}
+    arms = {
+        "plain step": None,
+        "rank": (AdaptiveFreeze("rank", interval=10 ** 9), False),
+        "pace": (AdaptiveFreeze("pace", t_0=1.0, interval=10 ** 9), False),
+        "rank + batch logs": (AdaptiveFreeze("rank", interval=10 ** 9), True),
+    }
+    out = {"command": _command(), "rounds": args.rounds, "steps": args.steps,
+           "tasks": {}}
+    for task in args.cost_tasks:
+        keras.utils.set_random_seed(0)
+        model = _builder(task)()
+        model.compile(_optimizer(task), LOSS)
+        n = BATCH * args.steps
+        x = rng.normal(size=(n, *shapes[task])).astype("float32")
+        y = rng.integers(0, 5, n)
+        times = {name: [] for name in arms}
+        for _ in range(args.rounds):
+            for name, arm in arms.items():
+                callbacks = []
+                if arm is not None:
+                    callbacks.append(FreezeOut(
+                        t_0=None, adaptive=arm[0], adaptive_batch_logs=arm[1]))
+                else:
+                    model.schedule_state.clear()
+                    model.train_function = None  # traced without a criterion
+                timer = StepTimer()
+                model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
+                          shuffle=False, callbacks=callbacks + [timer])
+                times[name] += timer.times[2:]
+        base = statistics.median(times["plain step"])
+        rows = {}
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            q1, _, q3 = statistics.quantiles(ts, n=4)
+            rows[name] = {"median_ms": 1e3 * med, "q1_ms": 1e3 * q1,
+                          "q3_ms": 1e3 * q3,
+                          "overhead_pct": 100 * (med / base - 1)}
+        out["tasks"][task] = rows
+        print(f"{task}: " + "; ".join(
+            f"{k} {v['median_ms']:.2f} ms (IQR {v['q1_ms']:.2f}-"
+            f"{v['q3_ms']:.2f}, {v['overhead_pct']:+.1f} %)"
+            for k, v in rows.items()), flush=True)
+    if args.out:
+        _write_json(f"{args.out}-cost-{args.run}.json", out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--phase", choices=("tune", "test", "merge", "cost"),
+                        default="test")
+    parser.add_argument("--task", choices=TASKS, default="finetune")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="benchmarks/adaptive",
+                        help="path prefix of the outputs")
+    parser.add_argument("--settings", default="benchmarks/adaptive_settings.json",
+                        help="the pre-registered settings (tune writes it)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cost-tasks", nargs="+", choices=TASKS,
+                        default=list(TASKS), help="cost phase: models")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="cost phase: interleaved rounds")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="cost phase: steps per arm and round")
+    parser.add_argument("--run", default="1",
+                        help="cost phase: a label of this run, in the file name")
+    args = parser.parse_args(argv)
+    if any(s < 0 for s in args.seeds):
+        parser.error(f"--seeds must be >= 0; got {args.seeds}")
+    if args.quick:
+        args.seeds = args.seeds[:1]
+    if args.rounds < 1 or args.steps < 4:
+        parser.error("--rounds must be >= 1 and --steps >= 4")
+    {"tune": tune, "test": test, "merge": merge, "cost": cost}[args.phase](args)
 
 
 if __name__ == "__main__":

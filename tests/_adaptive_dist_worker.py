@@ -57,7 +57,7 @@ def main(out_dir):
     snap = SnapshotAtFreeze()
     model.fit(x, y, batch_size=16, epochs=EPOCHS, shuffle=False, verbose=0,
               callbacks=[FreezeOut(t_0=None, adaptive=AdaptiveFreeze(
-                  window=2, threshold=0.05, interval=2)), snap])
+                  interval=2)), snap])
     out["replicas"] = strategy.num_replicas_in_sync
     # One trace; train_step's Python body runs once per replica in it.
     out["train_step_traces"] = model.train_step_traces

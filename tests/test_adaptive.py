@@ -14,13 +14,20 @@ import tensorflow as tf
 
 from conftest import LOSS, tiny_data, tiny_model
 from freezeout_tf import AdaptiveFreeze, FreezeOut, FreezeOutModel, schedule
-from freezeout_tf.adaptive import NOT_YET, criterion_step
+from freezeout_tf.adaptive import (
+    NOT_YET, criterion_step, pace_step, rank_step,
+)
 from freezeout_tf.schedule_state import NEVER
 from test_train_step import unit_state
 
 # Checks every 2 steps: on the tiny task units trigger between steps 4 and
 # 16 of 24, so decisions fall both before and after a resume at step 8.
 CRITERION = AdaptiveFreeze(window=2, threshold=0.05, interval=2)
+# The rank and pace criteria, checked every 2 steps too (the default rank
+# criterion's 10 intervals over the 24 steps give the same interval).
+RANK = AdaptiveFreeze()
+PACE = AdaptiveFreeze("pace", t_0=0.3, interval=2)
+ALL = {"threshold": CRITERION, "rank": RANK, "pace": PACE}
 EPOCHS, STEPS_PER_EPOCH = 6, 4
 
 
@@ -62,6 +69,13 @@ class SnapshotAtFreeze(keras.callbacks.Callback):
     (dict(interval=True), r"interval=True\): must be an integer"),
     (dict(threshold=0), r"threshold=0\): must be a finite number > 0"),
     (dict(threshold=float("nan")), r"threshold=nan\)"),
+    (dict(criterion="median"), r"criterion='median'\): must be one of"),
+    (dict(percentile=0), r"percentile=0\): must be a number in \(0, 100\]"),
+    (dict(percentile=101), r"percentile=101\)"),
+    (dict(intervals=1), r"intervals=1\): must be an integer >= 2"),
+    (dict(criterion="pace", t_0=0), r"t_0=0\): must be a number in \(0, 1\]"),
+    (dict(criterion="rank", threshold=0.1),
+     r"threshold=0.1\): not a setting of criterion 'rank'"),
 ])
 def test_bad_criterion_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -75,9 +89,26 @@ def test_bad_callback_arguments_are_refused_before_training():
         FreezeOut(adaptive=0.1)
     with pytest.raises(ValueError, match="t_0"):
         FreezeOut(t_0=1.5, adaptive=CRITERION)
-    callback = FreezeOut(t_0=None, adaptive=CRITERION, frozen_from_start=1)
-    again = FreezeOut(**callback.get_config())
-    assert again.adaptive == CRITERION and again.t_0 is None
+    with pytest.raises(ValueError, match=r"adaptive_batch_logs=1\)"):
+        FreezeOut(adaptive=RANK, adaptive_batch_logs=1)
+    for criterion in ALL.values():
+        callback = FreezeOut(t_0=None, adaptive=criterion,
+                             frozen_from_start=1, adaptive_batch_logs=True)
+        again = FreezeOut(**callback.get_config())
+        assert again.adaptive == criterion and again.t_0 is None
+        assert again.adaptive_batch_logs
+    # Intervals over the run need its length.
+    assert RANK.check_interval(24) == 2 and PACE.check_interval(None) == 2
+    with pytest.raises(ValueError, match="run's length cannot be known"):
+        RANK.check_interval(None)
+
+
+def test_default_is_the_rank_criterion_and_old_settings_mean_threshold():
+    assert AdaptiveFreeze().criterion == "rank"
+    assert AdaptiveFreeze(threshold=0.1).criterion == "threshold"
+    assert AdaptiveFreeze(window=5).get_config() == {
+        "criterion": "threshold", "window": 5, "threshold": 0.05,
+        "interval": 20}
 
 
 def _reference(norms, config, scheduled):
@@ -139,10 +170,91 @@ def test_criterion_step_matches_a_step_by_step_reference():
     assert settled_alone < want[2]
 
 
-def test_adaptive_only_freezes_a_prefix_in_one_trace_and_frozen_means_frozen():
+def _interval_reference(norms, interval, q, scheduled, targets=None):
+    """The rank criterion (or, given `targets`, pace) written out step by
+    step with NumPy (the oracle for `rank_step` / `pace_step`): freeze
+    steps, last changes and the targets."""
+    steps, n = norms.shape
+    freeze = np.array(scheduled, np.int64)
+    sums, ref = np.zeros(n), np.zeros(n)
+    change = np.full(n, float(NOT_YET))
+    count = checks = 0
+    for j in range(steps):
+        active = j < freeze
+        sums[active] += norms[j, active]
+        count += 1
+        wants = np.zeros(n, bool)
+        if (j + 1) % interval == 0:
+            mean = sums / count
+            if checks and active.any():
+                ratio = np.abs(mean - ref) / ref
+                change[active] = ratio[active]
+                p = np.percentile(ratio[active], q)
+                wants = active & (ratio < p)
+                if targets is not None:
+                    targets[active] += np.where(ratio[active] < p,
+                                                -interval, interval)
+            ref[active] = mean[active]
+            sums[:] = 0
+            count = 0
+            checks += 1
+        if targets is not None:
+            wants = targets <= j + 1
+        for i in range(n):  # frozen units stay a prefix
+            if freeze[i] <= j + 1:
+                continue
+            if not wants[i]:
+                break
+            freeze[i] = j + 1
+    return freeze, change, targets
+
+
+@pytest.mark.parametrize("criterion", ["rank", "pace"])
+def test_interval_criteria_match_a_step_by_step_reference(criterion):
+    rng = np.random.default_rng(5)
+    steps, n, interval, q = 90, 5, 6, 50.0
+    decay = np.array([0.08, 0.03, 0.2, 0.05, 0.1])
+    norms = (1 + np.exp(-decay * np.arange(steps)[:, None])
+             + 0.05 * rng.normal(size=(steps, n))).astype(np.float32)
+    scheduled = np.array([NEVER] * (n - 1) + [70], np.int64)
+    start = np.array([20, 30, 45, 60, 80], np.int64)
+    want, want_change, want_targets = _interval_reference(
+        norms.astype(np.float64), interval, q, scheduled,
+        start.copy() if criterion == "pace" else None)
+    freeze = tf.constant(scheduled)
+    target = tf.constant(start)
+    state = dict(interval_sum=tf.zeros(n), interval_steps=tf.constant(0, tf.int64),
+                 reference=tf.zeros(n), change=tf.fill([n], float(NOT_YET)),
+                 checks=tf.constant(0, tf.int64))
+    for j in range(steps):
+        step = tf.constant(j, tf.int64)
+        args = (step, tf.constant(norms[j]), j < freeze, freeze)
+        rest = (*state.values(), interval, q)
+        out = (rank_step(*args, *rest) if criterion == "rank"
+               else pace_step(*args, target, *rest))
+        freeze = tf.where(out["freeze"], step + 1, freeze)
+        state = {k: out[k] for k in state}
+        target = out.get("target", target)
+    np.testing.assert_array_equal(freeze.numpy(), want)
+    np.testing.assert_allclose(state["change"].numpy(), want_change,
+                               rtol=1e-4)
+    if criterion == "pace":
+        np.testing.assert_array_equal(target.numpy(), want_targets)
+        assert np.any(want_targets < start) and np.any(want_targets > start)
+    # Not trivial: the criterion froze several units, a prefix, in order.
+    decided = want < scheduled
+    assert decided.sum() >= 3 and np.all(np.diff(decided.astype(int)) <= 0)
+    assert np.all(np.diff(want[decided]) >= 0)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_adaptive_only_freezes_a_prefix_in_one_trace_and_frozen_means_frozen(
+        name):
+    criterion = ALL[name]
     model = _compiled()
     snap = SnapshotAtFreeze()
-    history = _fit(model, FreezeOut(t_0=None, adaptive=CRITERION), extra=[snap])
+    history = _fit(model, FreezeOut(t_0=None, adaptive=criterion),
+                   extra=[snap])
     freeze = _freeze_steps(model)
     total = EPOCHS * STEPS_PER_EPOCH
     # At least two units froze adaptively, as a prefix, before the end.
@@ -183,20 +295,22 @@ def test_combined_freezes_at_the_earlier_of_schedule_and_trigger():
     assert history.history["first_active_lr"][0] > 0.1
 
 
-def test_resumed_run_freezes_at_the_same_steps(tmp_path):
+@pytest.mark.parametrize("name", ["rank", "pace"])
+def test_resumed_run_freezes_at_the_same_steps(tmp_path, name):
+    criterion = ALL[name]
     whole = _compiled()
-    _fit(whole, FreezeOut(t_0=None, adaptive=CRITERION))
+    _fit(whole, FreezeOut(t_0=None, adaptive=criterion))
     want = _freeze_steps(whole)
 
     first = _compiled()
-    _fit(first, FreezeOut(t_0=None, adaptive=CRITERION), epochs=2)
+    _fit(first, FreezeOut(t_0=None, adaptive=criterion), epochs=2)
     path = str(tmp_path / "half.keras")
     first.save(path)
     resumed = keras.saving.load_model(path)
     saved = [v.numpy() for v in first.adaptive_state.weights]
     for a, b in zip(saved, resumed.adaptive_state.weights):
         np.testing.assert_array_equal(a, b.numpy())
-    _fit(resumed, FreezeOut(t_0=None, adaptive=CRITERION), initial_epoch=2)
+    _fit(resumed, FreezeOut(t_0=None, adaptive=criterion), initial_epoch=2)
     got = _freeze_steps(resumed)
     np.testing.assert_array_equal(got, want)
     # Decisions fell on both sides of the resume (step 8).
@@ -230,7 +344,7 @@ def test_from_model_network_freezes_adaptively():
     model = FreezeOutModel.from_model(keras.Model(inputs, outputs))
     assert model.num_units >= 2
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), LOSS)
-    _fit(model, FreezeOut(t_0=None, adaptive=CRITERION))
+    _fit(model, FreezeOut(t_0=None, adaptive=RANK))
     freeze = _freeze_steps(model)
     assert freeze[0] < EPOCHS * STEPS_PER_EPOCH
     assert np.all(np.diff(freeze) >= 0) and model.train_step_traces == 1
@@ -263,3 +377,48 @@ def test_mirrored_replicas_decide_identically(tmp_path):
     assert int(r["num_snap"]) >= 4
     for i in range(int(r["num_snap"])):
         assert np.array_equal(r[f"snap_{i}"], r[f"end_{i}"]), i
+
+
+class BatchLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append(dict(logs))
+
+
+def test_batch_logs_of_the_criterion_are_opt_in():
+    quiet, loud = BatchLogs(), BatchLogs()
+    _fit(_compiled(), FreezeOut(t_0=None, adaptive=RANK), extra=[quiet])
+    model = _compiled()
+    _fit(model, FreezeOut(t_0=None, adaptive=RANK, adaptive_batch_logs=True),
+         extra=[loud])
+    assert all("first_active_change" not in logs for logs in quiet.logs)
+    assert all("first_active_change" in logs for logs in loud.logs)
+    # Read every batch, active_units follows the graph's decisions exactly.
+    freeze = _freeze_steps(model)
+    want = [int(np.sum(step >= freeze)) for step in
+            range(1, EPOCHS * STEPS_PER_EPOCH + 1)]
+    assert [4 - logs["active_units"] for logs in loud.logs] == want
+    assert want[-1] >= 1
+
+
+def test_rank_criterion_under_xla_one_trace_prefix_and_frozen_means_frozen():
+    """The default criterion compiled by XLA (jit_compile=True)."""
+    model = tiny_model(num_units=3, channels=2, size=4)
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), LOSS,
+                  jit_compile=True)
+    assert model.jit_compile is True
+    snap = SnapshotAtFreeze()
+    x, y = tiny_data(n=32, size=4)
+    model.fit(x, y, batch_size=8, epochs=5, shuffle=False, verbose=0,
+              callbacks=[FreezeOut(t_0=None, adaptive=AdaptiveFreeze(
+                  interval=2)), snap])
+    freeze = _freeze_steps(model)
+    assert model.train_step_traces == 1
+    assert np.sum(freeze < 20) >= 1 and np.all(np.diff(freeze) >= 0)
+    assert sorted(snap.values) == [i for i in range(3) if freeze[i] < 20]
+    for i, before in snap.values.items():
+        for a, b in zip(before, unit_state(model, i)):
+            assert np.array_equal(a, b), i
