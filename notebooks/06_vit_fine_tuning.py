@@ -45,6 +45,7 @@ import freezeout_tf as fo
 
 QUICK = os.environ.get("FREEZEOUT_QUICK") == "1"
 PRETRAIN_EPOCHS, FINE_TUNE_EPOCHS, SEEDS = (2, 2, [0]) if QUICK else (40, 12, [0, 1, 2])
+LAYERS = 2 if QUICK else 6  # encoder blocks
 BATCH = 32
 WORK = pathlib.Path(tempfile.mkdtemp(prefix="freezeout_vit_"))
 
@@ -77,7 +78,7 @@ print("task A", x_a.shape, "task B train", x_b_train.shape, "test", x_b_test.sha
 # %%
 keras.utils.set_random_seed(0)
 backbone = keras_hub.models.ViTBackbone(
-    image_shape=(8, 8, 1), patch_size=2, num_layers=6, num_heads=4,
+    image_shape=(8, 8, 1), patch_size=2, num_layers=LAYERS, num_heads=4,
     hidden_dim=64, mlp_dim=128, name="vit",
 )
 inputs = keras.Input((8, 8, 1))
