@@ -19,7 +19,13 @@ inside `unit_mode(leaves, flag_i)`, each *leaf* layer of the unit whose
   bits (bit-identical) and the output is that of inference mode exactly.
 * Any other leaf layer without non-trainable state (Dropout and its
   spatial, Gaussian and alpha variants, GaussianNoise, random augmentation
-  layers): `where(flag, call(training=True), call(training=False))`.
+  layers): `where(flag, call(training=True), call(training=False))`; where
+  both calls return the very same tensor (a Dropout of rate 0) there is
+  nothing to select.
+* Keras' `Dense` and `EinsumDense` take `training` but ignore it (only
+  their float8 mode reads it, and that mode has non-trainable state): they
+  are left alone. Switching them would compute every projection twice, once
+  per mode; on transformers that made the step 1.6-1.7x plain Keras'.
 * A leaf layer with other non-trainable state could not be kept unchanged
   while frozen; `mode_switched_leaves` rejects it with a clear error.
 
@@ -84,7 +90,7 @@ def mode_switched_leaves(unit, unit_name="unit"):
     for layer in unit._flatten_layers(include_self=True):
         if layer._flatten_layers(include_self=False):
             continue  # a container: it passes `training` on to its leaves
-        if not layer._call_has_training_arg:
+        if not layer._call_has_training_arg or _ignores_training(layer):
             continue
         if getattr(layer, _INSTALLED, False):
             leaves.append(layer)
@@ -111,6 +117,19 @@ def mode_switched_leaves(unit, unit_name="unit"):
     return leaves
 
 
+def _ignores_training(layer):
+    """True for a layer whose `call` is Keras' own `Dense` or `EinsumDense`
+    call (a subclass that overrides `call` is switched like any other
+    layer) and that has no non-trainable state: that call takes `training`
+    but only reads it in float8 mode, which keeps non-trainable scales."""
+    return (type(layer).call in _CALLS_IGNORING_TRAINING
+            and not layer.non_trainable_weights)
+
+
+_CALLS_IGNORING_TRAINING = (keras.layers.Dense.call,
+                            keras.layers.EinsumDense.call)
+
+
 def _check_batch_norm(layer, unit_name):
     if layer.renorm:
         raise ValueError(
@@ -129,7 +148,7 @@ def _generic_call(layer):
         if flag is None or not training:
             return plain_call(*args, training=training, **kwargs)
         return tf.nest.map_structure(
-            lambda t, i: tf.where(flag, t, i),
+            lambda t, i: t if t is i else tf.where(flag, t, i),
             plain_call(*args, training=True, **kwargs),
             plain_call(*args, training=False, **kwargs),
         )

@@ -1,0 +1,79 @@
+"""Which leaf layers get the in-graph training/inference switch, and that the
+switch adds no computation to layers whose mode changes nothing."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from conftest import LOSS
+from freezeout_tf import FreezeOutModel
+from freezeout_tf.unit_mode import mode_switched_leaves
+
+
+class NoisyDense(keras.layers.Dense):
+    """A Dense subclass whose own `call` does use `training`."""
+
+    def call(self, inputs, training=None):
+        outputs = super().call(inputs)
+        return outputs + 1.0 if training else outputs
+
+
+def _mlp_unit(dropout):
+    return keras.Sequential([
+        keras.layers.Dense(8, activation="relu"),
+        keras.layers.Dropout(dropout),
+        keras.layers.EinsumDense("bi,io->bo", output_shape=8),
+    ])
+
+
+def test_dense_and_einsum_dense_are_not_switched_dropout_is():
+    unit = _mlp_unit(0.3)
+    unit.build((None, 8))
+    leaves = mode_switched_leaves(unit, "unit 0")
+    assert [type(layer).__name__ for layer in leaves] == ["Dropout"]
+
+
+def test_a_subclass_that_overrides_call_is_switched():
+    unit = keras.Sequential([NoisyDense(4)])
+    unit.build((None, 3))
+    assert [type(layer).__name__ for layer in mode_switched_leaves(unit)] \
+        == ["NoisyDense"]
+
+
+def _forward_ops(model, op_type):
+    """Ops of `op_type` in the train step's forward: its top-level graph,
+    less the head's backward (named '.../gradient_tape/...')."""
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    x = tf.constant(np.ones((4, 8), "float32"))
+    y = tf.constant(np.zeros(4, "int32"))
+    model.optimizer.build(model.trainable_variables)
+    graph = tf.function(model.train_step, autograph=False) \
+        .get_concrete_function((x, y)).graph
+    return [op for op in graph.get_operations()
+            if op.type == op_type and "gradient_tape" not in op.name]
+
+
+def test_each_projection_runs_once_in_the_forward():
+    # Switching Dense/EinsumDense ran every projection twice (once per
+    # mode) and selected: 2x the matmuls of a transformer block.
+    keras.utils.set_random_seed(0)
+    model = FreezeOutModel([_mlp_unit(0.3), _mlp_unit(0.0)],
+                           keras.layers.Dense(3))
+    model.build((None, 8))
+    # Two projections per unit, one in the head (TensorFlow lowers this
+    # einsum to a MatMul).
+    matmuls = [op for t in ("MatMul", "Einsum", "BatchMatMulV2")
+               for op in _forward_ops(model, t)]
+    assert len(matmuls) == 5
+
+
+def test_rate_zero_dropout_selects_nothing():
+    keras.utils.set_random_seed(0)
+    model = FreezeOutModel([_mlp_unit(0.3), _mlp_unit(0.0)],
+                           keras.layers.Dense(3))
+    model.build((None, 8))
+    switched = [op.name for op in _forward_ops(model, "SelectV2")]
+    rate_0 = model.freeze_units[1].layers[1].name
+    rate_03 = model.freeze_units[0].layers[1].name
+    assert not [name for name in switched if f"/{rate_0}" in name]
+    assert [name for name in switched if f"/{rate_03}" in name]
