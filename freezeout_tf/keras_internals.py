@@ -4,10 +4,9 @@ FreezeOut needs a few things Keras does not expose publicly: the
 optimizer's per-variable update loop (to skip frozen units and scale their
 learning rates), the variables a layer was built to train (they stay the
 same after `trainable = False`), a layer's leaves and whether its `call`
-takes `training`, BatchNormalization's batch moments, and, for the cost
-estimate, where MultiHeadAttention computes its attention and over which
-axes. They are listed
-here, once. `check()` verifies that each exists with the expected
+takes `training`, BatchNormalization's batch moments and their axes, and,
+for the cost estimate, where MultiHeadAttention computes its attention and
+over which axes. They are listed here, once. `check()` verifies that each exists with the expected
 parameters; the model calls it at `compile` and when it builds the train
 step, so a Keras release that renames one fails loudly with the version
 instead of silently giving frozen units momentum or weight decay again.
@@ -42,6 +41,7 @@ _ATTRIBUTES = [
     ("layer", "_trainable_variables"),
     ("layer", "_call_has_training_arg"),
     ("batch_norm", "renorm"),
+    ("batch_norm", "_reduction_axes"),
     ("model", "_loss_tracker"),
     ("model", "_distribute_strategy"),
     ("multi_head_attention", "_attention_axes"),

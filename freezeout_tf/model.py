@@ -364,7 +364,8 @@ class FreezeOutModel(keras.Model):
                     tape.watch(h)
                 unit_inputs.append(h)
                 with unit_mode(self._unit_leaves[i],
-                               tf.logical_not(frozen[i])):
+                               tf.logical_not(frozen[i]),
+                               static_shapes=bool(self.jit_compile)):
                     h = unit(self._part_arguments(i, h, side),
                              training=True)
                 unit_outputs.append(h)

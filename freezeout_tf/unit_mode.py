@@ -17,6 +17,13 @@ inside `unit_mode(leaves, flag_i)`, each *leaf* layer of the unit whose
   statistics)` and assigns `where(flag, updated, unchanged)` to the moving
   statistics, so a frozen unit's statistics are rewritten with their own
   bits (bit-identical) and the output is that of inference mode exactly.
+  The batch moments are taken over `batch[:n]`, n the batch size while the
+  unit trains and 0 while it is frozen: a frozen unit's reductions run over
+  an empty slice and cost nothing, where a branch per BatchNormalization
+  doubled the step's trace (docs/design.md). A full slice is the input
+  itself (TensorFlow forwards it, and its gradient's zero padding, without
+  a copy). XLA wants static shapes, so under `jit_compile` the moments are
+  taken over the whole batch and selected away.
 * Any other leaf layer without non-trainable state (Dropout and its
   spatial, Gaussian and alpha variants, GaussianNoise, random augmentation
   layers): `where(flag, call(training=True), call(training=False))`; where
@@ -52,18 +59,22 @@ _INSTALLED = "_freezeout_mode_switch"
 
 
 def _flag_of(layer):
-    return getattr(_active, "flags", {}).get(id(layer))
+    return getattr(_active, "flags", {}).get(id(layer), (None, False))
 
 
 @contextlib.contextmanager
-def unit_mode(leaves, training):
+def unit_mode(leaves, training, static_shapes=False):
     """Within this context, `leaves` (from `mode_switched_leaves`) run in
     training mode where the boolean scalar tensor `training` is true and in
     inference mode where it is false, whatever `training=` they are called
-    with."""
+    with.
+
+    `static_shapes=True` (for a step compiled with XLA) keeps every tensor's
+    shape independent of `training`: frozen BatchNormalization layers then
+    compute their batch moments over the whole batch and discard them."""
     flags = _active.__dict__.setdefault("flags", {})
     for layer in leaves:
-        flags[id(layer)] = training
+        flags[id(layer)] = (training, static_shapes)
     try:
         yield
     finally:
@@ -144,7 +155,7 @@ def _generic_call(layer):
     plain_call = layer.call
 
     def call(*args, training=None, **kwargs):
-        flag = _flag_of(layer)
+        flag, _ = _flag_of(layer)
         if flag is None or not training:
             return plain_call(*args, training=training, **kwargs)
         return tf.nest.map_structure(
@@ -156,13 +167,21 @@ def _generic_call(layer):
     return call
 
 
+def _batch_while(flag, inputs):
+    """`inputs[:n]`, n the batch size where `flag` is true and 0 where it
+    is false (`tf.slice` with a size of -1: the rest of that axis)."""
+    size = tf.where(flag, tf.shape(inputs)[0], 0)
+    sizes = tf.concat([[size], -tf.ones([tf.rank(inputs) - 1], tf.int32)], 0)
+    return tf.slice(inputs, tf.zeros_like(sizes), sizes)
+
+
 def _batch_norm_call(layer):
     """Keras' `BatchNormalization.call` (renorm off) with the mode a tensor."""
     plain_call = layer.call
     ops = keras.ops
 
     def call(inputs, training=None, mask=None):
-        flag = _flag_of(layer)
+        flag, static_shapes = _flag_of(layer)
         if flag is None or not training or not layer.trainable:
             return plain_call(inputs, training=training, mask=mask)
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
@@ -171,7 +190,12 @@ def _batch_norm_call(layer):
         moving_variance = ops.cast(layer.moving_variance, inputs.dtype)
         gamma = ops.cast(layer.gamma, inputs.dtype) if layer.scale else None
         beta = ops.cast(layer.beta, inputs.dtype) if layer.center else None
-        batch_mean, batch_variance = layer._moments(inputs, mask)
+        moment_inputs = inputs
+        if not (static_shapes or mask is not None or layer.synchronized
+                or 0 not in layer._reduction_axes):
+            moment_inputs = _batch_while(flag, inputs)
+        # Over an empty batch the moments are NaN; `where` never picks them.
+        batch_mean, batch_variance = layer._moments(moment_inputs, mask)
         mean = tf.where(flag, batch_mean, moving_mean)
         variance = tf.where(flag, batch_variance, moving_variance)
         momentum = layer.momentum

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from conftest import LOSS
 from freezeout_tf import FreezeOutModel
-from freezeout_tf.unit_mode import mode_switched_leaves
+from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
 
 
 class NoisyDense(keras.layers.Dense):
@@ -77,3 +77,47 @@ def test_rate_zero_dropout_selects_nothing():
     rate_03 = model.freeze_units[0].layers[1].name
     assert not [name for name in switched if f"/{rate_0}" in name]
     assert [name for name in switched if f"/{rate_03}" in name]
+
+
+def _batch_norm_under_mode(active, static_shapes):
+    """(batch sizes the moments were taken over, output, inference output,
+    moving mean before, after) of one BatchNormalization call in a unit."""
+    keras.utils.set_random_seed(0)
+    unit = keras.Sequential([keras.layers.BatchNormalization(momentum=0.5)])
+    unit.build((None, 4, 4, 3))
+    (bn,) = mode_switched_leaves(unit)
+    seen = []
+    moments = bn._moments
+    bn._moments = lambda inputs, mask: (seen.append(inputs.shape[0])
+                                        or moments(inputs, mask))
+    x = tf.constant(np.random.default_rng(0).normal(
+        size=(6, 4, 4, 3)).astype("float32") * 3 + 1)
+    before = bn.moving_mean.numpy().copy()
+    inference = unit(x, training=False).numpy()
+    with unit_mode([bn], tf.constant(active), static_shapes=static_shapes):
+        out = unit(x, training=True).numpy()
+    return seen, out, inference, before, bn.moving_mean.numpy()
+
+
+def test_frozen_batch_norm_takes_its_moments_over_no_example():
+    seen, out, inference, before, after = _batch_norm_under_mode(
+        active=False, static_shapes=False)
+    assert seen == [0]
+    np.testing.assert_array_equal(out, inference)
+    np.testing.assert_array_equal(after, before)
+
+
+def test_active_batch_norm_takes_its_moments_over_the_batch():
+    seen, out, inference, before, after = _batch_norm_under_mode(
+        active=True, static_shapes=False)
+    assert seen == [6]
+    assert not np.allclose(out, inference)  # batch statistics, not moving
+    assert not np.allclose(after, before)
+
+
+def test_under_xla_a_frozen_batch_norm_keeps_static_shapes():
+    seen, out, inference, before, after = _batch_norm_under_mode(
+        active=False, static_shapes=True)
+    assert seen == [6]
+    np.testing.assert_array_equal(out, inference)
+    np.testing.assert_array_equal(after, before)
