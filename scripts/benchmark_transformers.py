@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_step import frozen_saving, time_interleaved  # noqa: E402
 
 from freezeout_tf import FreezeOutModel, unit_flops  # noqa: E402
+from freezeout_tf.benchmarking import ratio_spread  # noqa: E402
 
 CLASSES = 4
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -154,7 +155,17 @@ def bench(name, args):
               f"{row['measured_saving']:.1%}{predicted}; peak "
               f"{row['peak_mib']:.0f} MiB ({row['peak_vs_full']:.2f}x full)",
               flush=True)
+    # Nothing frozen against plain Keras: the paired ratio of the steps
+    # timed back to back in each round, with its bootstrap interval.
+    rounds = args.repeats
+    overhead = ratio_spread(
+        [times[0][r * args.steps:(r + 1) * args.steps] for r in range(rounds)],
+        [times["plain"][r * args.steps:(r + 1) * args.steps]
+         for r in range(rounds)])
+    print(f"  nothing frozen / plain Keras: {overhead['paired']:.3f} "
+          f"({overhead['ci_low']:.3f}-{overhead['ci_high']:.3f})", flush=True)
     return {"model": name, "num_units": n, "batch_size": args.batch_size,
+            "overhead_vs_plain": overhead,
             **shape_note, "unit_macs": flops,
             "unit_names": [u.name for u in model.freeze_units],
             "rows": rows}
@@ -176,6 +187,10 @@ def markdown(report):
                   "| frozen | ms/step (quartiles) | saving | FLOP-predicted "
                   "| measured / predicted | peak MiB | peak / full |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
+        o = r["overhead_vs_plain"]
+        overhead = (f"Nothing frozen / plain Keras, paired per round: "
+                    f"{o['paired']:.3f} (95 % interval {o['ci_low']:.3f}-"
+                    f"{o['ci_high']:.3f}).")
         for row in r["rows"]:
             q = row["ms_quartiles"]
             if row["setting"] == "plain":
@@ -191,7 +206,7 @@ def markdown(report):
                 f"{row['ms_per_step']:.0f} ({q[0]:.0f}-{q[1]:.0f}) | "
                 f"{row['measured_saving']:.1%} | {pred:.1%} | {ratio} | "
                 f"{row['peak_mib']:.0f} | {row['peak_vs_full']:.2f} |")
-        lines.append("")
+        lines += ["", overhead, ""]
     return "\n".join(lines)
 
 
