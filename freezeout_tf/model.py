@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from freezeout_tf import keras_internals
 from freezeout_tf import optimizer as fo_optimizer
-from freezeout_tf import side_inputs
+from freezeout_tf import side_inputs, tf_internals
 from freezeout_tf.adaptive import AdaptiveState
 from freezeout_tf.schedule_state import HOST, ScheduleState
 from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
@@ -243,8 +243,9 @@ class FreezeOutModel(keras.Model):
                 **kwargs):
         """As `keras.Model.compile`, with three checks before any training.
 
-        * The private Keras internals FreezeOut relies on are as expected
-          (`freezeout_tf.keras_internals`), else a clear error.
+        * The private Keras and TensorFlow internals FreezeOut relies on
+          are as expected (`freezeout_tf.keras_internals`,
+          `freezeout_tf.tf_internals`), else a clear error.
         * Optimizer options that would move frozen variables are refused:
           `use_ema` (the average is written into every variable) and
           `gradient_accumulation_steps` (updates are applied outside the
@@ -256,6 +257,7 @@ class FreezeOutModel(keras.Model):
           (`XLA_CPU_NOTE`).
         """
         keras_internals.check()
+        tf_internals.check()
         super().compile(optimizer, *args, jit_compile=jit_compile, **kwargs)
         fo_optimizer.check_supported(self.optimizer)
         log = logging.getLogger("freezeout_tf")
@@ -448,9 +450,10 @@ class FreezeOutModel(keras.Model):
             # The first unit never hands a gradient down (and with side
             # inputs it has no hidden-state input at all).
             def weights_only():
-                return _dense(tape.gradient(output, values,
-                                            output_gradients=upstream,
-                                            unconnected_gradients=zero))
+                with tf_internals.constants_by_value():
+                    return _dense(tape.gradient(output, values,
+                                                output_gradients=upstream,
+                                                unconnected_gradients=zero))
 
             return tf.cond(frozen[0], zeros, weights_only), None
 
@@ -458,9 +461,12 @@ class FreezeOutModel(keras.Model):
             return zeros(), unit_input
 
         def weights_and_input():
-            grads = _dense(tape.gradient(output, values + [unit_input],
-                                         output_gradients=upstream,
-                                         unconnected_gradients=zero))
+            # Constants the gradient reads stay constants in the branch, so
+            # Grappler simplifies as at the top level (tf_internals).
+            with tf_internals.constants_by_value():
+                grads = _dense(tape.gradient(output, values + [unit_input],
+                                             output_gradients=upstream,
+                                             unconnected_gradients=zero))
             return grads[:-1], grads[-1]
 
         # Two branches, not three: a third "weights only" branch for the

@@ -3,6 +3,7 @@ switch adds no computation to layers whose mode changes nothing."""
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import LOSS
@@ -121,3 +122,38 @@ def test_under_xla_a_frozen_batch_norm_keeps_static_shapes():
     assert seen == [6]
     np.testing.assert_array_equal(out, inference)
     np.testing.assert_array_equal(after, before)
+
+
+def test_backward_branches_take_no_constant_as_input():
+    # A constant passed into a branch is opaque to Grappler there: GELU's
+    # pow(x, 3) kept a generic Pow(x, 2) over the activation in its
+    # gradient (tf_internals).
+    keras.utils.set_random_seed(0)
+    unit = keras.Sequential([keras.layers.Dense(8, activation=lambda t:
+                             keras.activations.gelu(t, approximate=True))])
+    model = FreezeOutModel([unit, _mlp_unit(0.0)], keras.layers.Dense(3))
+    model.build((None, 8))
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    model.optimizer.build(model.trainable_variables)
+    x = tf.constant(np.ones((4, 8), "float32"))
+    y = tf.constant(np.zeros(4, "int32"))
+    graph = tf.function(model.train_step, autograph=False) \
+        .get_concrete_function((x, y)).graph
+    ifs = [op for op in graph.get_operations()
+           if op.type in ("If", "StatelessIf")]
+    assert ifs
+    constant_inputs = [(op.name, t.name) for op in ifs for t in op.inputs
+                       if t.op.type == "Const"]
+    assert constant_inputs == []
+
+
+def test_tf_internals_guard_fails_loudly(monkeypatch):
+    from freezeout_tf import tf_internals
+
+    tf_internals.check()  # the installed TensorFlow works
+    monkeypatch.setattr(tf_internals, "_checked", False)
+    monkeypatch.setattr(tf_internals, "_branch_reads_a_constant",
+                        lambda: False)
+    with pytest.raises(tf_internals.TensorFlowInternalsError,
+                       match=tf.__version__):
+        tf_internals.check()
