@@ -46,6 +46,7 @@ import contextlib
 import threading
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from freezeout_tf import keras_internals
@@ -59,7 +60,8 @@ _INSTALLED = "_freezeout_mode_switch"
 
 
 def _flag_of(layer):
-    return getattr(_active, "flags", {}).get(id(layer), (None, False))
+    """(flag, static_shapes, cache shared by the unit's leaves)."""
+    return getattr(_active, "flags", {}).get(id(layer), (None, False, {}))
 
 
 @contextlib.contextmanager
@@ -73,8 +75,9 @@ def unit_mode(leaves, training, static_shapes=False):
     shape independent of `training`: frozen BatchNormalization layers then
     compute their batch moments over the whole batch and discard them."""
     flags = _active.__dict__.setdefault("flags", {})
+    shared = {}
     for layer in leaves:
-        flags[id(layer)] = (training, static_shapes)
+        flags[id(layer)] = (training, static_shapes, shared)
     try:
         yield
     finally:
@@ -155,7 +158,7 @@ def _generic_call(layer):
     plain_call = layer.call
 
     def call(*args, training=None, **kwargs):
-        flag, _ = _flag_of(layer)
+        flag, _, _ = _flag_of(layer)
         if flag is None or not training:
             return plain_call(*args, training=training, **kwargs)
         return tf.nest.map_structure(
@@ -167,12 +170,45 @@ def _generic_call(layer):
     return call
 
 
-def _batch_while(flag, inputs):
-    """`inputs[:n]`, n the batch size where `flag` is true and 0 where it
-    is false (`tf.slice` with a size of -1: the rest of that axis)."""
+def _moments_while(flag, inputs, axes, window=None):
+    """Batch moments (as `tf.nn.moments` over `axes`, which hold the batch
+    axis 0) of `inputs[:n]`, n the batch size where `flag` is true and 0
+    where it is false: a frozen unit's reductions run over no example.
+
+    The sums are divided by the element count of the whole `inputs`, so the
+    division, and that of the gradient, stays on the reduced tensor (a mean
+    over the slice's unknown size would divide the broadcast gradient
+    element by element). Where `flag` is false the result is 0, never used.
+    `window` (`_batch_window`) may be shared by the layers of a unit: each
+    small op costs the executor about as much as a BatchNorm's arithmetic
+    on a small activation.
+    """
+    begin, sizes = window or _batch_window(flag, inputs)
+    batch = tf.slice(inputs, begin, sizes)
+    # Channels last: reduce without keeping dims, nothing to squeeze.
+    keepdims = list(axes) != list(range(inputs.shape.rank - 1))
+    dims = [inputs.shape[axis] for axis in axes]
+    if None in dims:
+        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), axes)),
+                        inputs.dtype)
+    else:
+        count = float(np.prod(dims))
+    mean = tf.reduce_sum(batch, axes, keepdims=keepdims) / count
+    variance = tf.reduce_sum(
+        tf.math.squared_difference(batch, tf.stop_gradient(mean)), axes,
+        keepdims=keepdims) / count
+    if keepdims:
+        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
+    return mean, variance
+
+
+def _batch_window(flag, inputs):
+    """`tf.slice`'s begin and sizes for `inputs[:n]`, n = batch size if
+    `flag` else 0 (-1: the rest of an axis)."""
+    rank = inputs.shape.rank
     size = tf.where(flag, tf.shape(inputs)[0], 0)
-    sizes = tf.concat([[size], -tf.ones([tf.rank(inputs) - 1], tf.int32)], 0)
-    return tf.slice(inputs, tf.zeros_like(sizes), sizes)
+    return (tf.constant([0] * rank),
+            tf.concat([[size], tf.constant([-1] * (rank - 1))], 0))
 
 
 def _batch_norm_call(layer):
@@ -181,7 +217,7 @@ def _batch_norm_call(layer):
     ops = keras.ops
 
     def call(inputs, training=None, mask=None):
-        flag, static_shapes = _flag_of(layer)
+        flag, static_shapes, shared = _flag_of(layer)
         if flag is None or not training or not layer.trainable:
             return plain_call(inputs, training=training, mask=mask)
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
@@ -190,12 +226,15 @@ def _batch_norm_call(layer):
         moving_variance = ops.cast(layer.moving_variance, inputs.dtype)
         gamma = ops.cast(layer.gamma, inputs.dtype) if layer.scale else None
         beta = ops.cast(layer.beta, inputs.dtype) if layer.center else None
-        moment_inputs = inputs
-        if not (static_shapes or mask is not None or layer.synchronized
+        if (static_shapes or mask is not None or layer.synchronized
                 or 0 not in layer._reduction_axes):
-            moment_inputs = _batch_while(flag, inputs)
-        # Over an empty batch the moments are NaN; `where` never picks them.
-        batch_mean, batch_variance = layer._moments(moment_inputs, mask)
+            batch_mean, batch_variance = layer._moments(inputs, mask)
+        else:
+            rank = inputs.shape.rank
+            if rank not in shared:  # one per unit and rank
+                shared[rank] = _batch_window(flag, inputs)
+            batch_mean, batch_variance = _moments_while(
+                flag, inputs, layer._reduction_axes, shared[rank])
         mean = tf.where(flag, batch_mean, moving_mean)
         variance = tf.where(flag, batch_variance, moving_variance)
         momentum = layer.momentum

@@ -8,7 +8,9 @@ import tensorflow as tf
 
 from conftest import LOSS
 from freezeout_tf import FreezeOutModel
-from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
+from freezeout_tf.unit_mode import (
+    _moments_while, mode_switched_leaves, unit_mode,
+)
 
 
 class NoisyDense(keras.layers.Dense):
@@ -100,20 +102,33 @@ def _batch_norm_under_mode(active, static_shapes):
     return seen, out, inference, before, bn.moving_mean.numpy()
 
 
-def test_frozen_batch_norm_takes_its_moments_over_no_example():
+def test_frozen_batch_norm_is_inference_mode_exactly():
     seen, out, inference, before, after = _batch_norm_under_mode(
         active=False, static_shapes=False)
-    assert seen == [0]
+    assert seen == []  # FreezeOut's own moments over the slice
     np.testing.assert_array_equal(out, inference)
     np.testing.assert_array_equal(after, before)
 
 
-def test_active_batch_norm_takes_its_moments_over_the_batch():
+def test_active_batch_norm_uses_the_batch_statistics():
     seen, out, inference, before, after = _batch_norm_under_mode(
         active=True, static_shapes=False)
-    assert seen == [6]
     assert not np.allclose(out, inference)  # batch statistics, not moving
     assert not np.allclose(after, before)
+
+
+def test_moments_over_the_batch_or_over_no_example():
+    x = tf.constant(np.random.default_rng(1).normal(
+        size=(6, 4, 4, 3)).astype("float32") * 3 + 1)
+    axes = [0, 1, 2]
+    mean, variance = _moments_while(tf.constant(True), x, axes)
+    expected = tf.nn.moments(x, axes)
+    np.testing.assert_allclose(mean, expected[0], rtol=1e-6)
+    np.testing.assert_allclose(variance, expected[1], rtol=1e-5)
+    # Frozen: the sums run over an empty slice (zero), whatever the input.
+    mean, variance = _moments_while(tf.constant(False), x, axes)
+    np.testing.assert_array_equal(mean, np.zeros(3))
+    np.testing.assert_array_equal(variance, np.zeros(3))
 
 
 def test_under_xla_a_frozen_batch_norm_keeps_static_shapes():
