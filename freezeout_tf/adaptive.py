@@ -450,8 +450,8 @@ def unit_norms(unit_grads, frozen):
             gradients are zero stand-ins).
 
     One `l2_loss` per gradient tensor, one segment sum and a few ops over
-    the `[n]` vector (no branch per unit: a frozen unit's zeros are summed like the rest and
-    masked). Under a `tf.distribute` strategy (called in replica context)
+    the `[n]` vector (no branch per unit: a frozen unit's zeros are summed
+    like the rest and masked). Under a `tf.distribute` strategy (called in replica context)
     the norms are all-reduced in one collective of n floats, so every
     replica reads the same values.
     """
