@@ -446,21 +446,24 @@ def unit_norms(unit_grads, frozen):
 
     Args:
         unit_grads: per unit (the head last, ignored), its gradient list.
-        frozen: per unit, a bool tensor; a frozen unit's norm is 0 and is
-            not computed (its gradients are zero stand-ins).
+        frozen: per unit, a bool tensor; a frozen unit's norm is 0 (its
+            gradients are zero stand-ins).
 
-    Under a `tf.distribute` strategy (called in replica context) the norms
-    are all-reduced in one collective of n floats, so every replica reads
-    the same values.
+    One `l2_loss` per gradient tensor, one segment sum and a few ops over
+    the `[n]` vector (no branch per unit: a frozen unit's zeros are summed
+    like the rest and masked). Under a `tf.distribute` strategy (called in replica context)
+    the norms are all-reduced in one collective of n floats, so every
+    replica reads the same values.
     """
-    norms = []
-    for grads, is_frozen in zip(unit_grads, frozen):
-        def norm(grads=grads):
-            squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
-                       for g in grads]
-            return tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0)
-        norms.append(tf.cond(is_frozen, lambda: tf.constant(0.0), norm))
-    norms = tf.stack(norms)
+    # l2_loss: sum(g ** 2) / 2, one op per tensor; one sum per unit.
+    halves, units = [], []
+    for i, grads in enumerate(unit_grads):
+        halves += [tf.nn.l2_loss(tf.cast(g, tf.float32)) for g in grads]
+        units += [i] * len(grads)
+    norms = tf.sqrt(2.0 * tf.math.unsorted_segment_sum(
+        tf.stack(halves), units, len(unit_grads)) if halves
+        else tf.zeros([len(unit_grads)]))
+    norms = tf.where(tf.stack(frozen), 0.0, norms)
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
         norms = context.all_reduce(tf.distribute.ReduceOp.SUM, norms)
@@ -544,23 +547,88 @@ class AdaptiveState(keras.layers.Layer):
                 self.num_units, total_steps or 1, frozen_from_start))
 
     def _run(self, config, step, norms, active, scheduled):
-        """The criterion's step on the current state; returns its outputs."""
-        names = ["reference", "change", "checks"]
-        if config.criterion == "threshold":
-            out = criterion_step(
-                step, norms, active, scheduled, self.ema.value,
-                self.reference.value, self.change.value, self.seen.value,
-                self.checks.value, config)
-            out.pop("seen")
-            return out, names + ["ema"]
-        args = (self.interval_sum.value, self.interval_steps.value,
-                self.reference.value, self.change.value, self.checks.value,
-                self.interval.value, config.percentile)
-        names += ["interval_sum", "interval_steps"]
-        if config.criterion == "rank":
-            return rank_step(step, norms, active, scheduled, *args), names
-        return (pace_step(step, norms, active, scheduled,
-                          self.target.value, *args), names + ["target"])
+        """The threshold criterion's step on the current state; returns its
+        outputs and the names of the state variables they update."""
+        out = criterion_step(
+            step, norms, active, scheduled, self.ema.value,
+            self.reference.value, self.change.value, self.seen.value,
+            self.checks.value, config)
+        out.pop("seen")
+        return out, ["reference", "change", "checks", "ema"]
+
+    def _write(self, out, names, step, steps):
+        """Writes a step's outputs: the state variables `names` and the
+        decisions, into `decided` and the schedule's freeze steps
+        (`steps`)."""
+        n = self.num_units
+        for name in names:
+            getattr(self, name).assign(out[name])
+        self.decided.assign(
+            tf.where(out["freeze"], step + 1, self.decided.value))
+        # Only freeze steps change; the head's entry stays as it is.
+        new_steps = tf.where(out["freeze"], step + 1, steps[:n])
+        steps.assign(tf.concat([new_steps, steps[n:]], 0))
+
+    def _interval_observe(self, config, step, norms, active, steps):
+        """Rank and pace. Only at an interval's end (or, for pace, once a
+        training unit's target is reached) can the step decide anything;
+        at the other steps the full step would only add the norms to the
+        interval's running sum and count, and a cheap branch does just that,
+        for a fraction of the ops and writes (benchmarks/adaptive.md,
+        cost)."""
+        names = ["reference", "change", "checks", "interval_sum",
+                 "interval_steps"]
+        if config.criterion == "pace":
+            names.append("target")
+        # Read here what every step needs; the rest only in the branches.
+        state = {name: getattr(self, name).value
+                 for name in ("interval_sum", "interval_steps", "interval")}
+        scheduled = steps[:self.num_units]
+        decides = tf.equal((step + 1) % state["interval"], 0)
+        if config.criterion == "pace":
+            decides |= tf.reduce_any(
+                (self.target.value <= step + 1) & (scheduled > step + 1))
+
+        def full():
+            args = [state["interval_sum"], state["interval_steps"],
+                    self.reference.value, self.change.value,
+                    self.checks.value, state["interval"], config.percentile]
+            if config.criterion == "rank":
+                return rank_step(step, norms, active, scheduled, *args)
+            return pace_step(step, norms, active, scheduled,
+                             self.target.value, *args)
+
+        def accumulate():
+            return {"interval_sum": tf.where(
+                        active, state["interval_sum"] + norms,
+                        state["interval_sum"]),
+                    "interval_steps": state["interval_steps"] + 1}
+
+        if tf.distribute.has_strategy():
+            # A replica's variable write synchronises the replicas, which
+            # a tf.cond branch cannot hold: the branches compute, the
+            # writes follow.
+            def unchanged():
+                out = {k: tf.identity(getattr(self, k).value) for k in names}
+                out.update(accumulate(), freeze=tf.zeros_like(active))
+                return out
+
+            out = tf.cond(decides, lambda: {
+                k: v for k, v in full().items() if k in (*names, "freeze")},
+                unchanged)
+            self._write(out, names, step, steps)
+            return
+
+        def decide():
+            self._write(full(), names, step, steps)
+            return tf.constant(True)
+
+        def add():
+            for name, value in accumulate().items():
+                getattr(self, name).assign(value)
+            return tf.constant(False)
+
+        tf.cond(decides, decide, add)
 
     def observer(self, config, schedule_state):
         """A `FreezeOutModel.gradient_observers` entry that runs the
@@ -571,17 +639,14 @@ class AdaptiveState(keras.layers.Layer):
             step = tf.cast(step, tf.int64)
             n = self.num_units
             steps = schedule_state.freeze_steps
-            out, names = self._run(
-                config, step, unit_norms(unit_grads[:n], frozen),
-                tf.logical_not(tf.stack(frozen)), steps[:n])
-            for name in names:
-                getattr(self, name).assign(out[name])
+            norms = unit_norms(unit_grads[:n], frozen)
+            active = tf.logical_not(tf.stack(frozen))
+            if config.criterion == "threshold":
+                out, names = self._run(config, step, norms, active, steps[:n])
+                self._write(out, names, step, steps)
+            else:
+                self._interval_observe(config, step, norms, active, steps)
             self.seen.assign(self.seen.value + 1)
-            self.decided.assign(
-                tf.where(out["freeze"], step + 1, self.decided.value))
-            # Only freeze steps change; the head's entry stays as it is.
-            new_steps = tf.where(out["freeze"], step + 1, steps[:n])
-            steps.assign(tf.concat([new_steps, steps[n:]], 0))
 
         return observe
 

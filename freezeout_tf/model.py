@@ -160,7 +160,7 @@ class FreezeOutModel(keras.Model):
         # Python-side count of train_step traces: 1 for a whole run.
         self.train_step_traces = 0
         # Callables `(step, unit_gradients, frozen_flags)` run inside the
-        # train step after the backward pass; see compute_freezeout_gradients.
+        # train step after the optimizer's update; see train_step.
         self.gradient_observers = []
         # The leaf layers whose training/inference mode follows each unit's
         # in-graph flag (rejects layers that cannot switch, before training).
@@ -344,6 +344,11 @@ class FreezeOutModel(keras.Model):
         Returns:
             `(loss, y_pred, gradients)`, `loss` unscaled.
         """
+        return self._gradients_by_unit(x, y, sample_weight)[:3]
+
+    def _gradients_by_unit(self, x, y, sample_weight=None):
+        """`compute_freezeout_gradients`' results, then the step, each
+        unit's gradient list (the head last) and the frozen flags."""
         side = side_inputs.side_values(x, self.input_names)
         state = self.schedule_state
         step = state.step()
@@ -404,15 +409,12 @@ class FreezeOutModel(keras.Model):
             grads[i] = [g if e is None else g + e
                         for g, e in zip(grads[i], extra_vars[i])]
         del tape
-        # Observers see every unit's gradients inside the step, before the
-        # optimizer (adaptive freezing decides from them in the graph).
-        for observe in self.gradient_observers:
-            observe(step, grads, frozen)
         by_id = {
             id(v): g for group, gs in zip(groups, grads)
             for v, g in zip(group, gs)
         }
-        return loss, y_pred, [by_id[id(v)] for v in self.trainable_variables]
+        gradients = [by_id[id(v)] for v in self.trainable_variables]
+        return loss, y_pred, gradients, step, grads, frozen
 
     @staticmethod
     def _extra_loss_gradients(tape, scaled_loss, values, unit_inputs,
@@ -488,15 +490,22 @@ class FreezeOutModel(keras.Model):
             self.optimizer, variables, self.variable_units(variables),
             self.schedule_state,
         )
-        loss, y_pred, gradients = self.compute_freezeout_gradients(
-            x, y, sample_weight
-        )
+        loss, y_pred, gradients, step, unit_grads, frozen = (
+            self._gradients_by_unit(x, y, sample_weight))
         # As Keras' own train_step: track the loss for the progress bar.
         self._loss_tracker.update_state(
             _unscale_loss_for_distribution(loss),
             sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
         )
         self.optimizer.apply(gradients, variables)
+        # Observers see every unit's gradients inside the step (adaptive
+        # freezing decides from them in the graph). Placed after the update,
+        # so that the optimizer's reads of the freeze steps (which a
+        # decision at this step does not change: it freezes from the next)
+        # need not wait for the observers' writes; their work runs beside
+        # the update instead of before it.
+        for observe in self.gradient_observers:
+            observe(step, unit_grads, frozen)
         self.batches_taken.assign_add(1)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 

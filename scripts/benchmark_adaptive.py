@@ -31,7 +31,8 @@ Pre-registration, in two phases:
 3. `--phase merge`: merges the per-call test files into `--out`.json/.md/.png.
 
 `--phase cost` measures the criterion's in-graph cost with nothing frozen
-(interleaved per-step medians; `cost`'s docstring), writing
+(the train step with and without it, alternated step by step; per-step
+medians and paired ratios, `cost`'s docstring), writing
 `--out`-cost-`--run`.json.
 
 Each call stays under 10 minutes on 2 cores (split `scratch` by seed):
@@ -493,57 +494,73 @@ def merge(args):
 
 
 def cost(args):
-    """The criterion's in-graph cost with nothing frozen: per-step medians
-    of the same FreezeOutModel trained without a criterion ("plain step")
-    and with `AdaptiveFreeze()` (its interval set beyond the run, so that
-    nothing freezes) and, third, with `adaptive_batch_logs=True`; the arms
-    interleaved in `--rounds` rounds of `--steps` steps (a round's first two
-    steps, holding the trace, are left out)."""
-    rng = np.random.default_rng(0)
+    """The criterion's in-graph cost with nothing frozen. Per task one model,
+    whose train step is traced twice-over on one fixed batch
+    (`tf.function(model.train_step)`): without a criterion ("plain step")
+    and with each criterion's observer (`AdaptiveFreeze()`, the default
+    rank, and pace; their interval set beyond the run, so that nothing
+    freezes and every step does a step's full criterion work). The arms run
+    alternated step by step in `--rounds` rounds of `--steps` steps
+    (`benchmarking.alternate_steps`); `benchmarking.ratio_spread` gives each
+    criterion's step over the plain step's: the median of the paired ratios
+    with a 95 % bootstrap interval over rounds, and the ratio of the pooled
+    per-step medians with the per-round quartiles. Host work outside the
+    step (callbacks, `adaptive_batch_logs`) is not in it."""
+    import tensorflow as tf
+
+    from freezeout_tf import benchmarking as bm
+
     shapes = {"finetune": (16, 16, 1), "vit": (8, 8, 1),
               "scratch": (32, 32, 3)}
-    arms = {
-        "plain step": None,
-        "rank": (AdaptiveFreeze("rank", interval=10 ** 9), False),
-        "pace": (AdaptiveFreeze("pace", t_0=1.0, interval=10 ** 9), False),
-        "rank + batch logs": (AdaptiveFreeze("rank", interval=10 ** 9), True),
-    }
+    beyond = 10 ** 9
+    criteria = {"rank": AdaptiveFreeze(interval=beyond),
+                "pace": AdaptiveFreeze("pace", t_0=1.0, interval=beyond)}
     out = {"command": _command(), "rounds": args.rounds, "steps": args.steps,
-           "tasks": {}}
+           "method": cost.__doc__, "tasks": {}}
     for task in args.cost_tasks:
         keras.utils.set_random_seed(0)
         model = _builder(task)()
         model.compile(_optimizer(task), LOSS)
-        n = BATCH * args.steps
-        x = rng.normal(size=(n, *shapes[task])).astype("float32")
-        y = rng.integers(0, 5, n)
-        times = {name: [] for name in arms}
-        for _ in range(args.rounds):
-            for name, arm in arms.items():
-                callbacks = []
-                if arm is not None:
-                    callbacks.append(FreezeOut(
-                        t_0=None, adaptive=arm[0], adaptive_batch_logs=arm[1]))
-                else:
-                    model.schedule_state.clear()
-                    model.train_function = None  # traced without a criterion
-                timer = StepTimer()
-                model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
-                          shuffle=False, callbacks=callbacks + [timer])
-                times[name] += timer.times[2:]
-        base = statistics.median(times["plain step"])
-        rows = {}
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            q1, _, q3 = statistics.quantiles(ts, n=4)
-            rows[name] = {"median_ms": 1e3 * med, "q1_ms": 1e3 * q1,
-                          "q3_ms": 1e3 * q3,
-                          "overhead_pct": 100 * (med / base - 1)}
-        out["tasks"][task] = rows
-        print(f"{task}: " + "; ".join(
-            f"{k} {v['median_ms']:.2f} ms (IQR {v['q1_ms']:.2f}-"
-            f"{v['q3_ms']:.2f}, {v['overhead_pct']:+.1f} %)"
-            for k, v in rows.items()), flush=True)
+        model.optimizer.build(model.trainable_variables)
+        model.schedule_state.clear()  # nothing frozen
+        batch = (tf.random.normal((BATCH, *shapes[task]), seed=1),
+                 tf.random.uniform((BATCH,), 0, 5, tf.int64, seed=2))
+        steps = {}
+        for name, config in [("plain step", None), *criteria.items()]:
+            model.gradient_observers.clear()
+            if config is not None:
+                model.adaptive_state.start(config, beyond)
+                model.gradient_observers.append(model.adaptive_state.observer(
+                    config, model.schedule_state))
+            steps[name] = tf.function(model.train_step, autograph=False)
+            steps[name](batch)  # traced now, with these observers
+        model.gradient_observers.clear()
+
+        def timed(step):
+            def run():
+                start = time.perf_counter()
+                float(step(batch)["loss"])  # wait for the step
+                return time.perf_counter() - start
+            return run
+
+        times = bm.alternate_steps({n: timed(s) for n, s in steps.items()},
+                                   args.rounds, args.steps)
+        rows = {name: {"median_ms": bm.median_ms(
+            [t for r in ts for t in r])} for name, ts in times.items()}
+        for name in criteria:
+            rows[name].update(bm.ratio_spread(times[name],
+                                              times["plain step"]))
+        out["tasks"][task] = {"rows": rows, "times": times}
+        print(f"{task}: plain step {rows['plain step']['median_ms']:.2f} ms; "
+              + "; ".join(
+                  f"{n} {rows[n]['median_ms']:.2f} ms, paired "
+                  f"{100 * (rows[n]['paired'] - 1):+.2f} % (95 % CI "
+                  f"{100 * (rows[n]['ci_low'] - 1):+.2f} to "
+                  f"{100 * (rows[n]['ci_high'] - 1):+.2f}), pooled medians "
+                  f"{100 * (rows[n]['ratio'] - 1):+.2f} % (rounds IQR "
+                  f"{100 * (rows[n]['round_q1'] - 1):+.2f} to "
+                  f"{100 * (rows[n]['round_q3'] - 1):+.2f})"
+                  for n in criteria), flush=True)
     if args.out:
         _write_json(f"{args.out}-cost-{args.run}.json", out)
 
@@ -561,9 +578,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cost-tasks", nargs="+", choices=TASKS,
                         default=list(TASKS), help="cost phase: models")
-    parser.add_argument("--rounds", type=int, default=6,
+    parser.add_argument("--rounds", type=int, default=60,
                         help="cost phase: interleaved rounds")
-    parser.add_argument("--steps", type=int, default=30,
+    parser.add_argument("--steps", type=int, default=5,
                         help="cost phase: steps per arm and round")
     parser.add_argument("--run", default="1",
                         help="cost phase: a label of this run, in the file name")
@@ -572,8 +589,8 @@ def main(argv=None):
         parser.error(f"--seeds must be >= 0; got {args.seeds}")
     if args.quick:
         args.seeds = args.seeds[:1]
-    if args.rounds < 1 or args.steps < 4:
-        parser.error("--rounds must be >= 1 and --steps >= 4")
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps must be >= 1")
     {"tune": tune, "test": test, "merge": merge, "cost": cost}[args.phase](args)
 
 

@@ -15,9 +15,9 @@ import tensorflow as tf
 from conftest import LOSS, tiny_data, tiny_model
 from freezeout_tf import AdaptiveFreeze, FreezeOut, FreezeOutModel, schedule
 from freezeout_tf.adaptive import (
-    NOT_YET, criterion_step, pace_step, rank_step,
+    NOT_YET, AdaptiveState, criterion_step, pace_step, rank_step,
 )
-from freezeout_tf.schedule_state import NEVER
+from freezeout_tf.schedule_state import NEVER, ScheduleState
 from test_train_step import unit_state
 
 # Checks every 2 steps: on the tiny task units trigger between steps 4 and
@@ -245,6 +245,32 @@ def test_interval_criteria_match_a_step_by_step_reference(criterion):
     decided = want < scheduled
     assert decided.sum() >= 3 and np.all(np.diff(decided.astype(int)) <= 0)
     assert np.all(np.diff(want[decided]) >= 0)
+    # The observer the train step runs (which skips the full step where it
+    # cannot decide) writes the same decisions into the schedule's state.
+    config = AdaptiveFreeze(criterion, interval=interval, percentile=q)
+    adaptive, schedule_state = AdaptiveState(n), ScheduleState(n)
+    schedule_state.freeze_steps.assign(np.append(scheduled, NEVER))
+    adaptive.start(config, steps)
+    adaptive.target.assign(start)
+    observe = adaptive.observer(config, schedule_state)
+
+    @tf.function
+    def observe_step(step, unit_norms):
+        # One gradient tensor per unit, whose norm is the unit's norm.
+        observe(step, [[unit_norms[i:i + 1]] for i in range(n)],
+                schedule_state.frozen_flags(step))
+
+    for j in range(steps):
+        observe_step(tf.constant(j, tf.int64), tf.constant(norms[j]))
+    np.testing.assert_array_equal(
+        schedule_state.host_freeze_steps()[:n], want)
+    decided_steps, change = adaptive.host_values()
+    np.testing.assert_array_equal(decided_steps[decided], want[decided])
+    assert np.all(decided_steps[~decided] == NOT_YET)
+    np.testing.assert_allclose(change, want_change, rtol=1e-4)
+    if criterion == "pace":
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(adaptive.target), want_targets)
 
 
 @pytest.mark.parametrize("name", list(ALL))
