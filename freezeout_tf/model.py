@@ -443,32 +443,28 @@ class FreezeOutModel(keras.Model):
         the input gradient: unit i - 1 is frozen too then and never reads
         it, and passing a tensor through costs nothing, where zeros would be
         written out at every step."""
-        zero = tf.UnconnectedGradients.ZERO
-
         def zeros():
             return [tf.zeros(v.shape, v.dtype) for v in values]
+
+        def backward(sources):
+            # Built inside a branch. Constants the gradient reads stay
+            # constants there, so Grappler simplifies as at the top level
+            # (tf_internals).
+            with tf_internals.constants_by_value():
+                return _dense(tape.gradient(
+                    output, sources, output_gradients=upstream,
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO))
 
         if i == 0:
             # The first unit never hands a gradient down (and with side
             # inputs it has no hidden-state input at all).
-            def weights_only():
-                with tf_internals.constants_by_value():
-                    return _dense(tape.gradient(output, values,
-                                                output_gradients=upstream,
-                                                unconnected_gradients=zero))
-
-            return tf.cond(frozen[0], zeros, weights_only), None
+            return tf.cond(frozen[0], zeros, lambda: backward(values)), None
 
         def skip():
             return zeros(), unit_input
 
         def weights_and_input():
-            # Constants the gradient reads stay constants in the branch, so
-            # Grappler simplifies as at the top level (tf_internals).
-            with tf_internals.constants_by_value():
-                grads = _dense(tape.gradient(output, values + [unit_input],
-                                             output_gradients=upstream,
-                                             unconnected_gradients=zero))
+            grads = backward(values + [unit_input])
             return grads[:-1], grads[-1]
 
         # Two branches, not three: a third "weights only" branch for the
