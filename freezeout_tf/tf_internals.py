@@ -53,6 +53,7 @@ def constants_by_value():
     def capture(tensor, name=None, shape=None):
         if not _small_outer_constant(tensor, graph):
             return outer_capture(tensor, name, shape)
+        # Keyed by id; the tensor is kept with its copy so the id stays its.
         if id(tensor) not in copies:
             copies[id(tensor)] = (tensor, tf.constant(
                 tf.get_static_value(tensor), dtype=tensor.dtype))
