@@ -97,7 +97,7 @@ def test_mirrored_two_devices_matches_one_device(tmp_path):
     # Same global batch (16) on one device and on two replicas of 8.
     for i in range(int(r["num_weights"])):
         np.testing.assert_allclose(r[f"two_{i}"], r[f"one_{i}"],
-                                   rtol=1e-3, atol=1e-4)
+                                   rtol=1e-5, atol=1e-6)
     # One trace; train_step's Python body runs once per replica in it.
     assert int(r["tracing_count"]) == 1
     assert int(r["train_step_traces"]) == 2, out
