@@ -1,7 +1,8 @@
 """The README's table of estimates: units, trainable parameters, the
-FLOP-based `estimate_speedup`, the original's `calc_speedup` (DenseNet-BC)
-and the saving in all-reduced gradient bytes, for the networks the paper
-reports, at one schedule. No training: seconds to minutes (it builds
+FLOP-based `estimate_speedup`, the original's `calc_speedup` (DenseNet-BC),
+the saving in all-reduced gradient bytes and the forward multiply-
+accumulates per image, for the networks the paper reports and the
+benchmarks' DenseNet-BC L=22, at one schedule. No training: seconds to minutes (it builds
 WRN-28-10 and VGG-E).
 
 Usage (the committed results in benchmarks/estimates.json):
@@ -13,13 +14,17 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from freezeout_tf import calc_speedup, estimate_speedup, models  # noqa: E402
+from freezeout_tf import (  # noqa: E402
+    calc_speedup, estimate_speedup, models, unit_flops,
+)
 from freezeout_tf.benchmarking import write_report  # noqa: E402
 from freezeout_tf.speedup import gradient_bytes_saving  # noqa: E402
 
 # name -> (builder, DenseNet-BC (growth rate, layers per dense block) for
 # calc_speedup, which covers DenseNet-BC only).
 NETWORKS = {
+    "DenseNet-BC L=22 k=12": (  # the benchmarks' network
+        lambda: models.densenet_bc(depth=22, growth_rate=12), (12, 3)),
     "DenseNet-BC L=76 k=12": (
         lambda: models.densenet_bc(depth=76, growth_rate=12), (12, 12)),
     "DenseNet-BC L=100 k=12": (
@@ -49,6 +54,7 @@ def main():
                 *densenet, args.t0, args.how_scale)),
             "gradient_bytes_saving": gradient_bytes_saving(
                 model, args.t0, args.how_scale),
+            "forward_macs_per_image": sum(unit_flops(model)),
         }
         print(name, rows[name], flush=True)
     if args.out:
