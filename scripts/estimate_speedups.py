@@ -1,9 +1,9 @@
 """The README's table of estimates: units, trainable parameters, the
 FLOP-based `estimate_speedup`, the original's `calc_speedup` (DenseNet-BC),
-the saving in all-reduced gradient bytes and the forward multiply-
-accumulates per image, for the networks the paper reports and the
-benchmarks' DenseNet-BC L=22, at one schedule. No training: seconds to minutes (it builds
-WRN-28-10 and VGG-E).
+the saving in all-reduced gradient bytes and the forward
+multiply-accumulates per image, for the networks the paper reports and the
+benchmarks' DenseNet-BC L=22, at one schedule. No training: seconds to
+minutes (it builds WRN-28-10 and VGG-E).
 
 Usage (the committed results in benchmarks/estimates.json):
     python scripts/estimate_speedups.py --out benchmarks

@@ -4,7 +4,6 @@ included, and a frozen unit does not move at all."""
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from freezeout_tf import FreezeOutModel, original_sgd, schedule
@@ -32,8 +31,8 @@ def dense_model():
 def one_step(optimizer, prepare=None):
     """Takes one FreezeOut step at `STEP` of a `TOTAL`-step schedule.
 
-    Returns each trainable variable's value before, after, its plain-tape
-    gradient, its unit's multiplier, and the model."""
+    Returns, per trainable variable: its value before and after the step,
+    its plain-tape gradient and its unit's multiplier m_i(STEP)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 5)).astype("float32")
     y = rng.integers(0, 3, 16)
