@@ -91,6 +91,61 @@ def _unscale_loss_for_distribution(loss):
     return loss * replicas if replicas > 1 else loss
 
 
+def _mark_shared_layers(parts, configs):
+    """Marks a layer called in several parts (a causal LM's reversible
+    embedding, in unit 0 and the head) as one shared object in the parts'
+    functional configs, so that `keras.saving.load_model` (which loads
+    under Keras' object-sharing scope) makes one layer again, not one per
+    part whose weights would be loaded once only. When a later part is
+    loaded the layer already holds the earlier parts' call nodes, so that
+    part's references to the layer's nodes are shifted past them."""
+    seen, calls = {}, {}
+    for part, config in zip(parts, configs):
+        shift = {}
+        for layer_config in config.get("config", {}).get("layers", []):
+            name = layer_config["name"]
+            layer = part.get_layer(name)
+            if id(layer) in seen:
+                shift[name] = calls[id(layer)]
+            seen.setdefault(id(layer), []).append(layer_config)
+            calls[id(layer)] = (calls.get(id(layer), 0)
+                                + len(layer_config["inbound_nodes"]))
+        if shift:
+            _shift_node_indices(config["config"], shift)
+    for number, shared in enumerate(c for c in seen.values() if len(c) > 1):
+        for layer_config in shared:
+            layer_config["shared_object_id"] = f"freezeout_tf/{number}"
+
+
+def _shift_node_indices(config, shift):
+    """Adds `shift[name]` to the node index of every reference to layer
+    `name`'s outputs in a functional config (`keras_history` of call
+    arguments and the model's output list)."""
+    def visit(obj):
+        if isinstance(obj, dict):
+            history = obj.get("keras_history")
+            if isinstance(history, list) and history[0] in shift:
+                history[1] += shift[history[0]]
+            for value in obj.values():
+                visit(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                visit(value)
+
+    def visit_refs(refs):  # [name, node_index, tensor_index], nested
+        if (isinstance(refs, list) and len(refs) == 3
+                and isinstance(refs[0], str)):
+            if refs[0] in shift:
+                refs[1] += shift[refs[0]]
+        else:
+            for value in (refs.values() if isinstance(refs, dict)
+                          else refs):
+                visit_refs(value)
+
+    visit(config["layers"])
+    visit_refs(config["output_layers"])
+
+
 @keras.saving.register_keras_serializable(package="freezeout_tf")
 class FreezeOutModel(keras.Model):
     """A chain of freeze units followed by a head that never freezes.
@@ -633,12 +688,12 @@ class FreezeOutModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
+        parts = self.freeze_units + [self.head]
+        configs = [keras.saving.serialize_keras_object(p) for p in parts]
+        _mark_shared_layers(parts, configs)
         config.update(
-            freeze_units=[
-                keras.saving.serialize_keras_object(u)
-                for u in self.freeze_units
-            ],
-            head=keras.saving.serialize_keras_object(self.head),
+            freeze_units=configs[:-1],
+            head=configs[-1],
             input_names=self.input_names,
             tied_owner=self.tied_owner,
         )
