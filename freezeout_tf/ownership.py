@@ -8,8 +8,8 @@ holds:
 * A variable held by the layers of one part only belongs to it (no probe).
 * A variable held by the layers of several parts belongs to the parts that
   read it, found generically: each such part runs once, eagerly, on zero
-  inputs of batch 1 under a `tf.GradientTape` that watches the candidate
-  variables; the ones with a gradient are read. An untied reversible
+  inputs of batch 1 under a `tf.GradientTape`, which records the variables
+  read. An untied reversible
   embedding (Llama 3: `embeddings` in the lookup, `reverse_embeddings` in
   the projection) so splits by variable.
 * Read by one freeze unit and the head (a tied embedding: GPT-2, Gemma):
@@ -72,12 +72,15 @@ def _zeros_for(part, free):
 
 
 def read_by(part, variables):
-    """Ids of those of `variables` that `part`'s output depends on.
+    """Ids of those of `variables` that `part` reads.
 
     Runs `part` (a functional model) once, eagerly, on zeros of batch 1
-    (a `None` dimension as `speedup.with_free_dimension` chooses), with the
-    variables watched on a tape: which of them get a gradient is decided by
-    the ops recorded, not by the zero values.
+    (a `None` dimension as `speedup.with_free_dimension` chooses), under a
+    `tf.GradientTape` that records the variables read: which ones is
+    decided by the ops run, not by the zero values. The tape records the
+    TensorFlow variables created trainable (a Keras variable's `trainable`
+    set later, as LoRA does on a kernel, does not change that); under a
+    distribution strategy it may record a replica's component.
 
     Args:
         part: a functional `keras.Model` (a freeze unit or the head).
@@ -87,17 +90,20 @@ def read_by(part, variables):
         set of `id(v)` of the variables read.
     """
     def probe(free):
-        values = [v.value for v in variables]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(values)
-            outputs = keras.tree.flatten(
-                part(_zeros_for(part, free), training=False))
-            total = tf.add_n([tf.reduce_sum(tf.cast(o, "float32"))
-                              for o in outputs if o.dtype.is_floating])
-        grads = tape.gradient(total, values)
-        return {id(v) for v, g in zip(variables, grads) if g is not None}
+        with tf.GradientTape() as tape:
+            part(_zeros_for(part, free), training=False)
+        return {id(w) for w in tape.watched_variables()}
 
-    return speedup.with_free_dimension(probe)
+    read = speedup.with_free_dimension(probe)
+    return {id(v) for v in variables
+            if read.intersection(_tf_variable_ids(v))}
+
+
+def _tf_variable_ids(variable):
+    """Ids of the TensorFlow variable behind a Keras variable, and of its
+    per-replica components under a distribution strategy."""
+    value = variable.value
+    return {id(value)} | {id(c) for c in getattr(value, "values", ())}
 
 
 def variable_owners(parts, trained, tied_owner="first"):
