@@ -103,6 +103,8 @@ def _mark_shared_layers(parts, configs):
     for part, config in zip(parts, configs):
         shift = {}
         for layer_config in config.get("config", {}).get("layers", []):
+            if "inbound_nodes" not in layer_config:
+                continue  # not a functional model's layer (a Sequential's)
             name = layer_config["name"]
             layer = part.get_layer(name)
             if id(layer) in seen:
