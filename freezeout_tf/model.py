@@ -102,11 +102,13 @@ def _mark_shared_layers(parts, configs):
     seen, calls = {}, {}
     for part, config in zip(parts, configs):
         shift = {}
+        # Layers and Keras ops (a slice is a `GetItem` operation) by name.
+        operations = {op.name: op for op in getattr(part, "operations", ())}
         for layer_config in config.get("config", {}).get("layers", []):
-            if "inbound_nodes" not in layer_config:
+            name = layer_config.get("name")
+            layer = operations.get(name)
+            if layer is None or "inbound_nodes" not in layer_config:
                 continue  # not a functional model's layer (a Sequential's)
-            name = layer_config["name"]
-            layer = part.get_layer(name)
             if id(layer) in seen:
                 shift[name] = calls[id(layer)]
             seen.setdefault(id(layer), []).append(layer_config)

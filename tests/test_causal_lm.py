@@ -225,3 +225,18 @@ def test_mirrored_two_devices_matches_one_device(tmp_path):
     for i in range(int(r["num_weights"])):
         np.testing.assert_allclose(r[f"two_{i}"], r[f"one_{i}"],
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_hand_made_units_reading_one_variable_are_refused():
+    shared = keras.layers.Dense(4, name="shared")
+    units = [keras.Sequential([keras.Input((4,)), shared]) for _ in range(2)]
+    head = keras.Sequential([keras.Input((4,)), shared,
+                             keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="Variable .*shared/kernel is read "
+                                         "by unit 0 and unit 1"):
+        FreezeOutModel(units, head)
+    # One unit and the head may share it: the unit owns it by default.
+    model = FreezeOutModel(units[:1], head)
+    assert model.variable_units([shared.kernel, shared.bias]) == [0, 0]
+    assert FreezeOutModel(units[:1], head, tied_owner="head").variable_units(
+        [shared.kernel]) == [1]
