@@ -521,7 +521,7 @@ class FreezeOutModel(keras.Model):
         if not has_extra_losses:  # else the extra terms hold the head's
             self._foreign_gradients(tape, frozen, foreign[-1], value_of,
                                     scaled_loss, None, added)
-        pass_down = self._pass_down_flags(frozen, foreign)
+        pass_down = self._pass_down_flags(foreign)
         for i in reversed(range(self.num_units)):
             self._foreign_gradients(tape, frozen, foreign[i], value_of,
                                     unit_outputs[i], upstream, added)
@@ -591,26 +591,21 @@ class FreezeOutModel(keras.Model):
             for v, g in zip(variables, grads):
                 added.setdefault(id(v), []).append(g)
 
-    def _pass_down_flags(self, frozen, foreign):
+    def _pass_down_flags(self, foreign):
         """For each unit, whether it must hand its input gradient down even
-        while frozen: a part before it reads a variable whose owner trains
-        (a tied embedding owned by the head: the lookup in unit 0 needs the
-        hidden-state gradient through every block). `None`: never (the
-        usual case), `True`: always, or a boolean tensor."""
-        flags, owners = [], set()
+        while frozen: a unit before it reads a variable the head owns (a
+        tied embedding with `tied_owner="head"`: the lookup in unit 0 needs
+        the hidden-state gradient through every block). A unit's foreign
+        reads are always the head's: two units never read one variable
+        (`ownership.variable_owners` refuses it)."""
+        flags, reads_before = [], False
         for reads in foreign[:self.num_units]:
-            if not owners:
-                flags.append(None)
-            elif self.num_units in owners:
-                flags.append(True)
-            else:
-                flags.append(tf.reduce_any(tf.logical_not(
-                    tf.stack([frozen[o] for o in sorted(owners)]))))
-            owners.update(owner for owner, _ in reads)
+            flags.append(reads_before)
+            reads_before = reads_before or bool(reads)
         return flags
 
     def _unit_backward(self, tape, i, frozen, values, unit_input, output,
-                       upstream, pass_down=None):
+                       upstream, pass_down=False):
         """Weight gradients of unit i and the gradient for unit i - 1.
 
         One `tf.cond` on the unit's frozen flag: frozen, nothing runs (zero
@@ -649,15 +644,11 @@ class FreezeOutModel(keras.Model):
         # input gradient per step, but it repeats every unit's weight-gradient
         # code in the graph: the first fit step of DenseNet-BC L=40 took
         # about twice as long (graph and XLA alike; docs/design.md).
-        if pass_down is None:
-            return tf.cond(frozen[i], skip, weights_and_input)
-
         def input_only():
             return zeros(), backward([unit_input])[0]
 
-        frozen_branch = input_only if pass_down is True else (
-            lambda: tf.cond(pass_down, input_only, skip))
-        return tf.cond(frozen[i], frozen_branch, weights_and_input)
+        return tf.cond(frozen[i], input_only if pass_down else skip,
+                       weights_and_input)
 
     # No AutoGraph: the step has no Python control flow on tensors (every
     # branch is an explicit tf.cond), and converting the per-unit branch
