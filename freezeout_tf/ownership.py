@@ -40,7 +40,16 @@ TIED_OWNERS = ("first", "head")
 
 
 def check_tied_owner(tied_owner):
-    """Raises ValueError unless `tied_owner` is one of `TIED_OWNERS`."""
+    """Raises ValueError unless `tied_owner` is one of `TIED_OWNERS`.
+
+    Example:
+
+    >>> ownership.check_tied_owner("head")
+    >>> ownership.check_tied_owner("last")
+    Traceback (most recent call last):
+    ...
+    ValueError: tied_owner must be one of ('first', 'head') (the first freeze unit that reads a tied variable, or the head); got 'last'.
+    """
     if tied_owner not in TIED_OWNERS:
         raise ValueError(
             f"tied_owner must be one of {TIED_OWNERS} (the first freeze "
@@ -53,7 +62,14 @@ def part_variables(part):
     """The variables of `part`'s layers that can be trained, in order, each
     once. `layer._trainable_variables` keeps a variable even after
     `layer.trainable = False` (which the FreezeOut callback sets on frozen
-    units), so the list never changes during a run."""
+    units), so the list never changes during a run.
+
+    Example:
+
+    >>> part = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> [v.name for v in ownership.part_variables(part)]
+    ['kernel', 'bias']
+    """
     seen, variables = set(), []
     for layer in part._flatten_layers(include_self=True):
         for v in layer._trainable_variables:
@@ -88,6 +104,15 @@ def read_by(part, variables):
 
     Returns:
         set of `id(v)` of the variables read.
+
+    Example:
+
+    >>> dense, other = keras.layers.Dense(2), keras.layers.Dense(2)
+    >>> part = keras.Sequential([keras.Input((3,)), dense])
+    >>> other.build((None, 3))
+    >>> ownership.read_by(part, [dense.kernel, other.kernel]) == {
+    ...     id(dense.kernel)}
+    True
     """
     def probe(free):
         with tf.GradientTape() as tape:
@@ -126,9 +151,14 @@ def variable_owners(parts, trained, tied_owner="first"):
 
     Example:
 
-    >>> owned, foreign = variable_owners(units + [head], trained)
-    >>> foreign[-1]  # a GPT-2's tied embedding, read by the head
-    [<Variable path=token_embedding/embeddings, ...>]
+    >>> shared = keras.layers.Dense(4)  # called by the unit and the head
+    >>> unit = keras.Sequential([keras.Input((4,)), shared])
+    >>> head = keras.Sequential([keras.Input((4,)), shared,
+    ...                          keras.layers.Dense(2)])
+    >>> trained = {id(v) for v in unit.weights + head.weights}
+    >>> owned, foreign = ownership.variable_owners([unit, head], trained)
+    >>> [len(o) for o in owned], [len(f) for f in foreign]
+    ([2, 2], [0, 2])
     """
     check_tied_owner(tied_owner)
     head = len(parts) - 1
