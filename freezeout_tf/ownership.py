@@ -45,10 +45,10 @@ def check_tied_owner(tied_owner):
     Example:
 
     >>> ownership.check_tied_owner("head")
-    >>> ownership.check_tied_owner("last")
+    >>> ownership.check_tied_owner("last")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: tied_owner must be one of ('first', 'head') (the first freeze unit that reads a tied variable, or the head); got 'last'.
+    ValueError: tied_owner must be one of ('first', 'head') ...; got 'last'.
     """
     if tied_owner not in TIED_OWNERS:
         raise ValueError(

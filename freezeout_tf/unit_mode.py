@@ -32,8 +32,9 @@ inside `unit_mode(leaves, flag_i)`, each *leaf* layer of the unit whose
 * Keras' `Dense` and `EinsumDense` take `training` but ignore it (only
   their float8 mode reads it, and a float8 layer is switched): they
   are left alone, with LoRA enabled too (its kernel is non-trainable state
-  that `training` never touches). Switching them would compute every projection twice, once
-  per mode; on transformers that made the step 1.6-1.7x plain Keras'.
+  that `training` never touches). Switching them would compute every
+  projection twice, once per mode; on transformers that made the step
+  1.6-1.7x plain Keras'.
 * A leaf layer with other non-trainable state could not be kept unchanged
   while frozen; `mode_switched_leaves` rejects it with a clear error.
 
