@@ -145,7 +145,8 @@ _CALLS_IGNORING_TRAINING = (keras.layers.Dense.call,
 
 
 def _check_batch_norm(layer, unit_name):
-    if layer.renorm:
+    # `renorm` appeared in Keras 3.14; older releases have no renorm.
+    if getattr(layer, "renorm", False):
         raise ValueError(
             f"BatchNormalization {layer.name!r} in {unit_name} uses "
             "renorm=True, which FreezeOut does not support inside a freeze "
