@@ -34,6 +34,7 @@ Example:
 """
 
 import inspect
+import threading
 
 import keras
 import numpy as np
@@ -175,34 +176,53 @@ def update_routing_problems():
     """What went wrong in the behavioural probe of the optimizer hooks
     (empty if nothing): a frozen variable with its momentum must not move
     over two steps of SGD with momentum and weight decay; an active one
-    must. Eager and tiny; runs outside any `tf.function`."""
+    must. Eager and tiny.
+
+    It runs in a thread of its own: there no `tf.distribute` strategy scope,
+    `tf.function` trace or Keras dtype policy of the caller applies (all
+    are per thread), so the probe sees stock Keras on one device."""
+    result = {}
+
+    def run():
+        try:
+            result["found"] = _probe()
+        except Exception as err:  # re-raised in the caller's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=run, name="freezeout_probe")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["found"]
+
+
+def _probe():
     # Imported here: optimizer and schedule_state do not import this module.
     from freezeout_tf import optimizer as fo_optimizer
     from freezeout_tf.schedule_state import ScheduleState
 
-    with tf.init_scope():
-        opt = keras.optimizers.SGD(**_PROBE)
-        frozen = keras.Variable(np.ones(2, np.float32), name="probe_frozen")
-        active = keras.Variable(np.ones(2, np.float32), name="probe_active")
-        clock = keras.Variable(0, dtype="int64", trainable=False)
-        state = ScheduleState(1, clock)
-        state.freeze_prefix(1)  # unit 0 frozen, the head (unit 1) active
-        fo_optimizer.attach_schedule(opt, [frozen, active], [0, 1], state)
-        opt.build([frozen, active])
-        grad = tf.ones(2)
-        for _ in range(2):
-            opt.apply([grad, grad], [frozen, active])
-            clock.assign_add(1)
-        found = []
-        if not np.array_equal(keras.ops.convert_to_numpy(frozen), [1, 1]):
-            found.append("a frozen variable moved (optimizer.apply no "
-                         "longer routes updates through "
-                         "_distributed_tf_update_step, or weight decay "
-                         "through _apply_weight_decay)")
-        if np.array_equal(keras.ops.convert_to_numpy(active), [1, 1]):
-            found.append("an active variable did not move (the hooks skip "
-                         "every update)")
-        return found
+    opt = keras.optimizers.SGD(**_PROBE)
+    frozen = keras.Variable(np.ones(2, np.float32), name="probe_frozen")
+    active = keras.Variable(np.ones(2, np.float32), name="probe_active")
+    clock = keras.Variable(0, dtype="int64", trainable=False)
+    state = ScheduleState(1, clock)
+    state.freeze_prefix(1)  # unit 0 frozen, the head (unit 1) active
+    fo_optimizer.attach_schedule(opt, [frozen, active], [0, 1], state)
+    opt.build([frozen, active])
+    grad = tf.ones(2)
+    for _ in range(2):
+        opt.apply([grad, grad], [frozen, active])
+        clock.assign_add(1)
+    found = []
+    if not np.array_equal(keras.ops.convert_to_numpy(frozen), [1, 1]):
+        found.append("a frozen variable moved (optimizer.apply no longer "
+                     "routes updates through _distributed_tf_update_step, "
+                     "or weight decay through _apply_weight_decay)")
+    if np.array_equal(keras.ops.convert_to_numpy(active), [1, 1]):
+        found.append("an active variable did not move (the hooks skip "
+                     "every update)")
+    return found
 
 
 def check():
