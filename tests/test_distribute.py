@@ -24,6 +24,9 @@ from freezeout_tf.distribute import make_strategy, set_mixed_precision
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       "_dist_worker.py")
 TIMEOUT = 240  # seconds per subprocess; a hung collective fails, not hangs
+# The name scope of the workers' optimizer's ops (SGDWithL2): its name in
+# recent Keras, its base class's in Keras 3.8 (CI's oldest lane).
+OPTIMIZER_SCOPES = ("sgd_with_l2", "SGD/")
 NUM_UNITS, STEPS = 4, 12  # the workers' run: 4 units, 3 epochs of 4 steps
 
 
@@ -64,9 +67,9 @@ def _free_ports(n):
 def _gradient_collectives(found):
     """{function: [collective ops]} -> the ops of the optimizer's gradient
     all-reduce, grouped by the function (graph) holding them."""
-    return {fn: [op for op in ops if op.startswith("sgd_with_l2")]
+    return {fn: [op for op in ops if op.startswith(OPTIMIZER_SCOPES)]
             for fn, ops in json.loads(str(found)).items()
-            if any(op.startswith("sgd_with_l2") for op in ops)}
+            if any(op.startswith(OPTIMIZER_SCOPES) for op in ops)}
 
 
 def _assert_per_unit_conds(found, per_branch):
