@@ -42,12 +42,14 @@ The step math (`criterion_step`, `rank_step`, `pace_step`) is pure
 functions of tensors, separate from the variables that hold the state.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from freezeout_tf import schedule
-from freezeout_tf.schedule_state import NEVER
+from freezeout_tf.schedule_state import HOST, NEVER
 
 __all__ = [
     "AdaptiveFreeze",
@@ -506,11 +508,17 @@ class AdaptiveState(keras.layers.Layer):
         self.num_units = int(num_units)
 
         def weight(name, shape, dtype, value):
-            return self.add_weight(
-                shape=shape, dtype=dtype, name=name, trainable=False,
-                initializer=keras.initializers.Constant(value),
-                aggregation="only_first_replica",
-            )
+            # The integer state (counts, intervals, targets, decisions)
+            # makes the predicate of the criterion's tf.cond and the freeze
+            # steps: on the host, as the schedule's (schedule_state.HOST).
+            place = (tf.device(HOST) if dtype == "int64"
+                     else contextlib.nullcontext())
+            with place:
+                return self.add_weight(
+                    shape=shape, dtype=dtype, name=name, trainable=False,
+                    initializer=keras.initializers.Constant(value),
+                    aggregation="only_first_replica",
+                )
 
         n = (self.num_units,)
         self.ema = weight("ema", n, "float32", 0.0)
@@ -583,11 +591,12 @@ class AdaptiveState(keras.layers.Layer):
         # Read here what every step needs; the rest only in the branches.
         state = {name: getattr(self, name).value
                  for name in ("interval_sum", "interval_steps", "interval")}
-        scheduled = steps[:self.num_units]
-        decides = tf.equal((step + 1) % state["interval"], 0)
-        if config.criterion == "pace":
-            decides |= tf.reduce_any(
-                (self.target.value <= step + 1) & (scheduled > step + 1))
+        with tf.device(HOST):  # the cond's predicate (schedule_state)
+            scheduled = steps[:self.num_units]
+            decides = tf.equal((step + 1) % state["interval"], 0)
+            if config.criterion == "pace":
+                decides |= tf.reduce_any(
+                    (self.target.value <= step + 1) & (scheduled > step + 1))
 
         def full():
             args = [state["interval_sum"], state["interval_steps"],
@@ -636,7 +645,8 @@ class AdaptiveState(keras.layers.Layer):
         `schedule_state.freeze_steps`."""
 
         def observe(step, unit_grads, frozen):
-            step = tf.cast(step, tf.int64)
+            with tf.device(HOST):
+                step = tf.cast(step, tf.int64)
             n = self.num_units
             steps = schedule_state.freeze_steps
             norms = unit_norms(unit_grads[:n], frozen)

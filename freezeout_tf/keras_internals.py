@@ -4,26 +4,111 @@ FreezeOut needs a few things Keras does not expose publicly: the
 optimizer's per-variable update loop (to skip frozen units and scale their
 learning rates), the variables a layer was built to train (they stay the
 same after `trainable = False`), a layer's leaves and whether its `call`
-takes `training`, BatchNormalization's batch moments and their axes, and,
-for the cost estimate, where MultiHeadAttention computes its attention and
-over which axes. They are listed here, once. (Not checked here: saving a
-layer called in two parts, `FreezeOutModel.get_config` edits the functional
-config format, its `inbound_nodes`, `keras_history` and the
-`shared_object_id` that `load_model` honours; `tests/test_causal_lm.py`
-round-trips it.) `check()` verifies that each exists with the expected
-parameters; the model calls it at `compile` and when it builds the train
-step, so a Keras release that renames one fails loudly with the version
-instead of silently giving frozen units momentum or weight decay again.
+takes `training`, BatchNormalization's batch moments and their axes, a
+functional model's graph of nodes, and, for the cost estimate, where
+MultiHeadAttention computes its attention and over which axes.
+
+(Not checked here: saving a layer called in two parts,
+`FreezeOutModel.get_config` edits the functional config format, its
+`inbound_nodes`, `keras_history` and the `shared_object_id` that
+`load_model` honours; `tests/test_causal_lm.py` round-trips it.)
+
+They are listed here, once (`PRIVATE_NAMES`, each with the modules that
+use it and what breaks if it changes; the TensorFlow and tensorflow-datasets
+ones are in `freezeout_tf.tf_internals`). A test scans the package and fails
+when a module uses a private name not listed for it.
+
+`check()` runs at `compile` (and when the train step is built):
+
+* every method and attribute in `_METHODS` / `_ATTRIBUTES` exists with the
+  expected parameters;
+* a behavioural probe (`update_routing_problems`): a tiny SGD with momentum
+  and weight decay, with FreezeOut's hooks attached (`freezeout_tf.
+  optimizer`), takes two eager steps on a frozen and an active variable;
+  the frozen one and its momentum must not move, the active one must. If
+  `apply()` stopped routing updates through `_distributed_tf_update_step`
+  or weight decay through `_apply_weight_decay`, frozen units would move
+  silently; the probe makes that a loud error with the version instead.
+
+Example:
+
+>>> from freezeout_tf import keras_internals
+>>> keras_internals.check()
+>>> keras_internals.SUPPORTED_KERAS
+'>=3.8,<4'
 """
 
 import inspect
+import threading
 
 import keras
+import numpy as np
+import tensorflow as tf
 
-__all__ = ["TESTED_KERAS", "check", "KerasInternalsError"]
+__all__ = ["PRIVATE_NAMES", "SUPPORTED_KERAS", "SUPPORTED_TENSORFLOW",
+           "TESTED_KERAS", "KerasInternalsError", "check", "problems",
+           "update_routing_problems"]
 
-# Keras versions this project was tested with (pyproject pins the range).
-TESTED_KERAS = ">=3.8,<4 (tested: 3.15.1)"
+# The supported ranges: pyproject.toml's dependency specifiers must say the
+# same (tests/test_internals_guard.py checks it).
+SUPPORTED_KERAS = ">=3.8,<4"
+SUPPORTED_TENSORFLOW = ">=2.16,<2.22"
+# What the guard's errors say: CI tests both ends of the range (the oldest
+# from .ci/constraints-oldest.txt, and the newest release).
+TESTED_KERAS = (f"{SUPPORTED_KERAS} (CI tests its oldest release, 3.8.0, "
+                "and its newest)")
+
+# Every private Keras name the package uses: name -> (modules using it,
+# what breaks if Keras changes it). Attributes are matched by name by the
+# scan test; entries in parentheses are not attribute names (no scan can
+# see them) and are listed for the reader.
+PRIVATE_NAMES = {
+    "_distributed_tf_update_step": (
+        ("optimizer",), "the per-unit skip of frozen updates and slots, and "
+        "the per-unit learning rates (checked by the probe)"),
+    "_apply_weight_decay": (
+        ("optimizer",), "frozen units would get decoupled weight decay "
+        "(checked by the probe)"),
+    "_all_reduce_sum_gradients": (
+        ("optimizer",), "frozen units' gradients would be all-reduced "
+        "under tf.distribute (wasted bandwidth, same result)"),
+    "_var_key": (("optimizer",), "variables could not be mapped to units"),
+    "_use_weight_decay": (
+        ("optimizer",), "exclusions from weight decay would be ignored"),
+    "_distribution_strategy": (
+        ("optimizer",), "the weight-decay hook's merge_call"),
+    "_flatten_layers": (
+        ("functional", "model", "speedup", "unit_mode"),
+        "a unit's leaves and containers, its variables, MHA layers to count"),
+    "_trainable_variables": (
+        ("model",), "the variables of a unit that is already frozen"),
+    "_call_has_training_arg": (
+        ("unit_mode",), "which leaves get the in-graph mode switch"),
+    "_moments": (("unit_mode",), "BatchNormalization's batch moments"),
+    "_reduction_axes": (("unit_mode",), "BatchNormalization's moment axes"),
+    "_maybe_symbolic_build": (
+        ("model",), "building the optimizer's slots before the first step"),
+    "_loss_tracker": (("model",), "the loss reported by the train step"),
+    "_compute_attention": (
+        ("speedup",), "counting attention's QK^T and AV MACs"),
+    "_attention_axes": (("speedup",), "the axes of those products"),
+    "_nodes_by_depth": (
+        ("functional",), "cutting a functional model into units"),
+    "_functional": (
+        ("functional",), "cutting a Sequential model into units"),
+    "(Node.arguments)": (
+        ("functional",), "a node's input tensors and call arguments (the "
+        "class is keras.src.ops.node.Node, not public)"),
+    "(instance-level call replacement)": (
+        ("unit_mode", "speedup"), "object.__setattr__(layer, 'call', ...): "
+        "the mode switch and the MAC counter rely on Layer.__call__ calling "
+        "self.call; if it called type(self).call, nothing would switch"),
+    "(copy of BatchNormalization.call)": (
+        ("unit_mode",), "_batch_norm_call re-implements Keras' "
+        "BatchNormalization.call (renorm off); a change to Keras' "
+        "normalisation (e.g. of the moving-statistics update) would not "
+        "reach frozen-aware units"),
+}
 
 # (owner, method name, parameters after `self`, in order).
 _METHODS = [
@@ -44,7 +129,6 @@ _ATTRIBUTES = [
     ("optimizer", "_distribution_strategy"),
     ("layer", "_trainable_variables"),
     ("layer", "_call_has_training_arg"),
-    ("batch_norm", "renorm"),
     ("batch_norm", "_reduction_axes"),
     ("model", "_loss_tracker"),
     ("model", "_distribute_strategy"),
@@ -52,6 +136,9 @@ _ATTRIBUTES = [
 ]
 
 _checked = False
+# The probe's gradient and the weight decay, momentum and learning rate it
+# uses: any of the three would move a frozen variable that is not skipped.
+_PROBE = {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.5}
 
 
 class KerasInternalsError(RuntimeError):
@@ -90,17 +177,77 @@ def problems():
     return found
 
 
+def update_routing_problems():
+    """What went wrong in the behavioural probe of the optimizer hooks
+    (empty if nothing): a frozen variable with its momentum must not move
+    over two steps of SGD with momentum and weight decay; an active one
+    must. Eager and tiny.
+
+    It runs in a thread of its own: there no `tf.distribute` strategy scope,
+    `tf.function` trace or Keras dtype policy of the caller applies (all
+    are per thread), so the probe sees stock Keras on one device."""
+    result = {}
+
+    def run():
+        try:
+            result["found"] = _probe()
+        except Exception as err:  # re-raised in the caller's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=run, name="freezeout_probe")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["found"]
+
+
+def _probe():
+    # Imported here: optimizer and schedule_state do not import this module.
+    from freezeout_tf import optimizer as fo_optimizer
+    from freezeout_tf.schedule_state import ScheduleState
+
+    opt = keras.optimizers.SGD(**_PROBE)
+    frozen = keras.Variable(np.ones(2, np.float32), name="probe_frozen")
+    active = keras.Variable(np.ones(2, np.float32), name="probe_active")
+    clock = keras.Variable(0, dtype="int64", trainable=False)
+    state = ScheduleState(1, clock)
+    state.freeze_prefix(1)  # unit 0 frozen, the head (unit 1) active
+    fo_optimizer.attach_schedule(opt, [frozen, active], [0, 1], state)
+    opt.build([frozen, active])
+    grad = tf.ones(2)
+    for _ in range(2):
+        opt.apply([grad, grad], [frozen, active])
+        clock.assign_add(1)
+    found = []
+    if not np.array_equal(keras.ops.convert_to_numpy(frozen), [1, 1]):
+        found.append("a frozen variable moved (optimizer.apply no longer "
+                     "routes updates through _distributed_tf_update_step, "
+                     "or weight decay through _apply_weight_decay)")
+    if np.array_equal(keras.ops.convert_to_numpy(active), [1, 1]):
+        found.append("an active variable did not move (the hooks skip "
+                     "every update)")
+    return found
+
+
 def check():
     """Raises `KerasInternalsError` if an internal has changed (once per
-    process; cheap afterwards)."""
+    process; cheap afterwards).
+
+    Raises:
+        KerasInternalsError: naming each change, the Keras version and the
+            supported range.
+    """
     global _checked
     if _checked:
         return
     found = problems()
+    if not found:  # the probe needs the hooks' internals
+        found = update_routing_problems()
     if found:
         raise KerasInternalsError(
             f"freezeout_tf does not support Keras {keras.__version__}: "
             f"{'; '.join(found)}. Supported Keras: {TESTED_KERAS}. Install "
-            "a supported version, e.g. pip install 'keras>=3.8,<4'."
+            f"a supported version, e.g. pip install 'keras{SUPPORTED_KERAS}'."
         )
     _checked = True

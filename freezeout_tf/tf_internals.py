@@ -1,4 +1,11 @@
-"""The private TensorFlow internal FreezeOut relies on, and a guard for it.
+"""The private TensorFlow internals FreezeOut relies on, and a guard.
+
+`PRIVATE_NAMES` lists every private TensorFlow and tensorflow-datasets name
+the package uses, with the modules that use it and what breaks if it
+changes (the Keras ones are in `freezeout_tf.keras_internals`); a test scans
+the package and fails when a module uses one not listed for it. The one
+whose failure would be silent, `FuncGraph.capture`, is also checked by
+behaviour:
 
 Each unit's backward pass is built inside a `tf.cond` branch. Every tensor
 of the forward that a branch reads becomes an input of the branch function,
@@ -21,7 +28,47 @@ import contextlib
 
 import tensorflow as tf
 
-__all__ = ["TensorFlowInternalsError", "check", "constants_by_value"]
+__all__ = ["PRIVATE_NAMES", "TensorFlowInternalsError", "check",
+           "constants_by_value"]
+
+# name -> (modules using it, what breaks if it changes). Attribute names
+# and module paths are matched by the scan test; entries in parentheses are
+# listed for the reader.
+PRIVATE_NAMES = {
+    "(FuncGraph.capture)": (
+        ("tf_internals",), "constants_by_value: Grappler's rewrites inside "
+        "the backward branches (checked by check())"),
+    "__internal__": (
+        ("optimizer",), "tf.__internal__.distribute.interim.maybe_merge_call"
+        ": the weight-decay hook's per-variable updates under a strategy"),
+    "tensorflow.python.distribute": (
+        ("optimizer",), "values.PerReplica: rebuilding the per-unit "
+        "all-reduced gradients under MirroredStrategy"),
+    "_use_merge_call": (
+        ("optimizer",), "choosing where the per-unit all-reduce conds go "
+        "(cross-replica or replica context)"),
+    "_reduce_to": (
+        ("distribute",), "the patch that lets Keras reduce nested logs "
+        "under MirroredStrategy"),
+    "(sys.modules namespaces)": (
+        ("speedup",), "count_macs rewrites, in every loaded module's "
+        "namespace, the functions it counts (tf.matmul, tf.nn.conv2d, ...) "
+        "and restores them; a namespace that holds them under another "
+        "name is not counted"),
+    "tensorflow_datasets.core.download": (
+        ("download",), "downloader.MAX_RETRIES and _open_url: the bounded "
+        "retries and timeout of a data set download"),
+    "_open_url": (("download",), "the download timeout"),
+    "tensorflow_datasets.core.download.download_manager": (
+        ("download",), "the checksum-less download of a data set"),
+    "tensorflow_datasets.core.download.util": (
+        ("download",), "the same"),
+    "tensorflow_datasets.core.utils": (
+        ("download",), "tqdm_utils: silencing the progress bars"),
+    "(url_infos)": (
+        ("download",), "DatasetBuilder.url_infos: the sizes that the "
+        "download estimate sums (0 if it goes away)"),
+}
 
 # Constants of at most this many elements are copied into a branch (the
 # scalars and small shape vectors that gradient functions read).
@@ -88,6 +135,13 @@ def _branch_reads_a_constant():
     return seen.get("input") == "Const"
 
 
+def _supported():
+    # The one place the range is written (imported late: no cycle).
+    from freezeout_tf.keras_internals import SUPPORTED_TENSORFLOW
+
+    return SUPPORTED_TENSORFLOW
+
+
 def check():
     """Raises `TensorFlowInternalsError` if `constants_by_value` no longer
     works (once per process; cheap afterwards)."""
@@ -100,6 +154,6 @@ def check():
             "cond branch no longer routes the outer tensors it reads through "
             "FuncGraph.capture, which FreezeOut uses to keep constants "
             "visible to Grappler in the per-unit backward branches. "
-            "Supported: tensorflow>=2.16,<2.22."
+            f"Supported: tensorflow{_supported()}."
         )
     _checked = True

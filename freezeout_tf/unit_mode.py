@@ -37,6 +37,11 @@ inside `unit_mode(leaves, flag_i)`, each *leaf* layer of the unit whose
   1.6-1.7x plain Keras'.
 * A leaf layer with other non-trainable state could not be kept unchanged
   while frozen; `mode_switched_leaves` rejects it with a clear error.
+* A container (a layer with sublayers) normally passes `training` on to
+  its leaves and is left alone. One whose `call` reads `training` itself
+  (by its source) is switched as a whole, like a stateless leaf; one that
+  takes `training` and owns non-trainable variables of its own is
+  rejected.
 
 Outside `unit_mode` (evaluate, predict, a plain `model(x, training=...)`)
 the layers behave exactly as stock Keras layers. The switch is installed
@@ -44,7 +49,10 @@ per layer instance (the instance's `call` is wrapped), never on a Keras
 class, so other models are not affected.
 """
 
+import ast
 import contextlib
+import inspect
+import textwrap
 import threading
 
 import keras
@@ -105,7 +113,10 @@ def mode_switched_leaves(unit, unit_name="unit"):
     leaves = []
     for layer in unit._flatten_layers(include_self=True):
         if layer._flatten_layers(include_self=False):
-            continue  # a container: it passes `training` on to its leaves
+            # A container: passes `training` on to its leaves, or is
+            # switched as a whole (or refused).
+            leaves.extend(_switched_container(layer, unit_name))
+            continue
         if not layer._call_has_training_arg or _ignores_training(layer):
             continue
         if getattr(layer, _INSTALLED, False):
@@ -133,6 +144,78 @@ def mode_switched_leaves(unit, unit_name="unit"):
     return leaves
 
 
+def _switched_container(layer, unit_name):
+    """`[layer]` if the container `layer` reads `training` itself (its
+    mode is then switched as a whole, like a stateless leaf: both modes
+    computed, one selected), `[]` if it only passes `training` on to its
+    sublayers (its leaves are switched).
+
+    Raises:
+        ValueError: the container takes `training` and owns non-trainable
+            variables of its own (not its sublayers'), which could move
+            while its unit is frozen.
+    """
+    if not layer._call_has_training_arg:
+        return []
+    inner = {id(w) for sub in layer._flatten_layers(include_self=False)
+             for w in sub.weights}
+    own = [w for w in layer.weights
+           if id(w) not in inner and not w.trainable]
+    if own:
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) in {unit_name} "
+            "has sublayers, takes a `training` argument and owns "
+            f"non-trainable state of its own ({[w.path for w in own]}), "
+            "which FreezeOut cannot keep unchanged while the unit is "
+            "frozen. Move that state into a sublayer FreezeOut can switch "
+            "(BatchNormalization, or a stateless layer), or move the layer "
+            "into the head."
+        )
+    if getattr(layer, _INSTALLED, False):
+        return [layer]
+    if not _reads_training(type(layer).call):
+        return []
+    object.__setattr__(layer, "call", _generic_call(layer))
+    object.__setattr__(layer, _INSTALLED, True)
+    return [layer]
+
+
+def _reads_training(call):
+    """False if the source of `call` only passes `training` on: as
+    `training=training`, as an argument of a call on `self` or `super()`,
+    into a dict (`kwargs["training"] = training`), or in `training is
+    None`; True if it reads it otherwise, or if the source is unavailable."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(call)))
+    except (OSError, TypeError, SyntaxError):
+        return True
+    parents = {child: node for node in ast.walk(tree)
+               for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Name) and node.id == "training"
+                and isinstance(node.ctx, ast.Load)):
+            continue
+        parent = parents[node]
+        if isinstance(parent, ast.keyword) and parent.arg == "training":
+            continue
+        if isinstance(parent, ast.Call) and node in parent.args:
+            callee = parent.func
+            while isinstance(callee, ast.Attribute):
+                callee = callee.value
+            if (isinstance(callee, ast.Name) and callee.id == "self") or (
+                    isinstance(callee, ast.Call)
+                    and getattr(callee.func, "id", "") == "super"):
+                continue
+        if isinstance(parent, ast.Assign) and all(
+                isinstance(t, ast.Subscript) for t in parent.targets):
+            continue
+        if isinstance(parent, ast.Compare) and all(
+                isinstance(op, (ast.Is, ast.IsNot)) for op in parent.ops):
+            continue
+        return True
+    return False
+
+
 def _ignores_training(layer):
     """True for a layer whose `call` is Keras' own `Dense` or `EinsumDense`
     call (a subclass that overrides `call` is switched like any other
@@ -149,7 +232,8 @@ _CALLS_IGNORING_TRAINING = (keras.layers.Dense.call,
 
 
 def _check_batch_norm(layer, unit_name):
-    if layer.renorm:
+    # `renorm` appeared in Keras 3.14; older releases have no renorm.
+    if getattr(layer, "renorm", False):
         raise ValueError(
             f"BatchNormalization {layer.name!r} in {unit_name} uses "
             "renorm=True, which FreezeOut does not support inside a freeze "

@@ -21,3 +21,7 @@ with tf.device("/CPU:1"):
 print("clock", model.batches_taken.value.device)
 print("freeze_steps", model.schedule_state.freeze_steps.device)
 print("kernel", model.freeze_units[0].layers[0].kernel.value.device)
+for name in ("decided", "seen", "checks", "interval_steps", "target",
+             "interval"):
+    print(f"adaptive.{name}",
+          getattr(model.adaptive_state, name).value.device)

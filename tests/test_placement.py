@@ -6,12 +6,17 @@ import subprocess
 import sys
 
 import keras
+import pytest
 import tensorflow as tf
 
 from conftest import LOSS, tiny_data, tiny_model
+from freezeout_tf import AdaptiveFreeze
 from freezeout_tf.schedule_state import HOST
 
 CONDS = ("If", "StatelessIf")
+# The adaptive criterion's integer state, created on the host.
+ADAPTIVE_HOST = ("decided", "seen", "checks", "interval_steps", "target",
+                 "interval")
 
 
 def predicate_ancestry(op):
@@ -33,8 +38,13 @@ def predicate_ancestry(op):
     return ops, placeholders
 
 
-def test_every_cond_predicate_is_computed_from_host_placed_state():
+@pytest.mark.parametrize("criterion", [None, "rank", "pace"])
+def test_every_cond_predicate_is_computed_from_host_placed_state(criterion):
     model = tiny_model()
+    adaptive = model.adaptive_state
+    if criterion is not None:  # as FreezeOut(adaptive=...) installs it
+        model.gradient_observers.append(adaptive.observer(
+            AdaptiveFreeze(criterion, interval=2), model.schedule_state))
     # AdamW: per-unit conds for the updates and for the weight decay too.
     model.compile(keras.optimizers.AdamW(1e-2, weight_decay=0.1), LOSS)
     model.optimizer.build(model.trainable_variables)
@@ -44,12 +54,14 @@ def test_every_cond_predicate_is_computed_from_host_placed_state():
     conds = [op for op in graph.get_operations() if op.type in CONDS]
     # A backward branch per unit, an update and a decay branch per unit and
     # for the head.
-    assert len(conds) >= 3 * model.num_units + 2
+    assert len(conds) >= 3 * model.num_units + 2 + (criterion is not None)
     captured = {internal.op.name: external
                 for external, internal in graph.captures}
     state = model.schedule_state
     host_state = {id(model.batches_taken.value.handle),
                   id(state.freeze_steps.handle)}
+    host_state.update(id(getattr(adaptive, name).value.handle)
+                      for name in ADAPTIVE_HOST)
     for cond in conds:
         ops, placeholders = predicate_ancestry(cond)
         assert ops, cond.name
@@ -88,7 +100,10 @@ def test_schedule_variables_stay_on_the_host_where_the_model_is_built():
                              os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr[-2000:]
     devices = dict(line.split(" ", 1) for line in out.stdout.splitlines()
-                   if line.startswith(("clock ", "freeze_steps ", "kernel ")))
+                   if line.startswith(("clock ", "freeze_steps ", "kernel ",
+                                        "adaptive.")))
     assert devices["clock"].endswith("/device:CPU:0"), devices
     assert devices["freeze_steps"].endswith("/device:CPU:0"), devices
     assert devices["kernel"].endswith("/device:CPU:1"), devices
+    for name in ADAPTIVE_HOST:
+        assert devices[f"adaptive.{name}"].endswith("/device:CPU:0"), devices

@@ -189,3 +189,60 @@ def test_tf_internals_guard_fails_loudly(monkeypatch):
     with pytest.raises(tf_internals.TensorFlowInternalsError,
                        match=tf.__version__):
         tf_internals.check()
+
+
+class ScaledWhileTraining(keras.layers.Layer):
+    """A container that reads `training` itself (not only passes it on)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4)
+
+    def call(self, inputs, training=None):
+        outputs = self.dense(inputs)
+        return outputs * 2.0 if training else outputs
+
+
+class CountingContainer(keras.layers.Layer):
+    """A container with a non-trainable variable of its own, moved when
+    training."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4)
+        self.count = self.add_weight(shape=(), initializer="zeros",
+                                     trainable=False, name="count")
+
+    def call(self, inputs, training=None):
+        if training:
+            self.count.assign_add(1.0)
+        return self.dense(inputs)
+
+
+def test_a_container_that_reads_training_follows_the_flag():
+    unit = keras.Sequential([ScaledWhileTraining(name="scaled")])
+    x = tf.ones((2, 3))
+    unit.build((None, 3))
+    leaves = mode_switched_leaves(unit, "unit 0")
+    assert [layer.name for layer in leaves] == ["scaled"]
+    for active in (False, True):
+        with unit_mode(leaves, tf.constant(active)):
+            out = unit(x, training=True)
+        np.testing.assert_allclose(out, unit(x, training=active))
+
+
+def test_a_container_with_its_own_state_is_refused():
+    unit = keras.Sequential([CountingContainer(name="counting")])
+    unit.build((None, 3))
+    with pytest.raises(ValueError, match=r"'counting' \(CountingContainer\) "
+                       r"in unit 0 has sublayers.*non-trainable state"):
+        mode_switched_leaves(unit, "unit 0")
+
+
+def test_containers_that_pass_training_on_are_not_switched():
+    inner = keras.Sequential([keras.layers.Dense(4),
+                              keras.layers.Dropout(0.5)], name="inner")
+    unit = keras.Sequential([inner])
+    unit.build((None, 3))
+    leaves = mode_switched_leaves(unit, "unit 0")
+    assert [type(layer).__name__ for layer in leaves] == ["Dropout"]
