@@ -78,10 +78,12 @@ PRIVATE_NAMES = {
     "_distribution_strategy": (
         ("optimizer",), "the weight-decay hook's merge_call"),
     "_flatten_layers": (
-        ("functional", "model", "speedup", "unit_mode"),
+        ("functional", "ownership", "speedup", "unit_mode"),
         "a unit's leaves and containers, its variables, MHA layers to count"),
     "_trainable_variables": (
-        ("model",), "the variables of a unit that is already frozen"),
+        ("ownership",),
+        "the variables of a unit that is already frozen; which variables a "
+        "part holds when ownership is decided"),
     "_call_has_training_arg": (
         ("unit_mode",), "which leaves get the in-graph mode switch"),
     "_moments": (("unit_mode",), "BatchNormalization's batch moments"),
