@@ -19,12 +19,8 @@ Not imported by `freezeout_tf/__init__` (it imports `keras_hub`);
 """
 
 import contextlib
-import datetime
 import inspect
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import keras
@@ -34,7 +30,7 @@ from freezeout_tf.callback import FreezeOut
 from freezeout_tf.model import FreezeOutModel
 
 __all__ = ["TINY", "OVERRIDES", "families", "tiny_kwargs", "try_family",
-           "run", "summary", "to_markdown", "environment"]
+           "run", "summary", "to_markdown"]
 
 # Tiny values for backbone arguments, by name: one table for every family.
 TINY = {
@@ -282,7 +278,8 @@ def _fit(model, x, expected, rng):
     loss = history.history["loss"][-1]
     ok = traces == 1 and frozen == model.num_units and np.isfinite(loss)
     return dict(ok=bool(ok), traces=traces, frozen=frozen,
-                num_units=model.num_units, loss=float(loss))
+                num_units=model.num_units,
+                loss=float(loss) if np.isfinite(loss) else str(loss))
 
 
 def run(selected=None, fit=True, timeout=120, log=None):
@@ -359,30 +356,3 @@ def to_markdown(results, header=""):
                      f"{fit_text} | {r['seconds']} |")
     return "\n".join(lines) + "\n"
 
-
-def environment():
-    """The commit of this source tree (with `+dirty` for uncommitted
-    changes), the versions, the command line and the UTC time, for the
-    record written beside the table."""
-    import keras_hub
-    import tensorflow as tf
-    here = os.path.dirname(os.path.abspath(__file__))
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", "-C", here, *args], check=True,
-                                  capture_output=True, text=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-    commit = git("rev-parse", "HEAD").strip() or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no").strip():
-        commit += "+dirty"
-    return dict(
-        commit=commit,
-        versions=dict(python=sys.version.split()[0], tensorflow=tf.__version__,
-                      keras=keras.__version__,
-                      keras_hub=keras_hub.__version__),
-        command=" ".join([os.path.basename(sys.executable)] + sys.argv),
-        utc=datetime.datetime.now(datetime.timezone.utc).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"),
-    )

@@ -4,8 +4,8 @@ and (tasks) fit briefly with FreezeOut. The logic is in
 `freezeout_tf.hub_coverage`.
 
 Results go to `<out>/hub_coverage.md` (a summary by kind, then one row per
-family) and `<out>/hub_coverage.json` (with commit, versions, command, UTC
-time).
+family) and `<out>/hub_coverage.json` (every result, with its provenance:
+commit, versions, machine, command, UTC time; `benchmarking.write_report`).
 
 Usage:
     python scripts/hub_coverage.py [--families GPT2CausalLM ...]
@@ -13,7 +13,6 @@ Usage:
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -21,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-from freezeout_tf import hub_coverage  # noqa: E402
+from freezeout_tf import benchmarking, hub_coverage  # noqa: E402
 
 
 def main():
@@ -42,20 +41,22 @@ def main():
               f"{r['num_units'] or ''} {r['reason'][:120]} "
               f"{r['fit'] or ''}", flush=True)
 
-    record = hub_coverage.environment()
     results = hub_coverage.run(args.families, fit=not args.no_fit,
                                timeout=args.timeout, log=log)
-    record["results"] = results
-    record["summary"] = hub_coverage.summary(results)
     os.makedirs(args.out, exist_ok=True)
+    report = benchmarking.write_report(
+        os.path.join(args.out, "hub_coverage.json"),
+        {"families": results, "summary": hub_coverage.summary(results),
+         "timeout_s": args.timeout, "fit": not args.no_fit})
+    where = report["provenance"]
     header = (f"# KerasHub coverage\n\nkeras-hub "
-              f"{record['versions']['keras_hub']}, commit {record['commit']}"
-              f", {record['utc']}: `{record['command']}`")
+              f"{where['versions']['keras_hub']}, commit {where['commit']}, "
+              f"{where['utc']}: `{where['command']}` (provenance: "
+              f"`hub_coverage.json`)")
+    table = hub_coverage.to_markdown(results, header)
     with open(os.path.join(args.out, "hub_coverage.md"), "w") as f:
-        f.write(hub_coverage.to_markdown(results, header))
-    with open(os.path.join(args.out, "hub_coverage.json"), "w") as f:
-        json.dump(record, f, indent=1)
-    print(hub_coverage.to_markdown(results, header).split("\n\n| family")[0])
+        f.write(table)
+    print(table.split("\n\n| family")[0])
 
 
 if __name__ == "__main__":
