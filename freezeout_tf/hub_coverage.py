@@ -29,7 +29,7 @@ import numpy as np
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.model import FreezeOutModel
 
-__all__ = ["TINY", "OVERRIDES", "families", "tiny_kwargs", "try_family",
+__all__ = ["TINY", "OVERRIDES", "STATUSES", "families", "tiny_kwargs", "try_family",
            "run", "summary", "to_markdown"]
 
 # Tiny values for backbone arguments, by name: one table for every family.
@@ -56,6 +56,8 @@ OVERRIDES = {
                              compression_ratio=0.5, growth_rate=4),
 }
 TEXT_LENGTH, NUM_CLASSES, EXAMPLES, BATCH, EPOCHS = 8, 3, 8, 4, 3
+# What `try_family` reports, the columns of the summary.
+STATUSES = ("split", "refused", "not built", "timeout", "error")
 
 
 class _Timeout(Exception):
@@ -330,7 +332,7 @@ def summary(results):
 
 def to_markdown(results, header=""):
     """The summary by kind, then one row per family."""
-    statuses = ["split", "refused", "not built", "timeout", "error"]
+    statuses = list(STATUSES)
     lines = [header, "", "| kind | " + " | ".join(statuses)
              + " | fit ok (one trace, all frozen) |",
              "|---|" + "---|" * (len(statuses) + 1)]
