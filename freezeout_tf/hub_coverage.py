@@ -43,15 +43,20 @@ TINY = {
     "top_k": 1, "moe_intermediate_dim": 16, "hidden_size": 16,
     "intermediate_size": 32, "mlp_dim": 32, "num_hidden_layers": 2,
     "projection_dim": 16, "rope_theta": 10000.0, "head_size": 8,
+    "image_size": 32, "shared_expert_intermediate_dim": 16,
+    "shared_expert_intermediate_size": 16, "vit_patch_size": 4,
+    "vit_num_heads": 2, "vit_hidden_dim": 16, "vit_num_layers": 2,
 }
 # What a family needs beyond `TINY` (small CNN stacks).
 OVERRIDES = {
     "ResNetBackbone": dict(
-        input_conv_filters=[16], input_conv_kernel_sizes=[3],
+        input_conv_filters=[64], input_conv_kernel_sizes=[3],
         stackwise_num_filters=[64, 64], stackwise_num_blocks=[2, 2],
         stackwise_num_strides=[1, 2], block_type="basic_block"),
     "VGGBackbone": dict(stackwise_num_repeats=[2, 2],
                         stackwise_num_filters=[8, 16]),
+    "SwinTransformerBackbone": dict(embed_dim=16, depths=[2, 2],
+                                    num_heads=[2, 2], window_size=4),
     "DenseNetBackbone": dict(stackwise_num_repeats=[2, 2],
                              compression_ratio=0.5, growth_rate=4),
 }
