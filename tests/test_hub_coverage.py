@@ -2,6 +2,10 @@
 families: what is recorded for a split, a refusal and a family that
 cannot be built. The whole survey is `scripts/hub_coverage.py`."""
 
+import json
+import pathlib
+import re
+
 import keras_hub
 
 from freezeout_tf import hub_coverage
@@ -63,7 +67,6 @@ def test_only_hub_coverage_imports_keras_hub():
     # the package imports it, and the package does not import this one
     # (checked on the source: a fresh interpreter would cost ~30 s here).
     import ast
-    import pathlib
     package = pathlib.Path(hub_coverage.__file__).parent
     importers = set()
     for path in package.glob("*.py"):
@@ -76,3 +79,23 @@ def test_only_hub_coverage_imports_keras_hub():
                    or n.endswith(".hub_coverage") for n in names):
                 importers.add(path.name)
     assert importers == {"hub_coverage.py"}
+
+
+def test_readme_summary_matches_benchmarks_hub_coverage_json():
+    root = pathlib.Path(hub_coverage.__file__).parent.parent
+    report = json.loads((root / "benchmarks" / "hub_coverage.json")
+                        .read_text())
+    assert set(report["provenance"]) == {"commit", "versions", "machine",
+                                         "command", "utc"}
+    results = report["results"]
+    assert hub_coverage.summary(results["families"]) == results["summary"]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("#### KerasHub coverage"):]
+    section = section[:section.index("\n\n", section.index("| kind |"))]
+    for kind, row in results["summary"].items():
+        line = re.search(rf"^\| {re.escape(kind)} \|(.*)\|$", section,
+                         re.MULTILINE)
+        assert line, kind
+        assert [c.strip() for c in line.group(1).split("|")] == [
+            str(row.get(s, 0))
+            for s in hub_coverage.STATUSES + ("fit ok",)], kind
