@@ -211,7 +211,7 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
     >>> import keras_hub
     >>> try_family("BertTextClassifier", "TextClassifier",
     ...            keras_hub.models.BertTextClassifier,
-    ...            keras_hub.models.BertBackbone)["status"]
+    ...            keras_hub.models.BertBackbone, fit=False)["status"]
     'split'
     """
     result = dict(name=name, kind=kind, status=None, reason="",
