@@ -29,8 +29,8 @@ import numpy as np
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.model import FreezeOutModel
 
-__all__ = ["TINY", "OVERRIDES", "STATUSES", "families", "tiny_kwargs", "try_family",
-           "run", "summary", "to_markdown"]
+__all__ = ["TINY", "OVERRIDES", "STATUSES", "families", "tiny_kwargs",
+           "try_family", "run", "summary", "to_markdown"]
 
 # Tiny values for backbone arguments, by name: one table for every family.
 TINY = {
