@@ -13,11 +13,12 @@ Public API (see README.md):
   speedup estimates.
 * `split_model`, `cut_points`: a functional Keras model cut into freeze
   units (what `FreezeOutModel.from_model` uses).
+* `ownership`: which freeze unit owns each variable (tied embeddings).
 * `models` (`densenet_bc`, `wide_resnet`, `vgg`), `data` (`load_data`),
   `download` (`prepare`: download a tfds data set, failing fast offline).
 """
 
-from freezeout_tf import data, download, models
+from freezeout_tf import data, download, models, ownership
 from freezeout_tf.adaptive import AdaptiveFreeze
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.functional import cut_points, split_model
@@ -57,6 +58,7 @@ __all__ = [
     "models",
     "num_frozen",
     "original_sgd",
+    "ownership",
     "split_model",
     "t0_for_speedup",
     "unit_flops",
