@@ -35,7 +35,9 @@ Looked into, as if their layers were called in the outer graph:
   weights has its `call` run symbolically on new inputs, which records the
   sublayer calls and Keras ops it makes as a functional graph. It is looked
   into when that works and the recorded calls hold all of its weights;
-  otherwise it stays one call, inside one unit.
+  otherwise it stays one call, inside one unit. Outputs the recording
+  cannot hold (a constant output, a block's `None`) are left out unless
+  the model reads them.
 
 The units re-call the original layer objects on new `keras.Input`s: they
 share the model's layers and weights, nothing is copied, and the original
@@ -44,6 +46,7 @@ on layers the original model also uses).
 """
 
 import collections
+import types
 
 import keras
 
@@ -74,18 +77,28 @@ class _Graph:
         self.name = name
         self.model = model
         self.tensors = {}  # key -> the original KerasTensor (shape, dtype)
-        alias = {}
         self.input_keys = [((), id(t)) for t in model.inputs]
         self.input_names = {k: t.name for k, t in zip(self.input_keys,
                                                       model.inputs)}
         for k, t in zip(self.input_keys, model.inputs):
             self.tensors[k] = t
-        every_call = []
-        self._expand(model, (), alias, (), every_call)
-        self.output_keys = [alias.get(k, k)
-                            for k in (((), id(t)) for t in model.outputs)]
+        # A traced container may leave out outputs that are not computed
+        # from its inputs (`_traced_container`); if the model needs one,
+        # that container stays one call and the graph is expanded again.
+        whole = set()
+        while True:
+            every_call, alias, self.missing = [], {}, {}
+            self._expand(model, (), alias, (), every_call, whole)
+            self.output_keys = [
+                alias.get(k, k)
+                for k in (((), id(t)) for t in model.outputs)]
+            every_call, needed = _live(every_call, self.output_keys)
+            kept_whole = {self.missing[k] for k in needed
+                          if k in self.missing}
+            if not kept_whole:
+                break
+            whole |= kept_whole
         self.multi_input = len(model.inputs) > 1
-        every_call = _live(every_call, self.output_keys)
 
         # Side tensors: model inputs and weightless functions of them only.
         self.side = set(self.input_keys) if self.multi_input else set()
@@ -124,7 +137,7 @@ class _Graph:
         for key in self.output_keys:
             self.last_use[key] = n  # used by "the output"
 
-    def _expand(self, function, scope, alias, owners, calls):
+    def _expand(self, function, scope, alias, owners, calls, whole):
         # Tensor keys carry the chain of nested calls they sit in, so that a
         # nested model called twice gets distinct keys for each call.
         def key(tensor):
@@ -137,17 +150,21 @@ class _Graph:
                 if node.is_input:
                     continue
                 inputs = tuple(key(t) for t in node.arguments.keras_tensors)
-                inner = _inlinable(node)
+                inner = None if id(node) in whole else _inlinable(node)
                 if inner is not None:
-                    inner_model, inner_args = inner
+                    inner_model, inner_args, inner_outputs = inner
                     inner_scope = scope + (id(node),)
                     for t, outer in zip(inner_model.inputs, inner_args):
                         alias[(inner_scope, id(t))] = key(outer)
                     self._expand(inner_model, inner_scope, alias,
-                                 owners + (node.operation.name,), calls)
-                    for t, outer in zip(inner_model.outputs, node.outputs):
+                                 owners + (node.operation.name,), calls,
+                                 whole)
+                    for t, outer in zip(inner_model.outputs, inner_outputs):
                         out = (inner_scope, id(t))
                         alias[(scope, id(outer))] = alias.get(out, out)
+                    for outer in node.outputs:  # left out of the recording
+                        if all(outer is not o for o in inner_outputs):
+                            self.missing[(scope, id(outer))] = id(node)
                     continue
                 outputs = tuple((scope, id(t)) for t in node.outputs)
                 for k, t in zip(outputs, node.outputs):
@@ -178,7 +195,7 @@ class _Graph:
         else:
             reach, reach_key = self.last_use[self.input_key], self.input_key
         for p, call in enumerate(self.calls[:-1]):
-            if reach <= p and len(call.outputs) == 1:
+            if reach <= p and len(self._used_after(p)) == 1:
                 result.append(None)
             elif reach > p:
                 result.append((self.producer[reach_key], reach))
@@ -188,6 +205,11 @@ class _Graph:
                 if self.last_use[k] > reach:
                     reach, reach_key = self.last_use[k], k
         return result
+
+    def _used_after(self, p):
+        """The outputs of chain call `p` that a later call reads (a block's
+        unread outputs, such as `None` attention scores, do not count)."""
+        return [k for k in self.calls[p].outputs if self.last_use[k] > p]
 
     def holds_weights(self, lo, hi):
         return any(_holds_weights(c.op) for c in self.calls[lo:hi])
@@ -213,7 +235,8 @@ class _Graph:
         calls = self.calls[lo:hi]
         values, inputs = {}, []
         if lo > 0 or self.input_key is not None:
-            start = self.input_key if lo == 0 else self.calls[lo - 1].outputs[0]
+            start = (self.input_key if lo == 0
+                     else self._used_after(lo - 1)[0])
             spec = self.tensors[start]
             hidden = keras.Input(
                 batch_shape=spec.shape, dtype=spec.dtype,
@@ -239,7 +262,7 @@ class _Graph:
             outputs = keras.tree.pack_sequence_as(
                 self.model.output, [values[k] for k in self.output_keys])
         else:
-            outputs = values[self.calls[hi - 1].outputs[0]]
+            outputs = values[self._used_after(hi - 1)[0]]
         if not self.multi_input:
             inputs = inputs[0]
         return keras.Model(inputs, outputs, name=name)
@@ -280,15 +303,16 @@ class _Graph:
 
 
 def _live(calls, output_keys):
-    """The calls whose outputs reach the model's outputs: a nested model's
-    output left unused (a backbone's pooled output, when the head reads its
+    """`(calls, keys)`: the calls whose outputs reach the model's outputs,
+    and the tensor keys they and the outputs read. A nested model's output
+    left unused (a backbone's pooled output, when the head reads its
     sequence) is not part of any unit."""
     needed, live = set(output_keys), []
     for call in reversed(calls):
         if needed.intersection(call.outputs):
             needed.update(call.inputs)
             live.append(call)
-    return live[::-1]
+    return live[::-1], needed
 
 
 def _holds_weights(op):
@@ -303,8 +327,9 @@ def _fill_in(call, values):
 
 
 def _inlinable(node):
-    """`(functional model, outer argument tensors in its input order)` to
-    look into for this call, or None to keep the call whole.
+    """`(functional model, outer argument tensors in its input order, outer
+    output tensors it computes)` to look into for this call, or None to
+    keep the call whole.
 
     Looked into: a nested functional model (or `Sequential` with an
     `Input`) called on its inputs (one tensor, a list in order, or a dict
@@ -332,7 +357,7 @@ def _inlinable(node):
     if len(given) != len(op.inputs) or not all(
             isinstance(t, keras.KerasTensor) for t in given):
         return None
-    return op, given
+    return op, given, node.outputs
 
 
 def _is_container(op):
@@ -358,14 +383,22 @@ def _traced_container(node):
     """A container of blocks, as a functional model of its own calls.
 
     The one mechanism for layers that call a list of blocks in their
-    `call` (KerasHub's `ViTEncoder` and encoders built the same way): a
-    layer (not a model) holding a list of blocks (`_has_blocks`) is looked
-    into by calling its `call` symbolically on new inputs, which
-    records the sublayer calls and Keras ops it makes, in order, as a
-    functional graph. It is accepted when that succeeds and the recorded
-    calls hold every weight of the layer (nothing is used outside a
-    sublayer call). Otherwise the layer stays one call, and so inside one
-    freeze unit."""
+    `call` (KerasHub's `ViTEncoder`, `DeiTEncoder` and encoders built the
+    same way): a layer (not a model) holding a list of blocks
+    (`_has_blocks`) is looked into by calling its `call` symbolically on
+    new inputs, which records the sublayer calls and Keras ops it makes,
+    in order, as a functional graph. Outputs that are not computed from
+    its inputs (DeiT's empty `all_hidden_states`) are left out of the
+    recording, and so are sublayer outputs that are not tensors (a block's
+    `None` attention scores, `_record_tensors_only`): the graph falls back
+    to the whole call if anything reads them. It is accepted when the
+    recording succeeds and its calls hold every weight of the layer
+    (nothing is used outside a sublayer call). Otherwise the layer stays
+    one call, and so inside one freeze unit.
+
+    Returns:
+        `(model, outer argument tensors, outer output tensors it
+        computes)`, or None."""
     op = node.operation
     if (not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model)
             or not _has_blocks(op)):
@@ -374,15 +407,40 @@ def _traced_container(node):
     fresh = [keras.Input(batch_shape=t.shape, dtype=t.dtype) for t in outer]
     args, kwargs = node.arguments.fill_in(
         {id(t): f for t, f in zip(outer, fresh)})
+    subs = op._flatten_layers(include_self=False, recursive=False)
+    for sub in subs:
+        _record_tensors_only(sub)
     try:
-        outputs = op.call(*args, **kwargs)
-        traced = keras.Model(fresh, outputs, name=op.name)
+        flat = keras.tree.flatten(op.call(*args, **kwargs))
+        kept = [i for i, t in enumerate(flat)
+                if isinstance(t, keras.KerasTensor)]
+        traced = keras.Model(fresh, [flat[i] for i in kept], name=op.name)
     except Exception:  # not expressible in Keras layers and ops
+        traced = None
+    if (traced is None or len(flat) != len(node.outputs) or not kept
+            or {id(w) for w in traced.weights} != {id(w) for w in op.weights}):
         return None
-    if ({id(w) for w in traced.weights} != {id(w) for w in op.weights}
-            or len(traced.outputs) != len(node.outputs)):
-        return None
-    return traced, outer
+    return traced, outer, [node.outputs[i] for i in kept]
+
+
+def _record_tensors_only(layer):
+    """Lets `layer` be called symbolically when it returns non-tensors
+    beside its tensors (a block's `(hidden, None)` when no attention scores
+    are asked for): Keras records a call only if every output is a tensor,
+    so a symbolic call returns each non-tensor output as a placeholder
+    tensor that nothing reads. Calls on real tensors, and layers whose
+    outputs are all tensors, are unchanged."""
+    if "symbolic_call" not in vars(layer):
+        layer.symbolic_call = types.MethodType(_tensors_only_call, layer)
+
+
+def _tensors_only_call(layer, *args, **kwargs):
+    # keras Layer.symbolic_call is its output spec; Layer.__call__ then
+    # records the call (`symbolic_call` is listed in keras_internals).
+    return keras.tree.map_structure(
+        lambda x: x if isinstance(x, keras.KerasTensor)
+        else keras.KerasTensor((), dtype="float32"),
+        layer.compute_output_spec(*args, **kwargs))
 
 
 def _check_model(model):

@@ -4,7 +4,9 @@ FreezeOut needs a few things Keras does not expose publicly: the
 optimizer's per-variable update loop (to skip frozen units and scale their
 learning rates), the variables a layer was built to train (they stay the
 same after `trainable = False`), a layer's leaves and whether its `call`
-takes `training`, BatchNormalization's batch moments and their axes, a
+takes `training`, the step where a layer's symbolic call makes its outputs
+(to trace a container of blocks whose blocks also return `None`),
+BatchNormalization's batch moments and their axes, a
 functional model's graph of nodes, and, for the cost estimate, where
 MultiHeadAttention computes its attention and over which axes.
 
@@ -121,6 +123,9 @@ _METHODS = [
     ("optimizer", "_var_key", ("variable",)),
     ("optimizer", "_use_weight_decay", ("variable",)),
     ("layer", "_flatten_layers", ("include_self", "recursive")),
+    # A layer's symbolic call is its output spec (Layer.__call__ records
+    # the node): functional._record_tensors_only overrides it per layer.
+    ("layer", "symbolic_call", ("args", "kwargs")),
     ("batch_norm", "_moments", ("inputs", "mask")),
     ("model", "_maybe_symbolic_build", ("iterator", "data_batch")),
     ("multi_head_attention", "_compute_attention",

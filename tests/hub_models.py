@@ -42,6 +42,22 @@ def vit_classifier(seed=0, dropout=0.0, num_layers=3):
     return keras.Model(images, logits, name="vit_classifier")
 
 
+def deit_classifier(seed=0, dropout=0.0, num_layers=3):
+    """DeiTBackbone (its encoder returns empty hidden-state and score
+    tensors beside the hidden state, and its blocks `None` scores) +
+    average pooling + Dense head."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.DeiTBackbone(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=num_layers,
+        num_heads=2, hidden_dim=16, intermediate_dim=32,
+        dropout_rate=dropout,
+    )
+    images = keras.Input((16, 16, 3), name="images")
+    features = keras.layers.GlobalAveragePooling1D(name="pool")(backbone(images))
+    logits = keras.layers.Dense(CLASSES, name="classifier")(features)
+    return keras.Model(images, logits, name="deit_classifier")
+
+
 def text_data(n=32, seed=0):
     """Token ids with a padding mask that really masks: each example has
     2..SEQ real tokens, the rest padded with random ids (so that a mask

@@ -287,3 +287,58 @@ def test_sequential_with_an_input_is_split_by_layer():
     assert [u.name for u in units] == ["seq_unit_0"]
     assert layer_names(units[0]) == ["d1", "act"]
     assert layer_names(head) == ["d2"]
+
+
+class _Block(keras.layers.Layer):
+    """Two Dense layers; returns `(hidden, None)`, as KerasHub blocks
+    return `(hidden, attention scores)` when no scores are asked for."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = L.Dense(6, activation="relu")
+        self.outer = L.Dense(6)
+
+    def call(self, x):
+        return self.outer(self.inner(x)) + x, None
+
+
+class _Encoder(keras.layers.Layer):
+    """A list of blocks whose call also returns a tensor that does not
+    depend on its input (as DeiT's encoder returns an empty
+    `all_hidden_states`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [_Block(name=f"block_{i}") for i in range(3)]
+
+    def call(self, x):
+        for block in self.blocks:
+            x, _ = block(x)
+        return x, keras.ops.zeros((0, 6))
+
+
+def test_container_outputs_left_out_unless_read():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), name="x")
+    hidden, empty = _Encoder(name="encoder")(L.Dense(6, name="stem")(inputs))
+    logits = L.Dense(2, name="logits")(hidden)
+    unread = keras.Model(inputs, logits)
+    # The constant output is read by nothing: the encoder is looked into
+    # and each block is a unit.
+    units, head = split_model(unread)
+    assert [layer_names(u) for u in units] == [
+        ["stem"], ["block_0"], ["block_1"], ["block_2"]]
+    x = np.random.default_rng(0).random((4, 6)).astype("float32")
+    model = FreezeOutModel(units, head)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               unread.predict(x, verbose=0), atol=1e-6)
+    # Read by the head, it cannot come from the recorded blocks: the
+    # encoder stays one call (two of its outputs cross into the head, so
+    # it sits there), and the model still predicts.
+    read = keras.Model(inputs, logits + keras.ops.sum(empty))
+    units, head = split_model(read)
+    assert [layer_names(u) for u in units] == [["stem"]]
+    assert "encoder" in layer_names(head)
+    model = FreezeOutModel(units, head)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               read.predict(x, verbose=0), atol=1e-6)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hub_models import (bert_classifier, image_data, text_data,
-                        vit_classifier, CLASSES, SEQ)
+from hub_models import (bert_classifier, deit_classifier, image_data,
+                        text_data, vit_classifier, CLASSES, SEQ)
 from freezeout_tf import (FreezeOut, FreezeOutModel, schedule, split_model,
                           unit_flops)
 from freezeout_tf.side_inputs import HIDDEN
@@ -140,6 +140,23 @@ def test_vit_encoder_is_split_into_its_blocks():
         split_model(original, num_units=7)
 
 
+def test_deit_encoder_with_unread_outputs_is_split_into_its_blocks():
+    # DeiTEncoder returns (hidden, empty all_hidden_states, empty scores)
+    # and each block (hidden, None): the unread outputs are left out of the
+    # recording instead of keeping the encoder whole.
+    original = deit_classifier(num_layers=3)
+    model = FreezeOutModel.from_model(original)
+    names = [[layer.name for layer in u.layers[1:]]
+             for u in model.freeze_units]
+    assert names == [["deit_patching_and_embedding"],
+                     ["transformer_block_1"], ["transformer_block_2"],
+                     ["transformer_block_3"],
+                     ["ln", "pool"]]
+    x, _ = image_data(8)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               original.predict(x, verbose=0), atol=1e-6)
+
+
 class Snapshot(keras.callbacks.Callback):
     """Unit 0's state right after the last step before it freezes."""
 
@@ -155,7 +172,8 @@ class Snapshot(keras.callbacks.Callback):
 @pytest.mark.parametrize("make,data", [
     (lambda: bert_classifier(dropout=0.1, head="sequence"), text_data),
     (lambda: vit_classifier(dropout=0.1), image_data),
-], ids=["bert", "vit"])
+    (lambda: deit_classifier(dropout=0.1), image_data),
+], ids=["bert", "vit", "deit"])
 def test_one_trace_and_frozen_units_bit_identical(make, data):
     x, y = data(32)
     model = FreezeOutModel.from_model(make())

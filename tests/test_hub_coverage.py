@@ -1,0 +1,101 @@
+"""The KerasHub coverage logic (`freezeout_tf.hub_coverage`) on a few
+families: what is recorded for a split, a refusal and a family that
+cannot be built. The whole survey is `scripts/hub_coverage.py`."""
+
+import json
+import pathlib
+import re
+
+import keras_hub
+
+from freezeout_tf import hub_coverage
+
+
+def test_families_are_enumerated_generically_once_each():
+    found = {name: (kind, task, backbone)
+             for name, kind, task, backbone in hub_coverage.families()}
+    assert found["GPT2CausalLM"][0] == "CausalLM"
+    assert found["GPT2CausalLM"][2] is keras_hub.models.GPT2Backbone
+    assert found["DeiTImageClassifier"][0] == "ImageClassifier"
+    assert found["BertBackbone"][:2] == ("backbone", None)
+    # Exported twice (BertClassifier is BertTextClassifier): listed once;
+    # base classes (CausalLM, Backbone) are not families.
+    names = [name for name in found if "Bert" in name and "Text" in name]
+    assert "BertTextClassifier" in names and "BertClassifier" not in found
+    assert not {"CausalLM", "Backbone", "Task"} & set(found)
+
+
+def test_tiny_kwargs_from_the_signature_and_missing_ones():
+    class Backbone:
+        def __init__(self, num_layers, hidden_dim, fancy_arg, dropout=0.1,
+                     **kwargs):
+            pass
+
+    kwargs, missing = hub_coverage.tiny_kwargs(Backbone)
+    assert kwargs == {"num_layers": 2, "hidden_dim": 16}
+    assert missing == ["fancy_arg"]
+    result = hub_coverage.try_family("FancyBackbone", "backbone", None,
+                                     Backbone)
+    assert result["status"] == "not built"
+    assert "fancy_arg" in result["reason"]
+
+
+def test_split_records_units_and_refusal_records_the_layer():
+    split = hub_coverage.try_family(
+        "BertTextClassifier", "TextClassifier",
+        keras_hub.models.BertTextClassifier, keras_hub.models.BertBackbone,
+        fit=False)
+    # The embeddings' layers, one unit per block (TINY num_layers=2), the
+    # pooler, then the head.
+    parts = split["units"].split(" | ")
+    assert split["status"] == "split" and split["num_units"] == 6
+    assert parts[3:] == ["transformer_layer_0", "transformer_layer_1",
+                         "pooled_dense", "head: logits"]
+    # ALBERT shares one block between its layers: refused, naming it.
+    refused = hub_coverage.try_family(
+        "AlbertTextClassifier", "TextClassifier",
+        keras_hub.models.AlbertTextClassifier,
+        keras_hub.models.AlbertBackbone, fit=False)
+    assert refused["status"] == "refused"
+    assert "Layer '" in refused["reason"] and "\n" not in refused["reason"]
+    table = hub_coverage.to_markdown([split, refused])
+    assert "| TextClassifier | 1 | 1 | 0 | 0 | 0 | 0 |" in table
+
+
+def test_only_hub_coverage_imports_keras_hub():
+    # `import freezeout_tf` must work without keras-hub: no other module of
+    # the package imports it, and the package does not import this one
+    # (checked on the source: a fresh interpreter would cost ~30 s here).
+    import ast
+    package = pathlib.Path(hub_coverage.__file__).parent
+    importers = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names]
+                     if isinstance(node, ast.Import) else
+                     [node.module or ""] + [a.name for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "keras_hub" or n == "hub_coverage"
+                   or n.endswith(".hub_coverage") for n in names):
+                importers.add(path.name)
+    assert importers == {"hub_coverage.py"}
+
+
+def test_readme_summary_matches_benchmarks_hub_coverage_json():
+    root = pathlib.Path(hub_coverage.__file__).parent.parent
+    report = json.loads((root / "benchmarks" / "hub_coverage.json")
+                        .read_text())
+    assert set(report["provenance"]) == {"commit", "versions", "machine",
+                                         "command", "utc"}
+    results = report["results"]
+    assert hub_coverage.summary(results["families"]) == results["summary"]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("#### KerasHub coverage"):]
+    section = section[:section.index("\n\n", section.index("| kind |"))]
+    for kind, row in results["summary"].items():
+        line = re.search(rf"^\| {re.escape(kind)} \|(.*)\|$", section,
+                         re.MULTILINE)
+        assert line, kind
+        assert [c.strip() for c in line.group(1).split("|")] == [
+            str(row.get(s, 0))
+            for s in hub_coverage.STATUSES + ("fit ok",)], kind
