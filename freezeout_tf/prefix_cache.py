@@ -32,6 +32,7 @@ deterministic. The cache is emptied at the start of every `fit`, so a
 resumed or reloaded model rebuilds it and trains exactly as without it.
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -205,17 +206,13 @@ class PrefixCache:
 
     def _boundary_shapes(self, model, x):
         """(per-example shape, dtype) of each unit's output, from a batch."""
+        def spec(t):
+            return keras.KerasTensor((None,) + tuple(t.shape[1:]),
+                                     tf.as_dtype(t.dtype).name)
+
         side = side_inputs.side_values(x, model.input_names)
-        h = tf.nest.map_structure(
-            lambda t: tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype),
-            x if side is None else side)
-        h, side = (h, None) if side is None else (None, h)
-        import keras
-        h = tf.nest.map_structure(
-            lambda s: keras.KerasTensor(s.shape, s.dtype.name), h)
-        side = None if side is None else {
-            n: keras.KerasTensor(s.shape, s.dtype.name)
-            for n, s in side.items()}
+        h = spec(x) if side is None else None
+        side = None if side is None else {n: spec(t) for n, t in side.items()}
         shapes = []
         for i, unit in enumerate(model.freeze_units):
             h = unit.compute_output_spec(model._part_arguments(i, h, side))
