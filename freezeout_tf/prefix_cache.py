@@ -157,7 +157,10 @@ class PrefixCache:
                 "lowers slowly (docs/design.md). Compile with "
                 "jit_compile=False.")
         strategy = model.distribute_strategy
-        if tf.distribute.has_strategy() or strategy.num_replicas_in_sync > 1:
+        # `_distribute_strategy`: set by Keras when the model was created
+        # under a strategy's scope (keras_internals).
+        if (model._distribute_strategy is not None
+                or tf.distribute.has_strategy()):
             raise ValueError(
                 f"cache_frozen_prefix does not support tf.distribute (got "
                 f"{type(strategy).__name__} with "

@@ -154,7 +154,14 @@ def test_contract_refusals_before_training():
     xla.cache_frozen_prefix(N, max_bytes=2**20)
     with pytest.raises(ValueError, match="jit_compile=True"):
         xla.fit(with_example_ids(cnn_data()).batch(BATCH), verbose=0)
-    assert int(model.batches_taken) == int(xla.batches_taken) == 0
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        mirrored = cnn()
+        mirrored.compile(keras.optimizers.Adam(1e-2), LOSS)
+    mirrored.cache_frozen_prefix(N, max_bytes=2**20)
+    with pytest.raises(ValueError, match="does not support tf.distribute"):
+        mirrored.fit(with_example_ids(cnn_data()).batch(BATCH), verbose=0)
+    assert (int(model.batches_taken) == int(xla.batches_taken)
+            == mirrored.batches_taken.numpy() == 0)
     with pytest.raises(ValueError, match=r"max_bytes=0\): must be"):
         model.cache_frozen_prefix(N, max_bytes=0)
 
