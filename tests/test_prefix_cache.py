@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from hub_models import bert_classifier, text_data
-from freezeout_tf import FreezeOut, FreezeOutModel, with_example_ids
+from freezeout_tf import (AdaptiveFreeze, FreezeOut, FreezeOutModel,
+                          with_example_ids)
 from freezeout_tf.prefix_cache import EXAMPLE_ID
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -66,7 +67,8 @@ class Losses(keras.callbacks.Callback):
         self.values.append(logs["loss"])
 
 
-def train(make, data, cache, epochs=(0, 4), model=None, t_0=0.3):
+def train(make, data, cache, epochs=(0, 4), model=None, t_0=0.3,
+          adaptive=None):
     """Fits with FreezeOut (unit 0 frozen from the start, the others
     freezing on the schedule: the cached boundary moves during the run)
     on shuffled batches; returns the model and its per-step losses."""
@@ -79,7 +81,8 @@ def train(make, data, cache, epochs=(0, 4), model=None, t_0=0.3):
     losses = Losses()
     model.fit(ds, initial_epoch=epochs[0], epochs=epochs[1], verbose=0,
               callbacks=[FreezeOut(t_0=t_0, frozen_from_start=1,
-                                   total_steps=4 * N // BATCH),
+                                   total_steps=4 * N // BATCH,
+                                   adaptive=adaptive),
                          losses])
     return model, losses.values
 
@@ -108,6 +111,21 @@ def test_cached_run_equals_uncached_with_one_trace(make, data):
     assert k >= model.num_units - 1 >= 3
     assert not any(u.trainable for u in model.freeze_units)
     np.testing.assert_array_equal(model.prefix_cache.levels.numpy(), k)
+
+
+def test_adaptive_freezing_moves_the_boundary_in_one_graph():
+    def run(cache):
+        return train(cnn, cnn_data, cache, t_0=None,
+                     adaptive=AdaptiveFreeze(interval=2))
+
+    plain, cached = run(False), run(True)
+    assert_same_run(plain, cached)
+    model = cached[0]
+    assert model.train_step_traces == 1
+    frozen = [not u.trainable for u in model.freeze_units]
+    assert frozen == [not u.trainable for u in plain[0].freeze_units]
+    assert sum(frozen) >= 2  # the criterion froze units after unit 0
+    assert model.prefix_cache.levels.numpy().max() >= 2
 
 
 @pytest.mark.parametrize("make,data", [(cnn, cnn_data), (bert, bert_data)],
