@@ -356,6 +356,8 @@ class FreezeOutModel(keras.Model):
         return self.prefix_cache
 
     def fit(self, *args, **kwargs):
+        """As `keras.Model.fit`; with `cache_frozen_prefix`, the cache is
+        checked, sized and emptied first, before any step."""
         if self.prefix_cache is not None:
             self.prefix_cache.pending = True  # prepared at symbolic build
         return super().fit(*args, **kwargs)

@@ -145,10 +145,14 @@ class PrefixCache:
         """Checks the run against the contract and the budget, creates the
         buffers (once) and empties the cache. Called at the start of `fit`.
 
+        Returns:
+            the cache's size in bytes.
+
         Raises:
             ValueError: no example ids in the data, XLA or a distribution
                 strategy, boundaries of different shapes, a shape not fixed
-                per example, or a cache over the budget.
+                per example, an activity regularizer in a cached unit, or a
+                cache over the budget.
         """
         if model.jit_compile:
             raise ValueError(
@@ -200,6 +204,14 @@ class PrefixCache:
                 f"{list(self.activations.shape[1:])}; call "
                 "cache_frozen_prefix again (before the first fit) for "
                 "another input shape.")
+        for i, unit in enumerate(model.freeze_units[:k]):
+            for layer in unit._flatten_layers(include_self=True):
+                if getattr(layer, "activity_regularizer", None) is not None:
+                    raise ValueError(
+                        f"cache_frozen_prefix: layer {layer.name!r} in unit "
+                        f"{i} has an activity regularizer; its loss would be "
+                        "computed inside the cached forward's branch. Cache "
+                        f"fewer units (max_units <= {i}) or drop it.")
         self.num_cached_units = k
         # Rebuilt at every fit: a reloaded or resumed model recomputes the
         # prefix rather than trusting outputs of other weights.

@@ -180,6 +180,13 @@ def test_contract_refusals_before_training():
         mirrored.fit(with_example_ids(cnn_data()).batch(BATCH), verbose=0)
     assert (int(model.batches_taken) == int(xla.batches_taken)
             == mirrored.batches_taken.numpy() == 0)
+    regularized = cnn()
+    regularized.freeze_units[1].layers[0].activity_regularizer = (
+        keras.regularizers.L2(1e-3))
+    regularized.compile(keras.optimizers.Adam(1e-2), LOSS)
+    regularized.cache_frozen_prefix(N, max_bytes=2**20)
+    with pytest.raises(ValueError, match=r"unit 1 has an activity .*<= 1"):
+        regularized.fit(with_example_ids(cnn_data()).batch(BATCH), verbose=0)
     with pytest.raises(ValueError, match=r"max_bytes=0\): must be"):
         model.cache_frozen_prefix(N, max_bytes=0)
 
