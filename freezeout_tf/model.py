@@ -343,9 +343,16 @@ class FreezeOutModel(keras.Model):
 
         Example:
 
-        >>> model.cache_frozen_prefix(50_000, max_bytes=2**30)  # doctest: +SKIP
-        >>> model.fit(with_example_ids(ds).shuffle(1000).batch(64),  # doctest: +SKIP
-        ...           epochs=3, callbacks=[FreezeOut(frozen_from_start=4)])
+        >>> model = FreezeOutModel([keras.layers.Dense(4)],
+        ...                        keras.layers.Dense(2))
+        >>> cache = model.cache_frozen_prefix(50_000, max_bytes=2**30)
+        >>> model.fit(  # doctest: +SKIP
+        ...     with_example_ids(ds).shuffle(1000).batch(64), epochs=3,
+        ...     callbacks=[FreezeOut(frozen_from_start=4)])
+        >>> model.cache_frozen_prefix(50_000, max_bytes=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: cache_frozen_prefix(max_bytes=0): must be a positive integer.
         """
         if self.train_function is not None:
             raise ValueError(

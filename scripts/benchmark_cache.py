@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOutModel, with_example_ids  # noqa: E402
-from freezeout_tf.benchmarking import (alternate_steps, median_ms,  # noqa: E402
-                                       ratio_spread)
+from freezeout_tf.benchmarking import (  # noqa: E402
+    alternate_steps, median_ms, ratio_spread)
 
 VOCAB, CLASSES = 1000, 4
 
@@ -110,8 +110,9 @@ def main(argv=None):
     for k in args.frozen:
         a, b = times[f"k={k} cached"], times[f"k={k} not cached"]
         r = ratio_spread(a, b)
-        print(f"{k:>5}/{units:<2} {median_ms([t for x in b for t in x]):>14.1f}"
-              f" {median_ms([t for x in a for t in x]):>10.1f} "
+        not_ms = median_ms([t for x in b for t in x])
+        cached_ms = median_ms([t for x in a for t in x])
+        print(f"{k:>5}/{units:<2} {not_ms:>14.1f} {cached_ms:>10.1f} "
               f"{r['paired']:>9.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})")
     for name, model in models.items():
         assert model.train_step_traces == 1, name
