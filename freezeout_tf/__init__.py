@@ -11,6 +11,8 @@ Public API (see README.md):
   schedule.
 * `calc_speedup`, `estimate_speedup`, `t0_for_speedup`, `unit_flops`:
   speedup estimates.
+* `with_example_ids`: example ids for `FreezeOutModel.cache_frozen_prefix`
+  (the frozen prefix's outputs cached per example).
 * `split_model`, `cut_points`: a functional Keras model cut into freeze
   units (what `FreezeOutModel.from_model` uses).
 * `ownership`: which freeze unit owns each variable (tied embeddings).
@@ -24,6 +26,7 @@ from freezeout_tf.callback import FreezeOut
 from freezeout_tf.functional import cut_points, split_model
 from freezeout_tf.model import FreezeOutModel
 from freezeout_tf.models import densenet_bc, vgg, wide_resnet
+from freezeout_tf.prefix_cache import with_example_ids
 from freezeout_tf.optimizer import SGDWithL2, attach_schedule, original_sgd
 from freezeout_tf.schedule import (
     freeze_fractions,
@@ -64,4 +67,5 @@ __all__ = [
     "unit_flops",
     "vgg",
     "wide_resnet",
+    "with_example_ids",
 ]

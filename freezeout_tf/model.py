@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from freezeout_tf import keras_internals
 from freezeout_tf import optimizer as fo_optimizer
-from freezeout_tf import ownership, side_inputs, tf_internals
+from freezeout_tf import ownership, prefix_cache, side_inputs, tf_internals
 from freezeout_tf.adaptive import AdaptiveState
 from freezeout_tf.schedule_state import HOST, ScheduleState
 from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
@@ -237,6 +237,9 @@ class FreezeOutModel(keras.Model):
         # The adaptive criterion's state (freezeout_tf.adaptive): model
         # weights, so checkpoints save it; idle unless FreezeOut(adaptive=).
         self.adaptive_state = AdaptiveState(len(freeze_units))
+        # Opt-in (cache_frozen_prefix): frozen units' outputs kept per
+        # example (freezeout_tf.prefix_cache).
+        self.prefix_cache = None
         # Python-side count of train_step traces: 1 for a whole run.
         self.train_step_traces = 0
         # Callables `(step, unit_gradients, frozen_flags)` run inside the
@@ -316,6 +319,7 @@ class FreezeOutModel(keras.Model):
         return side_inputs.arguments(self._part_inputs[index], hidden, side)
 
     def call(self, inputs, training=None):
+        inputs, _ = prefix_cache.split_example_ids(inputs)
         side = side_inputs.side_values(inputs, self.input_names)
         x = inputs if side is None else None
         for i, unit in enumerate(self.freeze_units):
@@ -410,7 +414,81 @@ class FreezeOutModel(keras.Model):
             units.append(owner[0])
         return units
 
+    def cache_frozen_prefix(self, num_examples, max_bytes, max_units=None):
+        """Keeps frozen leading units' outputs per example, in host memory,
+        so that a cached frozen unit costs no forward either.
+
+        Call before the first `fit`. The training data must carry example
+        ids (`freezeout_tf.with_example_ids`) and give each example the same
+        input at every epoch (no random augmentation in the dataset). At
+        the start of every `fit` the run is checked (ids present, no XLA,
+        no `tf.distribute`, boundaries of one shape) and the cache's size,
+        `num_examples` x one unit output x its dtype, is refused in one
+        line if over `max_bytes`; the cache is then emptied and refilled
+        as units freeze. Losses and weights equal those of the run without
+        it (to float rounding: `docs/design.md`).
+
+        Args:
+            num_examples: the ids run over `[0, num_examples)`.
+            max_bytes: host-memory budget for the cache, in bytes.
+            max_units: cache at most the first `max_units` units' outputs;
+                default: as many leading units as share unit 0's output
+                shape (one buffer holds one activation per example).
+
+        Returns:
+            the `freezeout_tf.prefix_cache.PrefixCache`.
+
+        Raises:
+            ValueError: a bad argument, or (at `fit`) a run the cache does
+                not support, or a cache over the budget.
+
+        Example:
+
+        >>> model = FreezeOutModel([keras.layers.Dense(4)],
+        ...                        keras.layers.Dense(2))
+        >>> cache = model.cache_frozen_prefix(50_000, max_bytes=2**30)
+        >>> model.fit(  # doctest: +SKIP
+        ...     with_example_ids(ds).shuffle(1000).batch(64), epochs=3,
+        ...     callbacks=[FreezeOut(frozen_from_start=4)])
+        >>> model.cache_frozen_prefix(50_000, max_bytes=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: cache_frozen_prefix(max_bytes=0): must be a positive integer.
+        """
+        if self.train_function is not None:
+            raise ValueError(
+                "cache_frozen_prefix must be called before the first fit "
+                "(the train step is already traced without the cache).")
+        self.prefix_cache = prefix_cache.PrefixCache(num_examples, max_bytes,
+                                                     max_units)
+        return self.prefix_cache
+
+    def fit(self, *args, **kwargs):
+        """As `keras.Model.fit`; with `cache_frozen_prefix`, the cache is
+        checked, sized and emptied first, before any step."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.pending = True  # prepared at symbolic build
+        return super().fit(*args, **kwargs)
+
+    def unit_variable_owners(self):
+        """For each unit, the set of parts (unit indices; the head is
+        `num_units`) that own a variable the unit reads: itself, and the
+        owners of what it reads but does not own (a tied embedding)."""
+        reads = self._foreign_reads()
+        return [{i} | {owner for owner, _ in reads[i]}
+                for i in range(self.num_units)]
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self.prefix_cache is not None and self.prefix_cache.pending:
+            # Before training: the cache's checks and size, from one batch.
+            if data_batch is None:
+                for _, _, it in iterator:
+                    data_batch = next(it)
+                    break
+            self.prefix_cache.prepare(self, data_batch)
+            # Build from this batch: a second one would start another
+            # pass over the data, and reshuffle it.
+            iterator = None
         # Without a distribution strategy Keras (TF backend) defers creating
         # the model, metric and optimizer variables to the first trace of the
         # train function, which tf.function then traces a second time. Build
@@ -464,6 +542,7 @@ class FreezeOutModel(keras.Model):
     def _gradients_by_unit(self, x, y, sample_weight=None):
         """`compute_freezeout_gradients`' results, then the step, each
         unit's gradient list (the head last) and the frozen flags."""
+        x, ids = prefix_cache.split_example_ids(x)
         side = side_inputs.side_values(x, self.input_names)
         state = self.schedule_state
         step = state.step()
@@ -478,22 +557,8 @@ class FreezeOutModel(keras.Model):
             persistent=True, watch_accessed_variables=False
         ) as tape:
             tape.watch(tf.nest.flatten(values))
-            unit_inputs, unit_outputs = [], []
-            # Side inputs go to the units as they are, never watched.
-            h = x if side is None else None
-            for i, unit in enumerate(self.freeze_units):
-                if i > 0:
-                    # Cut the tape between units: each unit's backward is
-                    # computed on its own, below.
-                    h = tf.stop_gradient(h)
-                    tape.watch(h)
-                unit_inputs.append(h)
-                with unit_mode(self._unit_leaves[i],
-                               tf.logical_not(frozen[i]),
-                               static_shapes=bool(self.jit_compile)):
-                    h = unit(self._part_arguments(i, h, side),
-                             training=True)
-                unit_outputs.append(h)
+            unit_inputs, unit_outputs, h = self._forward_units(
+                tape, x, ids, side, frozen)
             head_input = tf.stop_gradient(h)
             tape.watch(head_input)
             y_pred = self.head(
@@ -544,6 +609,33 @@ class FreezeOutModel(keras.Model):
         }
         gradients = [by_id[id(v)] for v in self.trainable_variables]
         return loss, y_pred, gradients, step, grads, frozen
+
+    def _forward_units(self, tape, x, ids, side, frozen):
+        """The units' forward on `tape`: `(unit_inputs, unit_outputs,
+        last_output)`. With `cache_frozen_prefix`, the cached forward
+        (`freezeout_tf.prefix_cache`); else every unit runs once."""
+        def run_unit(i, h):
+            with unit_mode(self._unit_leaves[i], tf.logical_not(frozen[i]),
+                           static_shapes=bool(self.jit_compile)):
+                return self.freeze_units[i](
+                    self._part_arguments(i, h, side), training=True)
+
+        if self.prefix_cache is not None:
+            return self.prefix_cache.forward(self, tape, x, ids, side,
+                                             frozen, run_unit)
+        unit_inputs, unit_outputs = [], []
+        # Side inputs go to the units as they are, never watched.
+        h = x if side is None else None
+        for i in range(self.num_units):
+            if i > 0:
+                # Cut the tape between units: each unit's backward is
+                # computed on its own, below.
+                h = tf.stop_gradient(h)
+                tape.watch(h)
+            unit_inputs.append(h)
+            h = run_unit(i, h)
+            unit_outputs.append(h)
+        return unit_inputs, unit_outputs, h
 
     @staticmethod
     def _extra_loss_gradients(tape, scaled_loss, values, unit_inputs,
