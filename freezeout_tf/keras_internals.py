@@ -80,8 +80,9 @@ PRIVATE_NAMES = {
     "_distribution_strategy": (
         ("optimizer",), "the weight-decay hook's merge_call"),
     "_flatten_layers": (
-        ("functional", "ownership", "speedup", "unit_mode"),
-        "a unit's leaves and containers, its variables, MHA layers to count"),
+        ("functional", "ownership", "prefix_cache", "speedup", "unit_mode"),
+        "a unit's leaves and containers, its variables, MHA layers to "
+        "count, a cached unit's activity regularizers"),
     "_trainable_variables": (
         ("ownership",),
         "the variables of a unit that is already frozen; which variables a "
