@@ -143,6 +143,7 @@ def test_mirrored_float16_two_devices_matches_one_device(tmp_path):
         assert np.array_equal(r[f"snap_{i}"], r[f"end_{i}"]), i
 
 
+@pytest.mark.slow
 def test_multi_worker_two_processes_end_identical(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -260,6 +261,7 @@ def test_cli_mirrored_bfloat16(tmp_path):
     assert all(np.isfinite(r["train_loss"]) for r in records)
 
 
+@pytest.mark.slow
 def test_cli_multi_worker(tmp_path):
     # A one-worker cluster: the real MultiWorkerMirroredStrategy code path
     # (collective ops, the Keras fixes) at the cost of one process; two

@@ -123,6 +123,7 @@ def test_notebook_is_committed_without_outputs(path):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("FREEZEOUT_QUICK", "1")  # the kernel inherits it

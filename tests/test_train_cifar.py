@@ -294,6 +294,7 @@ def test_resume_with_other_options_is_refused(uninterrupted, tmp_path, capsys):
     assert _digest(out / "run.keras") == before
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(uninterrupted, tmp_path):
     out = tmp_path / "killed"
     ckpt = out / "run.keras"
