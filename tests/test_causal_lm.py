@@ -213,6 +213,7 @@ def test_save_load_and_resume_exactly(tmp_path, tied_owner="first"):
                                    atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mirrored_two_devices_matches_one_device(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, WORKER, str(tmp_path), "gpt2"],

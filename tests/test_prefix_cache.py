@@ -128,8 +128,10 @@ def test_adaptive_freezing_moves_the_boundary_in_one_graph():
     assert model.prefix_cache.levels.numpy().max() >= 2
 
 
-@pytest.mark.parametrize("make,data", [(cnn, cnn_data), (bert, bert_data)],
-                         ids=["cnn", "bert"])
+@pytest.mark.parametrize(
+    "make,data",
+    [(cnn, cnn_data), pytest.param(bert, bert_data, marks=pytest.mark.slow)],
+    ids=["cnn", "bert"])
 def test_resume_from_saved_model_equals_uncached(make, data, tmp_path):
     def interrupted(cache):
         model, first = train(make, data, cache, epochs=(0, 2))
