@@ -14,10 +14,12 @@ Public API (see README.md):
 * `split_model`, `cut_points`: a functional Keras model cut into freeze
   units (what `FreezeOutModel.from_model` uses).
 * `models` (`densenet_bc`, `wide_resnet`, `vgg`), `data` (`load_data`),
-  `download` (`prepare`: download a tfds data set, failing fast offline).
+  `download` (`prepare`: download a tfds data set, failing fast offline),
+  `text` (byte-level windows of the standard library's sources for causal
+  LMs, `byte_llama`, `token_loss`, `generate_text`).
 """
 
-from freezeout_tf import data, download, models
+from freezeout_tf import data, download, models, text
 from freezeout_tf.adaptive import AdaptiveFreeze
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.functional import cut_points, split_model
@@ -59,6 +61,7 @@ __all__ = [
     "original_sgd",
     "split_model",
     "t0_for_speedup",
+    "text",
     "unit_flops",
     "vgg",
     "wide_resnet",
