@@ -29,6 +29,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOutModel  # noqa: E402
+from freezeout_tf.benchmarking import frozen_saving  # noqa: E402,F401
 from freezeout_tf.speedup import unit_flops  # noqa: E402
 
 
@@ -74,12 +75,6 @@ def time_interleaved(run, settings, repeats, steps):
                 float(run(setting)["loss"])  # wait for the step
                 times[setting].append(time.perf_counter() - start)
     return times
-
-
-def frozen_saving(flops, k):
-    """FLOP-predicted saving of a step with units `0..k-1` frozen: their
-    backward (twice their forward) out of the step's three forwards."""
-    return 2 * sum(flops[:k]) / (3 * sum(flops))
 
 
 def main(argv=None):
