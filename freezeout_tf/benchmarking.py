@@ -230,6 +230,9 @@ def peak_step_bytes(step, repeats=3):
     Needs TensorFlow's BFC allocator on the CPU
     (`TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts); otherwise
     `get_memory_info` raises.
+
+    Example: ``peak_step_bytes(lambda: step(batch))`` with ``step`` a
+    traced ``train_step`` (`scripts/benchmark_transformers.py`).
     """
     peaks = []
     for _ in range(repeats):
@@ -271,7 +274,19 @@ def frozen_prefix_sweep(model, plain, batch, shares=(0.0, 0.25, 0.5, 0.75,
         `peak_mib` and `peak_vs_full` (if `memory`), `step_times_s`, and for
         the frozen settings `frozen_units`, `frozen_share`,
         `flop_predicted_saving`.
+
+    Raises:
+        ValueError: a share outside [0, 1], or `rounds` < 1.
+
+    Example: ``result = frozen_prefix_sweep(model, plain, (x, y))``, then
+    ``sweep_table(result)``; `scripts/benchmark_llm.py` runs it,
+    `tests/test_benchmarking.py` checks it.
     """
+    bad = [s for s in shares if not 0 <= s <= 1]
+    if bad or not shares:
+        raise ValueError(
+            f"shares must be frozen shares of the units in [0, 1]; got "
+            f"{list(shares)!r}.")
     step = tf.function(model.train_step, autograph=False)
     plain_step = tf.function(plain.train_step, autograph=False)
     n = model.num_units
@@ -320,7 +335,10 @@ def frozen_prefix_sweep(model, plain, batch, shares=(0.0, 0.25, 0.5, 0.75,
 
 def sweep_table(result):
     """A `frozen_prefix_sweep` result as Markdown lines: a table with a row
-    per setting, then the nothing-frozen / plain Keras ratio."""
+    per setting, then the nothing-frozen / plain Keras ratio.
+
+    Example: `tests/test_benchmarking.py`.
+    """
     memory = "peak_mib" in result["rows"][0]
     lines = ["| frozen | ms/step (quartiles) | saving | FLOP-predicted | "
              "measured / predicted |"

@@ -152,7 +152,13 @@ def split_files(files, holdout_fraction):
 
 
 def encode(text):
-    """Bytes (or a `str`, as UTF-8) as an int32 array of ids 0-255."""
+    """Bytes (or a `str`, as UTF-8) as an int32 array of ids 0-255.
+
+    Example:
+
+    >>> encode("d\u00e9f").tolist()
+    [100, 195, 169, 102]
+    """
     if isinstance(text, str):
         text = text.encode("utf-8")
     return np.frombuffer(text, dtype=np.uint8).astype(np.int32)
@@ -160,7 +166,13 @@ def encode(text):
 
 def decode(ids):
     """Ids back to text: bytes 0-255 as UTF-8 (invalid sequences replaced),
-    stopping at the first `END_ID` after the first id; `PAD_ID` dropped."""
+    stopping at the first `END_ID` after the first id; `PAD_ID` dropped.
+
+    Example:
+
+    >>> decode([END_ID, *encode("def f():"), END_ID, 120, PAD_ID])
+    'def f():'
+    """
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]
     if END_ID in ids[1:]:
         ids = ids[:ids.index(END_ID, 1)]
@@ -189,6 +201,12 @@ def windows(files, sequence_length, max_bytes=None):
 
     Raises:
         ValueError: `sequence_length` < 2, `max_bytes` < 1, or no text.
+
+    Example:
+
+    >>> w = windows(package_files(["json"]), sequence_length=16)
+    >>> w["token_ids"].shape[1], bool(w["sample_weight"].min() == 0)
+    (16, True)
     """
     if not isinstance(sequence_length, int) or sequence_length < 2:
         raise ValueError(
@@ -268,6 +286,13 @@ def lm_dataset(arrays, batch_size, shuffle_seed=None, repeat=False):
 
     Returns:
         a `tf.data.Dataset`.
+
+    Example:
+
+    >>> ds = lm_dataset(windows(package_files(["json"]), 16), batch_size=4)
+    >>> x, y, w = next(iter(ds))
+    >>> sorted(x), tuple(y.shape), w.dtype.name
+    (['padding_mask', 'token_ids'], (4, 16), 'float32')
     """
     import tensorflow as tf
 
@@ -298,6 +323,12 @@ def byte_llama(num_layers, hidden_dim, num_heads, intermediate_dim=None,
 
     Returns:
         a ``keras_hub.models.Llama3CausalLM``.
+
+    Example:
+
+    >>> lm = byte_llama(num_layers=2, hidden_dim=16, num_heads=2, seed=0)
+    >>> lm.backbone.num_layers, lm.backbone.vocabulary_size
+    (2, 258)
     """
     import keras
     import keras_hub
@@ -329,6 +360,13 @@ def token_loss(model, dataset):
 
     Returns:
         float.
+
+    Example:
+
+    >>> lm = byte_llama(num_layers=1, hidden_dim=8, num_heads=2, seed=0)
+    >>> data = lm_dataset(windows(package_files(["json"]), 32), 64)
+    >>> 5.0 < token_loss(lm, data) < 6.0  # untrained: about log(258)
+    True
     """
     import keras
 
@@ -362,6 +400,13 @@ def generate_text(causal_lm, prompts, length):
     Raises:
         ValueError: the model has a preprocessor, or a prompt leaves no room
             for a new token.
+
+    Example:
+
+    >>> lm = byte_llama(num_layers=1, hidden_dim=8, num_heads=2, seed=0)
+    >>> lm.compile(sampler="greedy")
+    >>> generate_text(lm, ["import "], length=16)[0].startswith("import ")
+    True
     """
     if getattr(causal_lm, "preprocessor", None) is not None:
         raise ValueError(
