@@ -6,8 +6,15 @@ wall-clock sum hides stalls. These helpers give the scripts one way to do
 that.
 """
 
+import datetime
+import json
+import os
+import platform
 import random
+import shlex
 import statistics
+import subprocess
+import sys
 import time
 
 import keras
@@ -24,9 +31,11 @@ __all__ = [
     "median_ms",
     "peak_step_bytes",
     "plain_keras_model",
+    "provenance",
     "ratio_spread",
     "sweep_table",
     "timed_steps",
+    "write_report",
 ]
 
 
@@ -363,3 +372,88 @@ def sweep_table(result):
               f"{o['paired']:.3f} (95 % interval {o['ci_low']:.3f}-"
               f"{o['ci_high']:.3f})."]
     return lines
+
+
+def _commit():
+    """The checked-out commit of the repository holding this package, with
+    `+dirty` if it has uncommitted changes; "unknown" outside git."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        def git(*args):
+            return subprocess.run(
+                ["git", "-C", root, *args], capture_output=True, text=True,
+                check=True, timeout=10).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain",
+                                         "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(command=None):
+    """Where a figure comes from: commit, versions, machine, command, time.
+
+    Args:
+        command: the command that produced the figures; by default this
+            process's `python` command line.
+
+    Returns:
+        dict with `commit`, `versions` (Python, TensorFlow, Keras, and
+        keras-hub when installed), `machine` (platform, processor, CPU
+        count), `command` and `utc` (ISO 8601, seconds).
+
+    Example:
+
+    >>> sorted(provenance("python x.py"))
+    ['command', 'commit', 'machine', 'utc', 'versions']
+    """
+    versions = {"python": platform.python_version(),
+                "tensorflow": tf.__version__, "keras": keras.__version__}
+    hub = sys.modules.get("keras_hub")
+    if hub is not None:
+        versions["keras_hub"] = hub.__version__
+    if command is None:
+        command = shlex.join(["python"] + sys.argv)
+    return {
+        "commit": _commit(),
+        "versions": versions,
+        "machine": {"platform": platform.platform(),
+                    "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count()},
+        "command": command,
+        "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+    }
+
+
+def write_report(path, results, command=None):
+    """Writes `results` as JSON to `path`, with their `provenance`.
+
+    Every figure the README quotes comes from such a file (or from a test):
+    it says which commit, versions, machine and command produced it, and
+    when.
+
+    Args:
+        path: the `.json` file to write (its directory must exist).
+        results: JSON-serialisable figures.
+        command: see `provenance`.
+
+    Returns:
+        the report written: `{"provenance": ..., "results": results}`.
+
+    Raises:
+        ValueError: if `results` holds NaN or infinity.
+
+    Example:
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "r.json")
+    >>> write_report(path, {"a": 1}, command="python x.py")["results"]
+    {'a': 1}
+    """
+    report = {"provenance": provenance(command), "results": results}
+    text = json.dumps(report, indent=1, allow_nan=False)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    return report

@@ -37,6 +37,7 @@ __all__ = [
     "count_macs",
     "densenet_costs",
     "estimate_speedup",
+    "gradient_bytes_saving",
     "speedup_from_costs",
     "t0_for_speedup",
     "unit_flops",
@@ -161,6 +162,36 @@ def speedup_from_costs(costs, fractions):
         return 0.0
     with_freezeout = costs.sum() + 2.0 * (fractions * costs).sum()
     return float(1.0 - with_freezeout / total)
+
+
+def gradient_bytes_saving(model, t_0=0.8, how_scale="cubic"):
+    """Fraction of the all-reduced gradient bytes FreezeOut saves on `model`.
+
+    Under `tf.distribute` a frozen unit's gradients are not all-reduced
+    (`optimizer._unit_all_reduce`): unit `i` sends its `p_i` trainable
+    parameters for the fraction `t_i` of training only, the head always.
+    So the saving is `1 - sum(t_i * p_i) / sum(p_i)` (all float32 or all of
+    one dtype: bytes are proportional to parameters).
+
+    Args:
+        model: a built `FreezeOutModel`.
+        t_0: fraction of training, before scaling, at which unit 0 freezes.
+        how_scale: `"linear"`, `"squared"` or `"cubic"`.
+
+    Returns:
+        float in [0, 1).
+
+    Example:
+
+    >>> model = densenet_bc(depth=40, growth_rate=12)
+    >>> round(gradient_bytes_saving(model), 3)
+    0.23
+    """
+    params = np.array([
+        sum(int(np.prod(v.shape)) for v in part.trainable_weights)
+        for part in list(model.freeze_units) + [model.head]], np.float64)
+    fractions = schedule.freeze_fractions(model.num_units, t_0, how_scale)
+    return float(1.0 - (fractions * params).sum() / params.sum())
 
 
 # Layers whose cost `count_macs` counts, and the kernel elements each output

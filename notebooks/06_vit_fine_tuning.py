@@ -155,6 +155,16 @@ for name, rows in results.items():
     print(f"| {name} | {acc.mean():.2f} ({acc.min():.2f}-{acc.max():.2f}) | "
           f"{secs.mean():.1f} | {base / secs.mean():.2f}x |")
 
+# To keep these figures with their commit, versions, machine and time (the
+# README's table comes from such a file), set FREEZEOUT_REPORT to a path.
+if os.environ.get("FREEZEOUT_REPORT"):
+    from freezeout_tf.benchmarking import write_report
+
+    write_report(os.environ["FREEZEOUT_REPORT"],
+                 {name: [{"accuracy": a, "fit_s": s} for a, s in rows]
+                  for name, rows in results.items()},
+                 command="python notebooks/06_vit_fine_tuning.py")
+
 # %% [markdown]
 # The fit times include the one trace of the train step. FreezeOut's step
 # gets cheaper as blocks freeze: frozen blocks run their forward pass only,

@@ -15,7 +15,11 @@ freezing units with forward cost F_frozen out of F_total saves
 
 Usage:
     python scripts/benchmark_step.py [--units 8] [--channels 64] [--size 32]
-        [--batch-size 32] [--repeats 7] [--steps 5]
+        [--batch-size 32] [--repeats 7] [--steps 5] [--out benchmarks]
+
+With --out it writes OUT/step.json: every step time and the FLOP-predicted
+savings, with the commit, versions, machine, command and UTC time
+(`freezeout_tf.benchmarking.write_report`).
 """
 
 import argparse
@@ -29,7 +33,10 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOutModel  # noqa: E402
-from freezeout_tf.benchmarking import frozen_saving  # noqa: E402,F401
+from freezeout_tf.benchmarking import (  # noqa: E402,F401
+    frozen_saving,
+    write_report,
+)
 from freezeout_tf.speedup import unit_flops  # noqa: E402
 
 
@@ -87,6 +94,7 @@ def main(argv=None):
                    help="rounds over all settings")
     p.add_argument("--steps", type=int, default=5,
                    help="timed steps per setting per round")
+    p.add_argument("--out", help="directory for step.json (raw step times)")
     args = p.parse_args(argv)
 
     keras.utils.set_random_seed(0)
@@ -136,6 +144,15 @@ def main(argv=None):
               f"| {predicted:.1%} |")
     med = statistics.median(times["plain"])
     print(f"| plain Keras | - | {1000 * med:.1f} | {1 - med / base:.1%} | - |")
+    if args.out:
+        path = os.path.join(args.out, "step.json")
+        write_report(path, {
+            "settings": vars(args),
+            "step_s": {str(k): v for k, v in times.items()},
+            "flop_predicted_saving": {str(k): frozen_saving(flops, k)
+                                      for k in ks},
+            "train_step_traces": model.train_step_traces})
+        print("wrote", path)
     return 0
 
 

@@ -14,7 +14,8 @@ This is how the frozen path was checked (README, "Benchmarks"). The
 profiler records what the executor really ran, after Grappler's rewrites.
 
 Usage:
-    python scripts/profile_step.py --depth 22 --frozen 0 6 11 --stock
+    python scripts/profile_step.py --depth 22 --frozen 0 6 11 --stock \
+        --out benchmarks/profile.json
     python scripts/profile_step.py --frozen 0 --stock --threads 1 --top 30
 """
 
@@ -31,6 +32,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 from freezeout_tf import models, original_sgd  # noqa: E402
+from freezeout_tf.benchmarking import write_report  # noqa: E402
 
 
 def executed_ops(logdir):
@@ -103,18 +105,33 @@ def op_table(ops, steps, top):
         print(f"    {op_type:34s} {ms:8.2f} ms  x{count[op_type]}")
 
 
-def unit_table(model, ops, steps, frozen):
-    print("  unit | frozen | backward ops/step | forward ops/step")
-    for i, unit in enumerate(model.freeze_units + [model.head]):
+def unit_counts(model, ops, steps):
+    """Per unit and the head, (backward ops, forward ops) per step."""
+    rows = []
+    for unit in model.freeze_units + [model.head]:
         # Keras names the ops of a layer call "<layer name>_1/...".
         tag = f"/{unit.name}_1/"
         mine = [o for o in ops if tag in "/" + o[0]]
         # Backward ops are named ".../gradient_tape/...", at the top level
         # (Keras' step) or inside a unit's backward branch (FreezeOut's).
         backward = sum(1 for o in mine if "gradient_tape/" in o[0])
+        rows.append((backward // steps, (len(mine) - backward) // steps))
+    return rows
+
+
+def unit_table(model, ops, steps, frozen):
+    print("  unit | frozen | backward ops/step | forward ops/step")
+    for i, (backward, forward) in enumerate(unit_counts(model, ops, steps)):
         label = "head" if i == model.num_units else str(i)
         print(f"  {label:>4} | {'yes' if i < frozen else 'no':>6} | "
-              f"{backward // steps:17d} | {(len(mine) - backward) // steps:16d}")
+              f"{backward:17d} | {forward:16d}")
+
+
+def raw(ops, steps):
+    """JSON-ready op time (ms) and count per step, by op type."""
+    by_type, count = per_type(ops, steps)
+    return {t: {"ms_per_step": ms, "per_step": count[t]}
+            for t, ms in by_type.items()}
 
 
 def main(argv=None):
@@ -129,6 +146,8 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--threads", type=int, default=None,
                    help="intra- and inter-op threads (default: TF's)")
+    p.add_argument("--out", help="file to write the op tables to (JSON, "
+                                 "with commit, versions, machine, command)")
     args = p.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -145,6 +164,7 @@ def main(argv=None):
     step = tf.function(model.train_step, autograph=False)
     root = tempfile.mkdtemp(prefix="freezeout_profile_")
     first_ops = None
+    report = {"settings": vars(args)}
     for k in args.frozen:
         if not 0 <= k <= model.num_units:
             p.error(f"--frozen {k}: must be in 0..{model.num_units}")
@@ -154,6 +174,9 @@ def main(argv=None):
         print(f"FreezeOut train step, {k} of {model.num_units} units frozen:")
         op_table(ops, args.steps, args.top)
         unit_table(model, ops, args.steps, k)
+        report[f"frozen_{k}"] = {
+            "op_types": raw(ops, args.steps),
+            "units_backward_forward": unit_counts(model, ops, args.steps)}
     if args.stock:
         keras.utils.set_random_seed(0)
         plain = models.densenet_bc(args.depth, args.growth_rate)
@@ -165,6 +188,10 @@ def main(argv=None):
         print("Plain Keras train step on the same layers:")
         op_table(ops, args.steps, args.top)
         diff_table(first_ops, ops, args.steps, args.top)
+        report["plain"] = {"op_types": raw(ops, args.steps)}
+    if args.out:
+        write_report(args.out, report)
+        print("wrote", args.out)
     print(f"profiles (open with TensorBoard's profile plugin): {root}")
     return 0
 

@@ -3,6 +3,9 @@
     python _dist_worker.py mirrored OUT_DIR
         Two logical CPU devices (configured before TF initialises them),
         MirroredStrategy vs one device; writes OUT_DIR/mirrored.npz.
+    python _dist_worker.py mirrored-float16 OUT_DIR
+        The same under the mixed_float16 policy (loss scaling); writes
+        OUT_DIR/mirrored_float16.npz.
     python _dist_worker.py multi-worker OUT_DIR   (TF_CONFIG set by caller)
         One MultiWorkerMirroredStrategy worker; writes
         OUT_DIR/worker{index}.npz.
@@ -28,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tensorflow as tf  # noqa: E402
 
 MODE, OUT = sys.argv[1], sys.argv[2]
-if MODE == "mirrored":
+if MODE.startswith("mirrored"):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
@@ -41,7 +44,9 @@ from conftest import LOSS, tiny_data, tiny_model  # noqa: E402
 from freezeout_tf import (  # noqa: E402
     FreezeOut, FreezeOutModel, original_sgd, schedule,
 )
-from freezeout_tf.distribute import make_strategy  # noqa: E402
+from freezeout_tf.distribute import (  # noqa: E402
+    make_strategy, set_mixed_precision,
+)
 
 STEPS_PER_EPOCH, EPOCHS, T_0 = 4, 3, 0.4  # global batch 16, 64 samples
 # Unit 0 trains for FIRST_FREEZE steps, then is frozen.
@@ -69,7 +74,8 @@ def no_bn_model():
 def unit_state(model, i):
     """Weights (incl. BN moving statistics) and optimizer slots of unit i."""
     unit = model.freeze_units[i]
-    opt = model.optimizer
+    # A LossScaleOptimizer (mixed float16) keeps the slots in its inner one.
+    opt = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     values = [np.array(v.numpy()) for v in unit.weights]
     for layer in unit._flatten_layers():
         for w in layer._trainable_variables:
@@ -166,6 +172,29 @@ def mirrored():
     np.savez(os.path.join(OUT, "mirrored.npz"), **out)
 
 
+def mirrored_float16():
+    """Mixed float16 (a LossScaleOptimizer) on two replicas vs one device."""
+    set_mixed_precision("float16")
+    strategy = make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2, strategy.extended.worker_devices
+    one = fit(tf.distribute.get_strategy(), no_bn_model)
+    snap = Snapshot(at_step=FIRST_FREEZE)
+    two = fit(strategy, no_bn_model, snap)
+    out = {"num_weights": len(one.weights),
+           "optimizer": type(two.optimizer).__name__,
+           "compute_dtype": two.freeze_units[0].layers[0].compute_dtype,
+           "iterations": [int(keras.ops.convert_to_numpy(m.optimizer.iterations))
+                          for m in (one, two)],
+           "tracing_count": tracing_count(two),
+           "snapshot_taken": snap.values is not None,
+           "num_state": len(snap.values or [])}
+    for i, (a, b) in enumerate(zip(one.weights, two.weights)):
+        out[f"one_{i}"], out[f"two_{i}"] = a.numpy(), b.numpy()
+    for i, (a, b) in enumerate(zip(snap.values or [], unit_state(two, 0))):
+        out[f"snap_{i}"], out[f"end_{i}"] = a, b
+    np.savez(os.path.join(OUT, "mirrored_float16.npz"), **out)
+
+
 def multi_worker():
     strategy = make_strategy("multi-worker")  # first: starts the server
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
@@ -189,4 +218,5 @@ def multi_worker():
 
 
 if __name__ == "__main__":
-    {"mirrored": mirrored, "multi-worker": multi_worker}[MODE]()
+    {"mirrored": mirrored, "mirrored-float16": mirrored_float16,
+     "multi-worker": multi_worker}[MODE]()

@@ -377,6 +377,10 @@ def test_a_refusing_proxy_is_one_line(tmp_path, proxy_env):
         f"cannot connect to the proxy http://127.0.0.1:{port} "
         "([Errno 111] Connection refused)"
     )
+    # The README: the script asks each URL once, within 20 s (the default
+    # probe timeout; tensorflow-datasets alone retries for ~3.5 minutes).
+    assert download.PROBE_TIMEOUT == 20.0
+    assert seconds < download.PROBE_TIMEOUT
     print(f"refusing proxy: DownloadError after {seconds:.2f} s")
 
 

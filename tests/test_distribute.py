@@ -118,6 +118,28 @@ def test_mirrored_two_devices_matches_one_device(tmp_path):
     assert int(r["executed_collectives"]) < 2 * STEPS * (NUM_UNITS + 1)
 
 
+def test_mirrored_float16_two_devices_matches_one_device(tmp_path):
+    _finish([subprocess.Popen(
+        [sys.executable, WORKER, "mirrored-float16", str(tmp_path)],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)])
+    r = np.load(tmp_path / "mirrored_float16.npz")
+    assert str(r["optimizer"]) == "LossScaleOptimizer"
+    assert str(r["compute_dtype"]) == "float16"
+    assert list(r["iterations"]) == [STEPS, STEPS]  # no step skipped
+    assert int(r["tracing_count"]) == 1
+    # Same global batch on one device and on two replicas: float16 compute
+    # sums the batch in another order, hence the looser tolerance.
+    for i in range(int(r["num_weights"])):
+        assert r[f"two_{i}"].dtype in (np.float32, np.int64)  # + counter
+        np.testing.assert_allclose(r[f"two_{i}"], r[f"one_{i}"],
+                                   rtol=1e-3, atol=1e-4)
+    # Unit 0 (kernel, bias, their momentum) bit-identical once frozen.
+    assert bool(r["snapshot_taken"]) and int(r["num_state"]) == 4
+    for i in range(int(r["num_state"])):
+        assert np.array_equal(r[f"snap_{i}"], r[f"end_{i}"]), i
+
+
 def test_multi_worker_two_processes_end_identical(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

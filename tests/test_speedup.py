@@ -16,6 +16,7 @@ from freezeout_tf.speedup import (  # noqa: E402
     count_macs,
     densenet_costs,
     estimate_speedup,
+    gradient_bytes_saving,
     speedup_from_costs,
     t0_for_speedup,
     unit_flops,
@@ -354,3 +355,19 @@ def test_t0_for_speedup_out_of_reach(tiny_wrn):
         t0_for_speedup(tiny_wrn, -0.1)
     with pytest.raises(ValueError, match="number"):
         t0_for_speedup(tiny_wrn, "0.1")
+
+
+def test_gradient_bytes_saving_by_hand():
+    # Units of 24 and 20 parameters, a head of 10; linear t_0 = 0.5: the
+    # units send their gradients for 0.5 and 0.75 of the run, the head for
+    # all of it; BatchNorm's moving statistics are not sent.
+    model = FreezeOutModel(
+        [keras.layers.Dense(4), keras.Sequential(
+            [keras.layers.Dense(4), keras.layers.BatchNormalization()])],
+        keras.layers.Dense(2))
+    model.build((None, 5))
+    assert [sum(int(np.prod(v.shape)) for v in part.trainable_weights)
+            for part in model.freeze_units + [model.head]] == [24, 28, 10]
+    saving = gradient_bytes_saving(model, 0.5, "linear")
+    assert saving == pytest.approx((24 * 0.5 + 28 * 0.25) / 62)
+    assert gradient_bytes_saving(model, 1.0, "linear") == 0.0

@@ -9,13 +9,25 @@ from conftest import LOSS, tiny_data, tiny_model
 from freezeout_tf import FreezeOut, FreezeOutModel, original_sgd, schedule
 
 
+SLOT_LISTS = ("momentums", "_momentums", "_velocities")
+# Slots per trainable variable: SGD's momentum; Adam's two moments.
+SLOTS_PER_VARIABLE = {"sgd_nesterov": 1, "adam": 2, "adamw": 2, "original": 1}
+
+
 def optimizer_slots(opt, variable):
-    """The optimizer's slot variables (momentum, Adam moments) of one variable."""
+    """The optimizer's slot variables (momentum, Adam moments) of one variable.
+
+    Raises:
+        AssertionError: if none is found (Keras renamed its slot lists, and
+            a check of frozen slots would otherwise compare nothing).
+    """
     i = opt._get_variable_index(variable)
-    slots = []
-    for name in ("momentums", "_momentums", "_velocities"):
-        if hasattr(opt, name) and getattr(opt, name):
-            slots.append(getattr(opt, name)[i])
+    slots = [getattr(opt, name)[i] for name in SLOT_LISTS
+             if getattr(opt, name, None)]
+    assert slots, (
+        f"{type(opt).__name__} has none of the slot lists {SLOT_LISTS}: "
+        "update SLOT_LISTS to the names this Keras uses.")
+    assert all(tuple(s.shape) == tuple(variable.shape) for s in slots)
     return slots
 
 
@@ -65,7 +77,9 @@ def test_frozen_unit_is_bit_identical_from_its_freeze_step(opt, data):
               callbacks=[FreezeOut(t_0=0.3), snap])
     assert snap.values is not None
     end = unit_state(model, 0)
-    assert len(end) == len(snap.values) >= 5  # kernel, gamma, beta, stats, slots
+    # Conv kernel, BN gamma, beta and two moving statistics; then the slots
+    # of the three trainable ones.
+    assert len(snap.values) == len(end) == 5 + 3 * SLOTS_PER_VARIABLE[opt]
     for before, after in zip(snap.values, end):
         assert np.array_equal(before, after)
     # The last unit kept training to the end: its state did move.

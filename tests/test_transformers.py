@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from hub_models import (bert_classifier, image_data, text_data,
                         vit_classifier, CLASSES, SEQ)
-from freezeout_tf import FreezeOut, FreezeOutModel, schedule, split_model
+from freezeout_tf import (FreezeOut, FreezeOutModel, schedule, split_model,
+                          unit_flops)
 from freezeout_tf.side_inputs import HIDDEN
 from test_train_step import optimizer_slots
 
@@ -58,6 +59,45 @@ def test_bert_splits_into_blocks_with_side_inputs():
     as_list = [x[name] for name in model.input_names]
     np.testing.assert_allclose(model.predict(as_list, verbose=0), want,
                                atol=1e-6)
+
+
+def _bert_block_macs(t, hidden=16, heads=2, intermediate=32):
+    """Hand count of one tiny BERT encoder block on `t` tokens: Q, K, V and
+    output projections, QK^T and AV (key and value dims hidden / heads),
+    and the two feed-forward layers."""
+    head_dim = hidden // heads
+    return (4 * t * hidden * hidden + heads * t * t * 2 * head_dim
+            + 2 * t * hidden * intermediate)
+
+
+def test_bert_num_units_groups_blocks_with_side_inputs():
+    """The README's BERT example: `from_model(num_units=N)` on a model with
+    side inputs, and `unit_flops` with a dict `input_shape`."""
+    original = bert_classifier()
+    model = FreezeOutModel.from_model(original, num_units=2)
+    assert model.num_units == 2
+    assert [[t.name for t in u.inputs] for u in model.freeze_units] == [
+        ["padding_mask", "segment_ids", "token_ids"],
+        [HIDDEN, "padding_mask"]]
+    x, y = text_data(16)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               original.predict(x, verbose=0), atol=1e-6)
+    # Costs by hand: embeddings count 0; two blocks, then one block and
+    # the pooler (16 x 16); the head's Dense 16 x 3. The sequence length
+    # comes from the dict (4, then 8), not the default.
+    for t in (4, 8):
+        shape = {name: (t,) for name in model.input_names}
+        assert unit_flops(model, input_shape=shape) == [
+            2 * _bert_block_macs(t), _bert_block_macs(t) + 16 * 16,
+            16 * CLASSES]
+    # It trains from a dict, in one trace.
+    model.compile(adamw(), LOSS)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+              callbacks=[FreezeOut(t_0=0.5)])
+    assert model.train_step_traces == 1
+    with pytest.raises(ValueError, match="num_units must be at most 7 "
+                                         ".*got 8"):
+        FreezeOutModel.from_model(original, num_units=8)
 
 
 def test_padding_mask_really_masks():
@@ -122,6 +162,8 @@ def test_one_trace_and_frozen_units_bit_identical(make, data):
     snap = Snapshot(at_step=schedule.freeze_steps(
         steps_per_epoch * epochs, fractions)[0])
     model.optimizer.build(model.trainable_variables)
+    variables = model.trainable_variables
+    trained = sum(u == 0 for u in model.variable_units(variables))
     last_before = unit_state(model, model.num_units - 1)
     history = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0,
                         callbacks=[FreezeOut(t_0=t_0, how_scale="cubic"),
@@ -130,7 +172,10 @@ def test_one_trace_and_frozen_units_bit_identical(make, data):
     assert history.history["active_units"][-1] == 0  # every unit froze
     assert snap.values is not None
     after = unit_state(model, 0)
-    assert len(after) == len(snap.values) > 2  # weights and AdamW slots
+    # Its weights, then AdamW's two moments of each trainable one.
+    assert trained > 0
+    assert len(after) == len(snap.values) == (
+        len(model.freeze_units[0].weights) + 2 * trained)
     for before, end in zip(snap.values, after):
         assert np.array_equal(before, end)
     moved = unit_state(model, model.num_units - 1)

@@ -1,0 +1,42 @@
+"""The README's figures agree with the files in benchmarks/ they cite."""
+
+import json
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read(*path):
+    with open(os.path.join(ROOT, *path), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_estimates_table_matches_benchmarks_estimates_json():
+    report = json.loads(_read("benchmarks", "estimates.json"))
+    assert set(report["provenance"]) == {"commit", "versions", "machine",
+                                         "command", "utc"}
+    readme = _read("README.md")
+    table = readme[readme.index("([benchmarks/estimates.json]"):]
+    for name, row in report["results"]["networks"].items():
+        line = re.search(rf"^\| {re.escape(name)}( \(benchmarks\))? "
+                         rf"\|(.*)\|$", table,
+                         re.MULTILINE)
+        assert line, name
+        cells = [c.strip() for c in line.group(2).split("|")]
+        calc = row["calc_speedup"]
+        assert cells == [
+            str(row["units"]), f"{row['trainable_parameters']:,}",
+            f"{100 * row['estimate_speedup']:.1f} %",
+            "-" if calc is None else f"{100 * calc:.1f} %"], name
+    # The all-reduced bytes in "Scaling out", the MACs in "Expected cost".
+    nets = report["results"]["networks"]
+    macs = [round(nets[f"DenseNet-BC L={d} k=12"]["forward_macs_per_image"]
+                  / 1e6) for d in (76, 22)]
+    assert f"({macs[0]} M against {macs[1]} M;" in readme
+    saving = {n: round(100 * nets[n]["gradient_bytes_saving"])
+              for n in ("DenseNet-BC L=100 k=12", "WRN-28-10")}
+    assert saving == {"DenseNet-BC L=100 k=12": 22, "WRN-28-10": 15}
+    assert ("removes about 22 % of\nthe all-reduced gradient bytes over a "
+            "run for DenseNet-BC L=100 k=12 and about\n15 % for WRN-28-10"
+            in readme)
