@@ -33,12 +33,11 @@
 # `FreezeOutModel.from_model` splits the causal LM block by block; its
 # token embedding is called twice (the lookup in the first unit, the output
 # projection in the head) and each call's variables belong to the part
-# that reads them (see the README's "Fine-tuning language models").
+# that reads them (see the README's "Fine-tuning LLMs").
 # With `FREEZEOUT_QUICK=1` (set by the test suite) everything is shrunk to
 # a smoke test.
 
 # %%
-import json
 import os
 import time
 
@@ -47,7 +46,7 @@ import keras_hub
 import numpy as np
 
 import freezeout_tf as fo
-from freezeout_tf import text
+from freezeout_tf import benchmarking, text
 
 QUICK = os.environ.get("FREEZEOUT_QUICK") == "1"
 if QUICK:
@@ -190,10 +189,12 @@ for name, rows in results.items():
     print(f"| {name} | {loss.mean():.3f} ({loss.min():.3f}-{loss.max():.3f}) | "
           f"{np.exp(loss).mean():.2f} | {secs:.1f} | {base / secs:.2f}x |")
 if os.environ.get("FREEZEOUT_RESULTS"):  # where a full run keeps its figures
-    with open(os.environ["FREEZEOUT_RESULTS"], "w") as f:
-        json.dump({"seeds": SEEDS, "pretrain_steps": PRETRAIN_STEPS,
-                   "fine_tune_steps": FINE_TUNE_STEPS, "loss_before": before,
-                   "results": results}, f, indent=1)
+    benchmarking.write_report(
+        os.environ["FREEZEOUT_RESULTS"],
+        {"quick": QUICK, "seeds": SEEDS, "pretrain_steps": PRETRAIN_STEPS,
+         "fine_tune_steps": FINE_TUNE_STEPS, "loss_before": before,
+         "results": results},
+        command="python notebooks/07_causal_lm_fine_tuning.py")
 
 # %% [markdown]
 # ## Generating with the original `CausalLM`

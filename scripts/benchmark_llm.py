@@ -18,8 +18,9 @@ are per-step medians with quartiles; peak memory from TensorFlow's BFC
 allocator (`TF_CPU_ALLOCATOR_USE_BFC=true`, set here before TensorFlow
 starts), above the memory in use before the step.
 
-Results go to `<out>/llm-<run>.json` and `<out>/llm-<run>.md`, with the
-commit, the versions, the command and the UTC time.
+Results go to `<out>/llm-<run>.json` (`benchmarking.write_report`: with
+the commit, versions, machine, command and UTC time) and
+`<out>/llm-<run>.md`.
 
 Usage:
     python scripts/benchmark_llm.py --run 1 [--modes full lora]
@@ -27,11 +28,7 @@ Usage:
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -102,14 +99,14 @@ def bench(mode, args, batch):
 def markdown(report):
     from freezeout_tf.benchmarking import sweep_table
 
-    a = report["args"]
+    p, r = report["provenance"], report["results"]
+    a, v = r["args"], p["versions"]
     lines = [
         "# A Llama-style causal LM frozen block by block",
         "",
-        f"`{report['command']}` at {report['utc']}, commit "
-        f"{report['commit']}; TensorFlow {report['tensorflow']}, Keras "
-        f"{report['keras']}, KerasHub {report['keras_hub']}, "
-        f"{report['cpus']} CPUs.",
+        f"`{p['command']}` at {p['utc']}, commit {p['commit']}; TensorFlow "
+        f"{v['tensorflow']}, Keras {v['keras']}, KerasHub "
+        f"{v.get('keras_hub')}, {p['machine']['cpus']} CPUs.",
         "",
         f"`Llama3CausalLM`: {a['num_layers']} blocks, hidden "
         f"{a['hidden_dim']}, {a['num_heads']} query / "
@@ -122,12 +119,13 @@ def markdown(report):
         "allocator, above the memory in use before the step.",
         "",
     ]
-    for r in report["results"]:
-        title = ("full fine-tuning" if r["mode"] == "full" else
+    for m in r["modes"]:
+        title = ("full fine-tuning" if m["mode"] == "full" else
                  f"LoRA rank {a['lora_rank']}")
-        lines += [f"## {title} ({r['num_units']} units, "
-                  f"{r['trainable_weights']:,} trainable weights)", ""]
-        lines += sweep_table(r) + [""]
+        lines += [f"## {title} ({m['num_units']} units, "
+                  f"{m['trainable_weights']:,} trainable weights, "
+                  f"{m['train_step_traces']} trace)", ""]
+        lines += sweep_table(m) + [""]
     return "\n".join(lines)
 
 
@@ -135,32 +133,19 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
 
-    import keras
-    import keras_hub
-    import tensorflow as tf
+    import keras_hub  # noqa: F401 (its version goes into the report)
 
     from freezeout_tf import text
+    from freezeout_tf.benchmarking import write_report
 
     arrays = text.windows(text.package_files(["email"]), args.sequence)
-    x, y, w = next(iter(text.lm_dataset(arrays, args.batch_size)))
-    batch = (x, y, w)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-        text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout
-    report = {
-        "command": "python scripts/benchmark_llm.py " + " ".join(argv),
-        "utc": datetime.datetime.now(datetime.timezone.utc).strftime(
-            "%Y-%m-%d %H:%M UTC"),
-        "commit": commit.strip() or "unknown",
-        "tensorflow": tf.__version__, "keras": keras.__version__,
-        "keras_hub": keras_hub.__version__, "cpus": os.cpu_count(),
-        "machine": platform.machine(), "args": vars(args),
-        "results": [bench(mode, args, batch) for mode in args.modes],
-    }
+    batch = next(iter(text.lm_dataset(arrays, args.batch_size)))
+    results = {"args": vars(args), "freezeout_tf": os.path.dirname(
+        sys.modules["freezeout_tf"].__file__),
+        "modes": [bench(mode, args, batch) for mode in args.modes]}
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"llm-{args.run}")
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
+    report = write_report(stem + ".json", results)
     with open(stem + ".md", "w") as f:
         f.write(markdown(report) + "\n")
     print(f"wrote {stem}.json and {stem}.md")
