@@ -188,13 +188,20 @@ for name, rows in results.items():
     secs = np.mean([r["seconds"] for r in rows])
     print(f"| {name} | {loss.mean():.3f} ({loss.min():.3f}-{loss.max():.3f}) | "
           f"{np.exp(loss).mean():.2f} | {secs:.1f} | {base / secs:.2f}x |")
-if os.environ.get("FREEZEOUT_RESULTS"):  # where a full run keeps its figures
-    benchmarking.write_report(
-        os.environ["FREEZEOUT_RESULTS"],
-        {"quick": QUICK, "seeds": SEEDS, "pretrain_steps": PRETRAIN_STEPS,
-         "fine_tune_steps": FINE_TUNE_STEPS, "loss_before": before,
-         "results": results},
-        command="python notebooks/07_causal_lm_fine_tuning.py")
+figures = {"quick": QUICK, "seeds": SEEDS, "pretrain_steps": PRETRAIN_STEPS,
+           "fine_tune_steps": FINE_TUNE_STEPS, "loss_before": before,
+           "results": results}
+
+
+def keep(figures):
+    """Writes the figures where `FREEZEOUT_RESULTS` says, if it is set."""
+    if os.environ.get("FREEZEOUT_RESULTS"):
+        benchmarking.write_report(
+            os.environ["FREEZEOUT_RESULTS"], figures,
+            command="python notebooks/07_causal_lm_fine_tuning.py")
+
+
+keep(figures)
 
 # %% [markdown]
 # ## Generating with the original `CausalLM`
@@ -207,7 +214,9 @@ if os.environ.get("FREEZEOUT_RESULTS"):  # where a full run keeps its figures
 
 # %%
 generator.compile(sampler=keras_hub.samplers.TopKSampler(k=5, seed=0))
-for line in text.generate_text(generator, ["import ", "async def ", "class "],
-                               GENERATE):
-    print(line)
+figures["generated"] = text.generate_text(
+    generator, ["import ", "async def ", "class "], GENERATE)
+for sample in figures["generated"]:
+    print(sample)
     print("-" * 40)
+keep(figures)
