@@ -13,13 +13,14 @@ Public API (see README.md):
   speedup estimates.
 * `split_model`, `cut_points`: a functional Keras model cut into freeze
   units (what `FreezeOutModel.from_model` uses).
+* `ownership`: which freeze unit owns each variable (tied embeddings).
 * `models` (`densenet_bc`, `wide_resnet`, `vgg`), `data` (`load_data`),
   `download` (`prepare`: download a tfds data set, failing fast offline),
   `text` (byte-level windows of the standard library's sources for causal
   LMs, `byte_llama`, `token_loss`, `generate_text`).
 """
 
-from freezeout_tf import data, download, models, text
+from freezeout_tf import data, download, models, ownership, text
 from freezeout_tf.adaptive import AdaptiveFreeze
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.functional import cut_points, split_model
@@ -59,6 +60,7 @@ __all__ = [
     "models",
     "num_frozen",
     "original_sgd",
+    "ownership",
     "split_model",
     "t0_for_speedup",
     "text",

@@ -47,7 +47,7 @@ import collections
 
 import keras
 
-from freezeout_tf import schedule, side_inputs, speedup
+from freezeout_tf import ownership, schedule, side_inputs, speedup
 
 __all__ = ["cut_points", "split_model"]
 
@@ -479,8 +479,11 @@ def split_model(model, num_units=None, boundaries=None):
             tensor that goes around it), or one in the head; or a layer
             would sit in two units (a layer or block shared between layers,
             as ALBERT shares one block, or a layer of a nested model also
-            used elsewhere), as its weights would then be trained and
-            frozen twice.
+            used elsewhere) whose weights two units read, as they would
+            then be trained and frozen twice. A layer whose calls read
+            disjoint weights (an untied reversible embedding), or a weight
+            read by one unit and the head (a tied embedding), is allowed
+            (`freezeout_tf.ownership`).
 
     Example:
 
@@ -534,10 +537,11 @@ def split_model(model, num_units=None, boundaries=None):
             segments = _group(graph, segments, num_units)
 
     parts = segments + [head]
-    _check_unshared(graph, parts)
-    units = [graph.build(lo, hi, f"{name}_unit_{i}")
-             for i, (lo, hi) in enumerate(segments)]
-    return units, graph.build(*head, f"{name}_head")
+    models = [graph.build(lo, hi, f"{name}_unit_{i}")
+              for i, (lo, hi) in enumerate(segments)]
+    models.append(graph.build(*head, f"{name}_head"))
+    _check_unshared(graph, parts, models)
+    return models[:-1], models[-1]
 
 
 def _merge_weightless(graph, segments):
@@ -648,15 +652,29 @@ def _short_list(names, limit=12):
                     else "")
 
 
-def _check_unshared(graph, parts):
-    """Each weight must belong to one part only: the train step gives each
-    variable the schedule of one unit."""
-    owner = {}
+def _check_unshared(graph, parts, models):
+    """Each weight must be read by one freeze unit only: the train step
+    gives each variable the schedule of one unit. A layer called in several
+    parts passes when its calls read disjoint weights (an untied reversible
+    embedding) or a weight is read by one unit and the head (a tied one:
+    `freezeout_tf.ownership`); which part reads what is probed only for
+    such layers."""
+    owner, readers = {}, {}
+
+    def read_by_both(op, a, b):
+        for k in (a, b):
+            if (id(op), k) not in readers:
+                readers[id(op), k] = ownership.read_by(models[k], op.weights)
+        return readers[id(op), a] & readers[id(op), b]
+
+    head = len(parts) - 1
     for index, (lo, hi) in enumerate(parts):
         for i in range(lo, hi):
             for v in getattr(graph.calls[i].op, "weights", ()):
                 first = owner.setdefault(id(v), (index, i))
-                if first[0] != index:
+                if (first[0] != index and head not in (first[0], index)
+                        and read_by_both(graph.calls[i].op, first[0],
+                                         index)):
                     where = ["head" if k == len(parts) - 1 else f"unit {k}"
                              for k in (first[0], index)]
                     call = graph.calls[i]

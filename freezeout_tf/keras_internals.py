@@ -6,7 +6,11 @@ learning rates), the variables a layer was built to train (they stay the
 same after `trainable = False`), a layer's leaves and whether its `call`
 takes `training`, BatchNormalization's batch moments and their axes, and,
 for the cost estimate, where MultiHeadAttention computes its attention and
-over which axes. They are listed here, once. `check()` verifies that each exists with the expected
+over which axes. They are listed here, once. (Not checked here: saving a
+layer called in two parts, `FreezeOutModel.get_config` edits the functional
+config format, its `inbound_nodes`, `keras_history` and the
+`shared_object_id` that `load_model` honours; `tests/test_causal_lm.py`
+round-trips it.) `check()` verifies that each exists with the expected
 parameters; the model calls it at `compile` and when it builds the train
 step, so a Keras release that renames one fails loudly with the version
 instead of silently giving frozen units momentum or weight decay again.

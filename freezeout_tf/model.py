@@ -23,13 +23,14 @@ The optimizer skips frozen units' updates, slots and weight decay
 (`freezeout_tf.optimizer`)."""
 
 import logging
+import types
 
 import keras
 import tensorflow as tf
 
 from freezeout_tf import keras_internals
 from freezeout_tf import optimizer as fo_optimizer
-from freezeout_tf import side_inputs, tf_internals
+from freezeout_tf import ownership, side_inputs, tf_internals
 from freezeout_tf.adaptive import AdaptiveState
 from freezeout_tf.schedule_state import HOST, ScheduleState
 from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
@@ -90,6 +91,65 @@ def _unscale_loss_for_distribution(loss):
     return loss * replicas if replicas > 1 else loss
 
 
+def _mark_shared_layers(parts, configs):
+    """Marks a layer called in several parts (a causal LM's reversible
+    embedding, in unit 0 and the head) as one shared object in the parts'
+    functional configs, so that `keras.saving.load_model` (which loads
+    under Keras' object-sharing scope) makes one layer again, not one per
+    part whose weights would be loaded once only. When a later part is
+    loaded the layer already holds the earlier parts' call nodes, so that
+    part's references to the layer's nodes are shifted past them."""
+    seen, calls = {}, {}
+    for part, config in zip(parts, configs):
+        shift = {}
+        # Layers and Keras ops (a slice is a `GetItem` operation) by name.
+        operations = {op.name: op for op in getattr(part, "operations", ())}
+        for layer_config in config.get("config", {}).get("layers", []):
+            name = layer_config.get("name")
+            layer = operations.get(name)
+            if layer is None or "inbound_nodes" not in layer_config:
+                continue  # not a functional model's layer (a Sequential's)
+            if id(layer) in seen:
+                shift[name] = calls[id(layer)]
+            seen.setdefault(id(layer), []).append(layer_config)
+            calls[id(layer)] = (calls.get(id(layer), 0)
+                                + len(layer_config["inbound_nodes"]))
+        if shift:
+            _shift_node_indices(config["config"], shift)
+    for number, shared in enumerate(c for c in seen.values() if len(c) > 1):
+        for layer_config in shared:
+            layer_config["shared_object_id"] = f"freezeout_tf/{number}"
+
+
+def _shift_node_indices(config, shift):
+    """Adds `shift[name]` to the node index of every reference to layer
+    `name`'s outputs in a functional config (`keras_history` of call
+    arguments and the model's output list)."""
+    def visit(obj):
+        if isinstance(obj, dict):
+            history = obj.get("keras_history")
+            if isinstance(history, list) and history[0] in shift:
+                history[1] += shift[history[0]]
+            for value in obj.values():
+                visit(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                visit(value)
+
+    def visit_refs(refs):  # [name, node_index, tensor_index], nested
+        if (isinstance(refs, list) and len(refs) == 3
+                and isinstance(refs[0], str)):
+            if refs[0] in shift:
+                refs[1] += shift[refs[0]]
+        else:
+            for value in (refs.values() if isinstance(refs, dict)
+                          else refs):
+                visit_refs(value)
+
+    visit(config["layers"])
+    visit_refs(config["output_layers"])
+
+
 @keras.saving.register_keras_serializable(package="freezeout_tf")
 class FreezeOutModel(keras.Model):
     """A chain of freeze units followed by a head that never freezes.
@@ -110,7 +170,18 @@ class FreezeOutModel(keras.Model):
             model with named inputs, `side_inputs.HIDDEN` for the hidden
             state and model input names for the side inputs it reads
             (`freezeout_tf.side_inputs`). `None` (default): one plain input.
+        tied_owner: which part owns a variable read by one freeze unit and
+            by the head (a causal LM's tied embedding, read by the lookup
+            and the output projection): `"first"` (default), the unit, so
+            it freezes with the bottom of the network and the head's
+            gradient of it stops then; or `"head"`, so it trains to the end
+            and frozen units keep passing the hidden-state gradient down
+            (`freezeout_tf.ownership`).
         **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Raises:
+        ValueError: a unit or the head is not a Keras layer, `tied_owner`
+            is not allowed, or a variable is read by two freeze units.
 
     Example:
 
@@ -124,7 +195,9 @@ class FreezeOutModel(keras.Model):
     >>> model.fit(ds, epochs=10, callbacks=[FreezeOut()])  # doctest: +SKIP
     """
 
-    def __init__(self, freeze_units, head, input_names=None, **kwargs):
+    def __init__(self, freeze_units, head, input_names=None,
+                 tied_owner="first", **kwargs):
+        ownership.check_tied_owner(tied_owner)
         super().__init__(**kwargs)
         freeze_units = list(freeze_units)
         if not freeze_units:
@@ -142,6 +215,13 @@ class FreezeOutModel(keras.Model):
             freeze_units + [head], input_names)
         self.input_names = (None if input_names is None
                             else list(input_names))
+        self.tied_owner = tied_owner
+        # Whether each variable is trained, as at first sight (before any
+        # unit froze), and the ownership found for the variables seen. A
+        # plain namespace: Keras would track variables in a list attribute.
+        self._owners = types.SimpleNamespace(trained={}, key=None,
+                                             result=None)
+        self._variable_ownership()
         # The schedule's clock: batches taken, saved with the model. Not
         # optimizer.iterations, which a mixed-float16 loss-scale optimizer
         # does not advance on the steps it skips (non-finite gradients).
@@ -196,7 +276,8 @@ class FreezeOutModel(keras.Model):
         return cls(layers[:-num_head_layers], head, **kwargs)
 
     @classmethod
-    def from_model(cls, model, num_units=None, boundaries=None, **kwargs):
+    def from_model(cls, model, num_units=None, boundaries=None,
+                   tied_owner="first", **kwargs):
         """Splits a functional `keras.Model` into freeze units and a head.
 
         The result shares the layers and weights of `model`. See
@@ -210,14 +291,17 @@ class FreezeOutModel(keras.Model):
                 equal forward cost; by default one unit per segment.
             boundaries: names of layers right after which to cut, instead of
                 `num_units`.
+            tied_owner: `"first"` or `"head"`, the owner of a variable read
+                by a unit and the head (see the constructor).
             **kwargs: passed to the constructor (e.g. `name`).
         """
         from freezeout_tf.functional import split_model
 
+        ownership.check_tied_owner(tied_owner)  # before the split's work
         units, head = split_model(model, num_units=num_units,
                                   boundaries=boundaries)
         kwargs.setdefault("input_names", _split_input_names(model))
-        return cls(units, head, **kwargs)
+        return cls(units, head, tied_owner=tied_owner, **kwargs)
 
     @property
     def num_units(self):
@@ -276,18 +360,35 @@ class FreezeOutModel(keras.Model):
 
     # The variables FreezeOut trains.
 
+    def _variable_ownership(self):
+        """`(owned, foreign)` of `ownership.variable_owners`: each part's
+        variables, and those it reads but another part owns.
+
+        The variables trained are those of the parts' layers that were
+        trainable when first seen (not LoRA's base kernels, nor layers set
+        `trainable = False` before the split), or all of a part whose
+        `trainable` is False then (a unit loaded frozen). The FreezeOut
+        callback's later `trainable = False` changes nothing: the set, and
+        the optimizer's slots, never change. Recomputed only when a
+        variable is new (a part built late)."""
+        parts = self.freeze_units + [self.head]
+        cache = self._owners
+        for part in parts:
+            for v in ownership.part_variables(part):
+                if id(v) not in cache.trained:
+                    cache.trained[id(v)] = v.trainable or not part.trainable
+        key = frozenset(cache.trained)
+        if cache.key != key:
+            trained = {k for k, t in cache.trained.items() if t}
+            cache.result = ownership.variable_owners(parts, trained,
+                                                     self.tied_owner)
+            cache.key = key
+        return cache.result
+
     def _unit_variable_ids(self):
-        """For each unit and the head, ids of its originally-trainable
-        variables. `layer._trainable_variables` keeps a variable even after
-        `layer.trainable = False`, which the FreezeOut callback sets on frozen
-        units; so the set, and the optimizer's slots, never change."""
-        ids = []
-        for unit in self.freeze_units + [self.head]:
-            unit_ids = set()
-            for layer in unit._flatten_layers(include_self=True):
-                unit_ids.update(id(v) for v in layer._trainable_variables)
-            ids.append(unit_ids)
-        return ids
+        """For each unit and the head, ids of the variables it owns."""
+        return [{id(v) for v in owned}
+                for owned in self._variable_ownership()[0]]
 
     @property
     def trainable_variables(self):
@@ -334,6 +435,20 @@ class FreezeOutModel(keras.Model):
             groups[unit].append(v)
         return groups
 
+    def _foreign_reads(self):
+        """For each part, `[(owner, variables)]`: the variables it reads but
+        another part owns, grouped by owner (a tied embedding: the head
+        reads unit 0's, or unit 0 reads the head's)."""
+        owner = {id(v): u for u, owned in
+                 enumerate(self._variable_ownership()[0]) for v in owned}
+        reads = []
+        for variables in self._variable_ownership()[1]:
+            by_owner = {}
+            for v in variables:
+                by_owner.setdefault(owner[id(v)], []).append(v)
+            reads.append(sorted(by_owner.items()))
+        return reads
+
     def compute_freezeout_gradients(self, x, y, sample_weight=None):
         """Loss, predictions and gradients of one training step.
 
@@ -355,6 +470,9 @@ class FreezeOutModel(keras.Model):
         frozen = state.frozen_flags(step)  # host-placed (schedule_state)
         groups = self._unit_variables()
         values = [[v.value for v in group] for group in groups]
+        value_of = {id(v): x for group, xs in zip(groups, values)
+                    for v, x in zip(group, xs)}
+        foreign = self._foreign_reads()
         zero = tf.UnconnectedGradients.ZERO
         with tf.GradientTape(
             persistent=True, watch_accessed_variables=False
@@ -399,16 +517,27 @@ class FreezeOutModel(keras.Model):
         extra_vars, extra_inputs = self._extra_loss_gradients(
             tape, scaled_loss, values[:-1], unit_inputs, has_extra_losses
         )
+        added = {}  # id(variable) -> gradients of its foreign reads
+        if not has_extra_losses:  # else the extra terms hold the head's
+            self._foreign_gradients(tape, frozen, foreign[-1], value_of,
+                                    scaled_loss, None, added)
+        pass_down = self._pass_down_flags(foreign)
         for i in reversed(range(self.num_units)):
+            self._foreign_gradients(tape, frozen, foreign[i], value_of,
+                                    unit_outputs[i], upstream, added)
             grads[i], upstream = self._unit_backward(
                 tape, i, frozen, values[i], unit_inputs[i], unit_outputs[i],
-                upstream,
+                upstream, pass_down[i],
             )
             if extra_inputs[i] is not None:
                 upstream = upstream + extra_inputs[i]
             grads[i] = [g if e is None else g + e
                         for g, e in zip(grads[i], extra_vars[i])]
         del tape
+        grads = [[g if id(v) not in added else
+                  tf.add_n([tf.convert_to_tensor(g)] + added[id(v)])
+                  for v, g in zip(group, gs)]
+                 for group, gs in zip(groups, grads)]
         by_id = {
             id(v): g for group, gs in zip(groups, grads)
             for v, g in zip(group, gs)
@@ -433,8 +562,50 @@ class FreezeOutModel(keras.Model):
         extra_inputs = [None] + grads[len(flat):]
         return extra_vars, extra_inputs
 
+    def _foreign_gradients(self, tape, frozen, reads, value_of, output,
+                           upstream, added):
+        """Adds to `added` a part's gradients of the variables it reads but
+        does not own (`_foreign_reads`), each owner's under a `tf.cond` on
+        the owner's frozen flag (none for the head, which never freezes):
+        a tied embedding's projection gradient in the head stops when the
+        unit that owns it freezes."""
+        def gradient(variables):
+            return _dense(tape.gradient(
+                output, [value_of[id(v)] for v in variables],
+                output_gradients=upstream,
+                unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+        def branch(variables):
+            with tf_internals.constants_by_value():
+                return gradient(variables)
+
+        for owner, variables in reads:
+            if owner == self.num_units:
+                grads = gradient(variables)
+            else:
+                grads = tf.cond(
+                    frozen[owner],
+                    lambda vs=variables: [tf.zeros(v.shape, v.dtype)
+                                          for v in vs],
+                    lambda vs=variables: branch(vs))
+            for v, g in zip(variables, grads):
+                added.setdefault(id(v), []).append(g)
+
+    def _pass_down_flags(self, foreign):
+        """For each unit, whether it must hand its input gradient down even
+        while frozen: a unit before it reads a variable the head owns (a
+        tied embedding with `tied_owner="head"`: the lookup in unit 0 needs
+        the hidden-state gradient through every block). A unit's foreign
+        reads are always the head's: two units never read one variable
+        (`ownership.variable_owners` refuses it)."""
+        flags, reads_before = [], False
+        for reads in foreign[:self.num_units]:
+            flags.append(reads_before)
+            reads_before = reads_before or bool(reads)
+        return flags
+
     def _unit_backward(self, tape, i, frozen, values, unit_input, output,
-                       upstream):
+                       upstream, pass_down=False):
         """Weight gradients of unit i and the gradient for unit i - 1.
 
         One `tf.cond` on the unit's frozen flag: frozen, nothing runs (zero
@@ -442,7 +613,8 @@ class FreezeOutModel(keras.Model):
         frozen branch hands down the unit's input itself as a stand-in for
         the input gradient: unit i - 1 is frozen too then and never reads
         it, and passing a tensor through costs nothing, where zeros would be
-        written out at every step."""
+        written out at every step. Where `pass_down` (`_pass_down_flags`) is
+        true, the frozen branch computes the input gradient only."""
         def zeros():
             return [tf.zeros(v.shape, v.dtype) for v in values]
 
@@ -472,7 +644,11 @@ class FreezeOutModel(keras.Model):
         # input gradient per step, but it repeats every unit's weight-gradient
         # code in the graph: the first fit step of DenseNet-BC L=40 took
         # about twice as long (graph and XLA alike; docs/design.md).
-        return tf.cond(frozen[i], skip, weights_and_input)
+        def input_only():
+            return zeros(), backward([unit_input])[0]
+
+        return tf.cond(frozen[i], input_only if pass_down else skip,
+                       weights_and_input)
 
     # No AutoGraph: the step has no Python control flow on tensors (every
     # branch is an explicit tf.cond), and converting the per-unit branch
@@ -507,13 +683,14 @@ class FreezeOutModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
+        parts = self.freeze_units + [self.head]
+        configs = [keras.saving.serialize_keras_object(p) for p in parts]
+        _mark_shared_layers(parts, configs)
         config.update(
-            freeze_units=[
-                keras.saving.serialize_keras_object(u)
-                for u in self.freeze_units
-            ],
-            head=keras.saving.serialize_keras_object(self.head),
+            freeze_units=configs[:-1],
+            head=configs[-1],
             input_names=self.input_names,
+            tied_owner=self.tied_owner,
         )
         return config
 

@@ -30,9 +30,11 @@ inside `unit_mode(leaves, flag_i)`, each *leaf* layer of the unit whose
   both calls return the very same tensor (a Dropout of rate 0) there is
   nothing to select.
 * Keras' `Dense` and `EinsumDense` take `training` but ignore it (only
-  their float8 mode reads it, and that mode has non-trainable state): they
-  are left alone. Switching them would compute every projection twice, once
-  per mode; on transformers that made the step 1.6-1.7x plain Keras'.
+  their float8 mode reads it, and a float8 layer is switched): they
+  are left alone, with LoRA enabled too (its kernel is non-trainable state
+  that `training` never touches). Switching them would compute every
+  projection twice, once per mode; on transformers that made the step
+  1.6-1.7x plain Keras'.
 * A leaf layer with other non-trainable state could not be kept unchanged
   while frozen; `mode_switched_leaves` rejects it with a clear error.
 
@@ -134,10 +136,12 @@ def mode_switched_leaves(unit, unit_name="unit"):
 def _ignores_training(layer):
     """True for a layer whose `call` is Keras' own `Dense` or `EinsumDense`
     call (a subclass that overrides `call` is switched like any other
-    layer) and that has no non-trainable state: that call takes `training`
-    but only reads it in float8 mode, which keeps non-trainable scales."""
+    layer), except in float8 mode: that call takes `training` but only its
+    float8 mode reads it (to update its scales). Its other non-trainable
+    state (a kernel frozen by `enable_lora`, int8 scales) is never touched
+    by `training`, so it is left alone whatever state it holds."""
     return (type(layer).call in _CALLS_IGNORING_TRAINING
-            and not layer.non_trainable_weights)
+            and getattr(layer, "quantization_mode", None) != "float8")
 
 
 _CALLS_IGNORING_TRAINING = (keras.layers.Dense.call,

@@ -194,10 +194,11 @@ figures = {"quick": QUICK, "seeds": SEEDS, "pretrain_steps": PRETRAIN_STEPS,
 
 
 def keep(figures):
-    """Writes the figures where `FREEZEOUT_RESULTS` says, if it is set."""
-    if os.environ.get("FREEZEOUT_RESULTS"):
+    """Writes the figures where `FREEZEOUT_REPORT` says, if it is set (the
+    README's figures come from such a file)."""
+    if os.environ.get("FREEZEOUT_REPORT"):
         benchmarking.write_report(
-            os.environ["FREEZEOUT_RESULTS"], figures,
+            os.environ["FREEZEOUT_REPORT"], figures,
             command="python notebooks/07_causal_lm_fine_tuning.py")
 
 

@@ -2,10 +2,11 @@
 (not a test module): two logical CPUs must be configured before TensorFlow
 initialises them.
 
-    python _hub_dist_worker.py OUT_DIR
+    python _hub_dist_worker.py OUT_DIR [gpt2]
 
-Fits the same BERT classifier with FreezeOut on one device and on two
-replicas (same global batch) and writes OUT_DIR/hub_mirrored.npz.
+Fits the same BERT classifier (or, with `gpt2`, a tied GPT-2 causal LM with
+a padding sample weight) with FreezeOut on one device and on two replicas
+(same global batch) and writes OUT_DIR/hub_mirrored.npz.
 """
 
 import os
@@ -23,18 +24,23 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hub_models import bert_classifier, text_data  # noqa: E402
+from hub_models import (bert_classifier, gpt2_causal_lm, lm_data,  # noqa: E402
+                        text_data)
 from freezeout_tf import FreezeOut, FreezeOutModel  # noqa: E402
 
 
+LM = sys.argv[2:] == ["gpt2"]
+
+
 def fit(strategy):
-    x, y = text_data(32)
+    data = lm_data(32) if LM else text_data(32)
     with strategy.scope():
-        model = FreezeOutModel.from_model(bert_classifier())
+        model = (FreezeOutModel.from_model(gpt2_causal_lm(), num_units=3)
+                 if LM else FreezeOutModel.from_model(bert_classifier()))
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                       keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True))
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    ds = tf.data.Dataset.from_tensor_slices(data).batch(8)
     model.fit(ds, epochs=3, verbose=0, callbacks=[FreezeOut(t_0=0.4)])
     return model
 

@@ -63,3 +63,45 @@ def image_data(n=32, seed=0):
     x = rng.random((n, 16, 16, 3)).astype("float32")
     y = rng.integers(0, CLASSES, size=n).astype("int32")
     return x, y
+
+
+LM_SEQ, LM_VOCAB = 12, 64
+
+
+def gpt2_causal_lm(seed=0, num_layers=2):
+    """GPT2CausalLM: its token embedding is tied (the lookup in the first
+    unit and the output projection in the head read one variable)."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=LM_VOCAB, num_layers=num_layers, num_heads=2,
+        hidden_dim=16, intermediate_dim=32, dropout=0.0,
+        max_sequence_length=LM_SEQ,
+    )
+    return keras_hub.models.GPT2CausalLM(backbone=backbone,
+                                         preprocessor=None)
+
+
+def llama3_causal_lm(seed=0, num_layers=2):
+    """Llama3CausalLM, untied: the lookup reads `embeddings`, the output
+    projection `reverse_embeddings`."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.Llama3Backbone(
+        vocabulary_size=LM_VOCAB, num_layers=num_layers, num_query_heads=2,
+        num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    )
+    return keras_hub.models.Llama3CausalLM(backbone=backbone,
+                                           preprocessor=None)
+
+
+def lm_data(n=16, seed=0):
+    """`(x, y, sample_weight)` as CausalLM preprocessing makes them: token
+    ids and padding mask, the ids shifted by one as labels, and the padding
+    mask (shifted) as the token loss' sample weight. Each example has
+    3..LM_SEQ real tokens; padding ids are random, so that a loss that did
+    not mask would see them."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, LM_VOCAB, size=(n, LM_SEQ + 1)).astype("int32")
+    lengths = rng.integers(3, LM_SEQ + 2, size=n)
+    mask = (np.arange(LM_SEQ + 1)[None, :] < lengths[:, None]).astype("int32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1]}
+    return x, ids[:, 1:], mask[:, 1:].astype("float32")

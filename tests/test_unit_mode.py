@@ -36,6 +36,23 @@ def test_dense_and_einsum_dense_are_not_switched_dropout_is():
     assert [type(layer).__name__ for layer in leaves] == ["Dropout"]
 
 
+def test_lora_dense_is_left_alone_float8_is_switched():
+    # LoRA makes the kernel non-trainable state that `training` never
+    # touches (issue 23: this unit was refused); float8 mode reads it.
+    unit = _mlp_unit(0.0)
+    unit.build((None, 8))
+    for layer in (unit.layers[0], unit.layers[2]):
+        layer.enable_lora(2)
+        assert layer.non_trainable_weights
+    assert [type(layer).__name__
+            for layer in mode_switched_leaves(unit, "unit 0")] == ["Dropout"]
+    fp8 = keras.Sequential([keras.layers.Dense(8)])
+    fp8.build((None, 8))
+    fp8.quantize("float8")
+    assert [type(layer).__name__ for layer in mode_switched_leaves(fp8)] \
+        == ["Dense"]
+
+
 def test_a_subclass_that_overrides_call_is_switched():
     unit = keras.Sequential([NoisyDense(4)])
     unit.build((None, 3))
