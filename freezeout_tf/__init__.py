@@ -17,10 +17,12 @@ Public API (see README.md):
   units (what `FreezeOutModel.from_model` uses).
 * `ownership`: which freeze unit owns each variable (tied embeddings).
 * `models` (`densenet_bc`, `wide_resnet`, `vgg`), `data` (`load_data`),
-  `download` (`prepare`: download a tfds data set, failing fast offline).
+  `download` (`prepare`: download a tfds data set, failing fast offline),
+  `text` (byte-level windows of the standard library's sources for causal
+  LMs, `byte_llama`, `token_loss`, `generate_text`).
 """
 
-from freezeout_tf import data, download, models, ownership
+from freezeout_tf import data, download, models, ownership, text
 from freezeout_tf.adaptive import AdaptiveFreeze
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.functional import cut_points, split_model
@@ -64,6 +66,7 @@ __all__ = [
     "ownership",
     "split_model",
     "t0_for_speedup",
+    "text",
     "unit_flops",
     "vgg",
     "wide_resnet",

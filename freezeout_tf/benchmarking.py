@@ -20,14 +20,20 @@ import time
 import keras
 import tensorflow as tf
 
+from freezeout_tf.speedup import unit_flops
+
 __all__ = [
     "StepTimer",
     "alternate_steps",
+    "frozen_prefix_sweep",
+    "frozen_saving",
     "lower_train_step",
     "median_ms",
+    "peak_step_bytes",
     "plain_keras_model",
     "provenance",
     "ratio_spread",
+    "sweep_table",
     "timed_steps",
     "write_report",
 ]
@@ -202,6 +208,170 @@ def ratio_spread(rounds_a, rounds_b, resamples=2000, seed=0):
         "ratio": _pooled_median(rounds_a) / _pooled_median(rounds_b),
         "round_q1": q1, "round_median": q2, "round_q3": q3,
     }
+
+
+def frozen_saving(flops, k, backward=2.0):
+    """FLOP-predicted saving of a step with units `0..k-1` frozen.
+
+    Args:
+        flops: forward cost of each unit and the head (`unit_flops`).
+        k: frozen units.
+        backward: the backward pass' cost as a multiple of the forward's: 2
+            when every weight trains (input and weight gradients), about 1
+            under LoRA (input gradients only, besides the small adapters).
+
+    Returns:
+        the frozen units' backward out of the whole step's cost.
+
+    Example:
+
+    >>> round(frozen_saving([1, 1, 2], 1), 4)
+    0.1667
+    """
+    return backward * sum(flops[:k]) / ((1 + backward) * sum(flops))
+
+
+def peak_step_bytes(step, repeats=3):
+    """Median over `repeats` calls of `step()` (one training step returning
+    its logs) of the peak memory TensorFlow's allocator held during the
+    step, above what was in use before it.
+
+    Needs TensorFlow's BFC allocator on the CPU
+    (`TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts); otherwise
+    `get_memory_info` raises.
+
+    Example: ``peak_step_bytes(lambda: step(batch))`` with ``step`` a
+    traced ``train_step`` (`scripts/benchmark_transformers.py`).
+    """
+    peaks = []
+    for _ in range(repeats):
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        float(step()["loss"])
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+        peaks.append(peak - before)
+    return int(statistics.median(peaks))
+
+
+def frozen_prefix_sweep(model, plain, batch, shares=(0.0, 0.25, 0.5, 0.75,
+                                                      1.0),
+                        rounds=12, input_shape=None, backward=2.0,
+                        memory=True):
+    """Step time and peak memory of a `FreezeOutModel` with a frozen prefix
+    of 0-100 % of its units, against plain Keras and the FLOP prediction.
+
+    One traced train step serves every setting (`schedule_state.
+    freeze_prefix(k)` between steps); the settings and plain Keras are
+    interleaved step by step (`alternate_steps`, one step per round).
+
+    Args:
+        model: a compiled `FreezeOutModel` whose optimizer is built.
+        plain: the plain Keras model over the same weights (e.g. the model
+            `from_model` split), compiled, its optimizer built.
+        batch: `(x, y)` or `(x, y, sample_weight)` of tensors.
+        shares: frozen shares of the units (rounded to whole units).
+        rounds: timed steps of each setting.
+        input_shape: for `unit_flops`.
+        backward: for `frozen_saving`.
+        memory: also measure each setting's peak (`peak_step_bytes`).
+
+    Returns:
+        dict with `num_units`, `unit_macs`, `overhead_vs_plain` (nothing
+        frozen over plain Keras: `ratio_spread`) and `rows`, one per setting
+        (`setting` = frozen units or `"plain"`): `ms_per_step` (median),
+        `ms_quartiles`, `measured_saving` (against nothing frozen),
+        `peak_mib` and `peak_vs_full` (if `memory`), `step_times_s`, and for
+        the frozen settings `frozen_units`, `frozen_share`,
+        `flop_predicted_saving`.
+
+    Raises:
+        ValueError: a share outside [0, 1], or `rounds` < 1.
+
+    Example: ``result = frozen_prefix_sweep(model, plain, (x, y))``, then
+    ``sweep_table(result)``; `scripts/benchmark_llm.py` runs it,
+    `tests/test_benchmarking.py` checks it.
+    """
+    bad = [s for s in shares if not 0 <= s <= 1]
+    if bad or not shares:
+        raise ValueError(
+            f"shares must be frozen shares of the units in [0, 1]; got "
+            f"{list(shares)!r}.")
+    step = tf.function(model.train_step, autograph=False)
+    plain_step = tf.function(plain.train_step, autograph=False)
+    n = model.num_units
+    ks = sorted({round(s * n) for s in shares})
+
+    def arm(setting):
+        if setting == "plain":
+            return lambda: plain_step(batch)
+
+        def run():
+            model.schedule_state.freeze_prefix(setting)
+            return step(batch)
+        return run
+
+    def waited(run):
+        def call():
+            float(run()["loss"])  # block until the step has run
+        return call
+
+    arms = {s: arm(s) for s in ks + ["plain"]}
+    timed = alternate_steps({s: waited(a) for s, a in arms.items()}, rounds,
+                            steps=1)
+    peaks = ({s: peak_step_bytes(a) for s, a in arms.items()}
+             if memory else {})
+    flops = unit_flops(model, input_shape)
+    times = {s: [t for r in timed[s] for t in r] for s in arms}
+    base = statistics.median(times[ks[0]])
+    rows = []
+    for s in arms:
+        med = statistics.median(times[s])
+        row = {"setting": s, "ms_per_step": 1000 * med,
+               "ms_quartiles": [1000 * q for q in statistics.quantiles(
+                   times[s], n=4, method="inclusive")[::2]],
+               "measured_saving": 1 - med / base, "step_times_s": times[s]}
+        if memory:
+            row.update(peak_mib=peaks[s] / 2**20,
+                       peak_vs_full=peaks[s] / peaks[ks[0]])
+        if s != "plain":
+            row.update(frozen_units=s, frozen_share=s / n,
+                       flop_predicted_saving=frozen_saving(flops, s,
+                                                           backward))
+        rows.append(row)
+    return {"num_units": n, "unit_macs": flops, "rows": rows,
+            "overhead_vs_plain": ratio_spread(timed[ks[0]], timed["plain"])}
+
+
+def sweep_table(result):
+    """A `frozen_prefix_sweep` result as Markdown lines: a table with a row
+    per setting, then the nothing-frozen / plain Keras ratio.
+
+    Example: `tests/test_benchmarking.py`.
+    """
+    memory = "peak_mib" in result["rows"][0]
+    lines = ["| frozen | ms/step (quartiles) | saving | FLOP-predicted | "
+             "measured / predicted |"
+             + (" peak MiB | peak / none frozen |" if memory else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|" if memory else "")]
+    for row in result["rows"]:
+        q = row["ms_quartiles"]
+        cells = [f"{row['ms_per_step']:.0f} ({q[0]:.0f}-{q[1]:.0f})",
+                 f"{row['measured_saving']:.1%}"]
+        if row["setting"] == "plain":
+            label, cells = "plain Keras", cells + ["", ""]
+        else:
+            pred = row["flop_predicted_saving"]
+            label = f"{row['frozen_units']}/{result['num_units']}"
+            cells += [f"{pred:.1%}",
+                      f"{row['measured_saving'] / pred:.2f}" if pred else ""]
+        if memory:
+            cells += [f"{row['peak_mib']:.0f}", f"{row['peak_vs_full']:.2f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    o = result["overhead_vs_plain"]
+    lines += ["", f"Nothing frozen / plain Keras, paired per round: "
+              f"{o['paired']:.3f} (95 % interval {o['ci_low']:.3f}-"
+              f"{o['ci_high']:.3f})."]
+    return lines
 
 
 def _commit():

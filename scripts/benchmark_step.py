@@ -33,7 +33,10 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOutModel  # noqa: E402
-from freezeout_tf.benchmarking import write_report  # noqa: E402
+from freezeout_tf.benchmarking import (  # noqa: E402,F401
+    frozen_saving,
+    write_report,
+)
 from freezeout_tf.speedup import unit_flops  # noqa: E402
 
 
@@ -79,12 +82,6 @@ def time_interleaved(run, settings, repeats, steps):
                 float(run(setting)["loss"])  # wait for the step
                 times[setting].append(time.perf_counter() - start)
     return times
-
-
-def frozen_saving(flops, k):
-    """FLOP-predicted saving of a step with units `0..k-1` frozen: their
-    backward (twice their forward) out of the step's three forwards."""
-    return 2 * sum(flops[:k]) / (3 * sum(flops))
 
 
 def main(argv=None):

@@ -40,7 +40,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_step import frozen_saving, time_interleaved  # noqa: E402
 
 from freezeout_tf import FreezeOutModel, unit_flops  # noqa: E402
-from freezeout_tf.benchmarking import ratio_spread  # noqa: E402
+from freezeout_tf.benchmarking import (  # noqa: E402
+    peak_step_bytes,
+    ratio_spread,
+)
 
 CLASSES = 4
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -87,19 +90,6 @@ def vit(args):
 BUILDERS = {"bert": bert, "vit": vit}
 
 
-def peak_bytes(run, setting, repeats=3):
-    """Median over `repeats` single steps of the allocator's peak during the
-    step, above what was in use before it."""
-    peaks = []
-    for _ in range(repeats):
-        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-        tf.config.experimental.reset_memory_stats("CPU:0")
-        float(run(setting)["loss"])
-        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-        peaks.append(peak - before)
-    return int(statistics.median(peaks))
-
-
 def bench(name, args):
     print(f"== {name}", flush=True)
     keras.utils.set_random_seed(0)
@@ -125,7 +115,7 @@ def bench(name, args):
 
     settings = ks + ["plain"]
     times = time_interleaved(run, settings, args.repeats, args.steps)
-    peaks = {s: peak_bytes(run, s) for s in settings}
+    peaks = {s: peak_step_bytes(lambda: run(s)) for s in settings}
     if name == "bert":
         flops = unit_flops(model, {k: (args.sequence,) for k in x})
     else:

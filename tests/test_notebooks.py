@@ -38,13 +38,14 @@ _CHECK_INTERPRETER = "import sys; print(sys.prefix)"
 
 def test_notebooks_present_and_paired():
     names = [p.stem for p in NOTEBOOKS]
-    assert names[:6] == [
+    assert names[:7] == [
         "01_quickstart",
         "02_schedules",
         "03_bring_your_own_model",
         "04_fine_tuning",
         "05_adaptive_freezing",
         "06_vit_fine_tuning",
+        "07_causal_lm_fine_tuning",
     ]
     for name in names:
         assert re.fullmatch(r"\d\d_[a-z0-9_]+", name), name
