@@ -64,13 +64,26 @@ def test_split_records_units_and_refusal_records_the_layer():
 
 def test_only_hub_coverage_imports_keras_hub():
     # `import freezeout_tf` must work without keras-hub: no other module of
-    # the package imports it, and the package does not import this one
-    # (checked on the source: a fresh interpreter would cost ~30 s here).
+    # the package imports it when imported (an import inside a function,
+    # as `text.byte_llama` does, runs only when called), and the package
+    # does not import this one (checked on the source: a fresh interpreter
+    # would cost ~30 s here).
     import ast
+
+    def import_time_nodes(tree):
+        stack = list(tree.body)
+        while stack:
+            node = stack.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                 ast.Lambda)):
+                continue
+            yield node
+            stack.extend(ast.iter_child_nodes(node))
+
     package = pathlib.Path(hub_coverage.__file__).parent
     importers = set()
     for path in package.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in import_time_nodes(ast.parse(path.read_text())):
             names = ([a.name for a in node.names]
                      if isinstance(node, ast.Import) else
                      [node.module or ""] + [a.name for a in node.names]
@@ -78,7 +91,7 @@ def test_only_hub_coverage_imports_keras_hub():
             if any(n.split(".")[0] == "keras_hub" or n == "hub_coverage"
                    or n.endswith(".hub_coverage") for n in names):
                 importers.add(path.name)
-    assert importers == {"hub_coverage.py"}
+    assert importers <= {"hub_coverage.py"}, importers
 
 
 def test_readme_summary_matches_benchmarks_hub_coverage_json():
