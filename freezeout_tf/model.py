@@ -28,7 +28,7 @@ import types
 import keras
 import tensorflow as tf
 
-from freezeout_tf import keras_internals
+from freezeout_tf import keras_internals, layer_configs
 from freezeout_tf import optimizer as fo_optimizer
 from freezeout_tf import ownership, prefix_cache, side_inputs, tf_internals
 from freezeout_tf.adaptive import AdaptiveState
@@ -776,7 +776,12 @@ class FreezeOutModel(keras.Model):
     def get_config(self):
         config = super().get_config()
         parts = self.freeze_units + [self.head]
-        configs = [keras.saving.serialize_keras_object(p) for p in parts]
+        # Layers the original model never serialized one by one (a KerasHub
+        # backbone saves its arguments) may have a get_config that does not
+        # round-trip (layer_configs).
+        with layer_configs.repaired_configs(parts):
+            configs = [keras.saving.serialize_keras_object(p) for p in parts]
+        layer_configs.mark_tensors_only(parts, configs)
         _mark_shared_layers(parts, configs)
         config.update(
             freeze_units=configs[:-1],
@@ -789,6 +794,9 @@ class FreezeOutModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        parts = config["freeze_units"] + [config["head"]]
+        custom_objects = {**layer_configs.tensors_only_objects(parts),
+                          **(custom_objects or {})}
         units = []
         for unit_config in config.pop("freeze_units"):
             unit = keras.saving.deserialize_keras_object(
