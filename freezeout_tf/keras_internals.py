@@ -41,6 +41,7 @@ Example:
 """
 
 import inspect
+import random
 import threading
 
 import keras
@@ -249,9 +250,18 @@ def check():
     global _checked
     if _checked:
         return
-    found = problems()
-    if not found:  # the probe needs the hooks' internals
-        found = update_routing_problems()
+    # The samples and the probe draw default seeds from Python's `random`
+    # (Keras' initializers and seed generators): leave the caller's
+    # sequence as it was, or the first FreezeOutModel of a process would
+    # shift every seed drawn after it, e.g. a loaded model's dropout seeds
+    # (issue 24's drifting resume).
+    state = random.getstate()
+    try:
+        found = problems()
+        if not found:  # the probe needs the hooks' internals
+            found = update_routing_problems()
+    finally:
+        random.setstate(state)
     if found:
         raise KerasInternalsError(
             f"freezeout_tf does not support Keras {keras.__version__}: "

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hub_models import gpt2_causal_lm, llama3_causal_lm, lm_data
+from hub_models import (assert_resume_equals_unbroken, gpt2_causal_lm,
+                        llama3_causal_lm, lm_data)
 from freezeout_tf import FreezeOut, FreezeOutModel, schedule
 from test_transformers import WORKER, unit_state
 
@@ -185,32 +186,23 @@ def test_original_lm_generates_with_trained_weights_and_saves(tmp_path):
                                atol=1e-5)
 
 
-def test_save_load_and_resume_exactly(tmp_path, tied_owner="first"):
-    x, y, w = lm_data(16)
-
-    def fit(model, initial_epoch, epochs, total_steps=None):
-        model.fit(x, y, sample_weight=w, batch_size=8, epochs=epochs,
-                  shuffle=False, initial_epoch=initial_epoch, verbose=0,
-                  callbacks=[FreezeOut(t_0=0.3, how_scale="linear",
-                                       total_steps=total_steps)])
-
-    whole = split(gpt2_causal_lm(), tied_owner)
-    fit(whole, 0, 4)
-    model = split(gpt2_causal_lm(), tied_owner)
-    fit(model, 0, 2, total_steps=8)
-    assert any(not u.trainable for u in model.freeze_units)
-    path = str(tmp_path / "lm.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+@pytest.mark.parametrize("make,tied_owner", [
+    (gpt2_causal_lm, "first"), (gpt2_causal_lm, "head"),
+    (llama3_causal_lm, "first")], ids=["gpt2-first", "gpt2-head", "llama"])
+def test_save_load_and_resume_exactly(make, tied_owner, tmp_path):
+    # Llama's decoder has a get_config that does not round-trip in
+    # keras-hub 0.32: the parts save with a repaired one (layer_configs).
+    saved, loaded = assert_resume_equals_unbroken(
+        lambda: split(make(), tied_owner), lm_data(16),
+        str(tmp_path / "lm.keras"))
     assert loaded.tied_owner == tied_owner
-    assert loaded._foreign_reads() != [[]] * (UNITS + 1)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0),
-                               model.predict(x, verbose=0), atol=1e-6)
-    fit(loaded, 2, 4)
-    assert loaded.train_step_traces == 1
-    for a, b in zip(whole.weights, loaded.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
-                                   atol=1e-6)
+
+    def reads(model):  # (owner, count) of each part's foreign reads
+        return [[(o, len(vs)) for o, vs in r] for r in model._foreign_reads()]
+
+    assert reads(loaded) == reads(saved)
+    # Tied: one part reads the other's embedding; untied: none does.
+    assert any(reads(saved)) == (make is gpt2_causal_lm)
 
 
 @pytest.mark.slow
