@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from hub_models import (assert_resume_equals_unbroken, gpt2_causal_lm,
                         llama3_causal_lm, lm_data)
-from freezeout_tf import FreezeOut, FreezeOutModel, schedule
+from freezeout_tf import FreezeOut, FreezeOutModel, checkpoint, schedule
 from test_transformers import WORKER, unit_state
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -165,19 +165,27 @@ def test_original_lm_generates_with_trained_weights_and_saves(tmp_path):
     lm = gpt2_causal_lm()
     model = split(lm)
     x, y, w = lm_data(16)
+    # 4-token prompts; the greedy next token before training.
+    prompt = {"token_ids": x["token_ids"] * (np.arange(12) < 4),
+              "padding_mask": np.broadcast_to(np.arange(12) < 4, (16, 12))}
+    prompt = {k: np.asarray(v, "int32") for k, v in prompt.items()}
+
+    def greedy(predict):
+        return np.argmax(predict(prompt, verbose=0)[:, 3], axis=-1)
+
+    untrained, first = lm.predict(x, verbose=0), greedy(lm.predict)
     model.fit(x, y, sample_weight=w, batch_size=8, epochs=2, verbose=0,
               callbacks=[FreezeOut(t_0=0.5)])
     logits = model.predict(x, verbose=0)
+    assert np.max(np.abs(logits - untrained)) > 1e-2  # training moved it
     np.testing.assert_allclose(lm.predict(x, verbose=0), logits, atol=1e-5)
-    # generate() continues a 4-token prompt with the trained weights:
-    # its first new token is the split model's greedy choice.
+    # generate() continues each prompt with the trained weights: its first
+    # new token is the split model's greedy choice, which for some prompts
+    # is not the untrained one.
+    want = greedy(model.predict)
+    assert np.any(want != first)
     lm.compile(sampler="greedy")
-    prompt = {"token_ids": x["token_ids"][:2] * (np.arange(12) < 4),
-              "padding_mask": np.broadcast_to(np.arange(12) < 4, (2, 12))}
     out = lm.generate(prompt, stop_token_ids=None)
-    want = np.argmax(model.predict(
-        {k: np.asarray(v, "int32") for k, v in prompt.items()},
-        verbose=0)[:, 3], axis=-1)
     np.testing.assert_array_equal(np.asarray(out["token_ids"])[:, 4], want)
     # keras.saving round-trips the task model.
     lm.save(tmp_path / "lm.keras")
@@ -203,6 +211,31 @@ def test_save_load_and_resume_exactly(make, tied_owner, tmp_path):
     assert reads(loaded) == reads(saved)
     # Tied: one part reads the other's embedding; untied: none does.
     assert any(reads(saved)) == (make is gpt2_causal_lm)
+
+
+def test_lora_resumes_exactly_from_a_checkpoint(tmp_path):
+    # Keras saves a LoRA layer's kernel merged with its factors and not the
+    # factors: save_atomic keeps them beside, load_checkpoint restores them.
+    path = str(tmp_path / "lora.keras")
+    saved, loaded = assert_resume_equals_unbroken(
+        lambda: split(lora_lm()), lm_data(16), path,
+        save=checkpoint.save_atomic, load=checkpoint.load_checkpoint)
+    assert len(loaded.trainable_variables) == len(
+        saved.trainable_variables) > 0
+    assert all("lora_kernel" in v.path for v in loaded.trainable_variables)
+    # keras.saving alone: it predicts as saved, and fit refuses it (its
+    # factors are zero, which no gradient moves).
+    x, y, w = lm_data(8)
+    plain = keras.saving.load_model(path)
+    np.testing.assert_allclose(plain.predict(x, verbose=0),
+                               saved.predict(x, verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="loaded by keras.saving.*"
+                                         "load_checkpoint"):
+        plain.fit(x, y, sample_weight=w, epochs=1, verbose=0)
+    saved.save(str(tmp_path / "merged.keras"))
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="without its LoRA factors"):
+        checkpoint.load_checkpoint(str(tmp_path / "merged.keras"))
 
 
 @pytest.mark.slow

@@ -256,6 +256,27 @@ def test_save_load_and_resume_exactly(make, data, tmp_path):
     assert loaded.input_names == saved.input_names
 
 
+def test_original_classifier_predicts_with_trained_weights_and_saves(
+        tmp_path):
+    original = bert_classifier()
+    x, y = text_data(16)
+    untrained = original.predict(x, verbose=0)
+    model = FreezeOutModel.from_model(original)
+    model.compile(adamw(), LOSS)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+              callbacks=[FreezeOut(t_0=0.5)])
+    trained = model.predict(x, verbose=0)
+    assert np.max(np.abs(trained - untrained)) > 1e-2  # training moved it
+    # The original model object reads the trained variables, and
+    # keras.saving round-trips it.
+    np.testing.assert_allclose(original.predict(x, verbose=0), trained,
+                               atol=1e-5)
+    original.save(tmp_path / "classifier.keras")
+    loaded = keras.saving.load_model(tmp_path / "classifier.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), trained,
+                               atol=1e-5)
+
+
 @pytest.mark.slow
 def test_bert_mirrored_two_devices_matches_one_device(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
