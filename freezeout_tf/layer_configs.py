@@ -119,9 +119,14 @@ def repaired_config(layer):
 
 
 def _layers(models):
-    """Every layer of `models`, recursing into nested functional models."""
+    """Every layer of `models`, recursing into nested models (a part that
+    is a plain layer is its own only layer)."""
     seen = set()
-    stack = list(models)
+    stack = [m for m in models if isinstance(m, keras.Model)]
+    for layer in models:
+        if not isinstance(layer, keras.Model) and id(layer) not in seen:
+            seen.add(id(layer))
+            yield layer
     while stack:
         model = stack.pop()
         for layer in getattr(model, "layers", []):
@@ -172,9 +177,13 @@ def mark_tensors_only(parts, configs):
             in place.
     """
     for part, config in zip(parts, configs):
+        if not isinstance(part, keras.Model):
+            continue  # a plain layer: no layer entries
         by_name = {layer.name: layer for layer in part.layers}
         for entry in config["config"].get("layers", []):
-            layer = by_name.get(entry["name"])
+            # (A Sequential's entries hold the name in their config only.)
+            name = entry.get("name") or entry.get("config", {}).get("name")
+            layer = by_name.get(name)
             if layer is not None and functional.records_tensors_only(layer):
                 entry[TENSORS_ONLY] = True
 
@@ -208,7 +217,7 @@ def tensors_only_objects(configs):
     """
     objects = {}
     for config in configs:
-        for entry in config["config"].get("layers", []):
+        for entry in config.get("config", {}).get("layers", []):
             if entry.get(TENSORS_ONLY):
                 module = importlib.import_module(entry["module"])
                 cls = getattr(module, entry["class_name"])
