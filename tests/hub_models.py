@@ -1,6 +1,10 @@
 """Tiny KerasHub classifiers for the transformer tests (random weights from
 a config: nothing is downloaded)."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import keras_hub
 import numpy as np
@@ -171,3 +175,24 @@ def assert_resume_equals_unbroken(make, data, path, epochs=4, batch_size=8,
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
                                    atol=1e-6, err_msg=a.path)
     return model, loaded
+
+
+WORKER = os.path.join(os.path.dirname(__file__), "_hub_dist_worker.py")
+
+
+def assert_mirrored_matches_one_device(tmp_path, *worker_args):
+    """Runs `_hub_dist_worker.py` (MirroredStrategy on two logical CPUs
+    against one device, in a process of its own) and asserts: two
+    replicas, one trace of the step (its Python body runs once per
+    replica), some unit frozen at the end, and equal weights."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, WORKER, str(tmp_path),
+                           *worker_args], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = np.load(tmp_path / "hub_mirrored.npz")
+    assert int(r["replicas"]) == 2 and int(r["traces"]) == 2
+    assert int(r["frozen_at_end"]) > 0
+    for i in range(int(r["num_weights"])):
+        np.testing.assert_allclose(r[f"two_{i}"], r[f"one_{i}"],
+                                   rtol=1e-4, atol=1e-6)

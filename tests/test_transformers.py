@@ -1,16 +1,13 @@
 """KerasHub transformers block by block: side inputs (BERT's padding mask
 and segment ids) and containers of blocks (ViT's encoder)."""
 
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from hub_models import (assert_resume_equals_unbroken, bert_classifier,
+from hub_models import (assert_mirrored_matches_one_device,
+                        assert_resume_equals_unbroken, bert_classifier,
                         deit_classifier, image_data, text_data,
                         vit_classifier, CLASSES, SEQ)
 from freezeout_tf import (FreezeOut, FreezeOutModel, schedule, split_model,
@@ -19,7 +16,6 @@ from freezeout_tf.side_inputs import HIDDEN
 from test_train_step import optimizer_slots
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-WORKER = os.path.join(os.path.dirname(__file__), "_hub_dist_worker.py")
 
 
 def adamw():
@@ -279,17 +275,7 @@ def test_original_classifier_predicts_with_trained_weights_and_saves(
 
 @pytest.mark.slow
 def test_bert_mirrored_two_devices_matches_one_device(tmp_path):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, WORKER, str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = np.load(tmp_path / "hub_mirrored.npz")
-    # One trace of the step: its Python body runs once per replica.
-    assert int(r["replicas"]) == 2 and int(r["traces"]) == 2
-    assert int(r["frozen_at_end"]) > 0
-    for i in range(int(r["num_weights"])):
-        np.testing.assert_allclose(r[f"two_{i}"], r[f"one_{i}"],
-                                   rtol=1e-4, atol=1e-6)
+    assert_mirrored_matches_one_device(tmp_path)
 
 
 def test_bad_inputs_and_shared_blocks_get_clear_errors():
