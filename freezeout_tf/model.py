@@ -811,9 +811,13 @@ class FreezeOutModel(keras.Model):
             units.append(keras.saving.deserialize_keras_object(
                 unit_config, custom_objects=custom_objects
             ))
-            # Frozen from after the model has fixed what it trains (as at
-            # its first sight, before any unit froze).
-            units[-1].trainable = True
+            # A frozen unit's layers load non-trainable: trainable until
+            # the model has fixed what it trains (as at its first sight,
+            # before any unit froze), frozen again after. (Only frozen
+            # ones: a trained unit keeps its layers' own flags, e.g. a
+            # BatchNorm set non-trainable, which runs in inference mode.)
+            if frozen[-1]:
+                units[-1].trainable = True
         head = keras.saving.deserialize_keras_object(
             config.pop("head"), custom_objects=custom_objects
         )
