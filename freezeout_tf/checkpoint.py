@@ -11,6 +11,11 @@ resumed run with dropout would draw other masks than an uninterrupted one;
 ``save_atomic`` adds those states to the ``.keras`` archive (an extra member
 that Keras ignores) and ``load_checkpoint`` restores them.
 
+Keras saves a LoRA layer's kernel merged with its factors and not the
+factors (``freezeout_tf.lora``): ``save_atomic`` adds the unmerged kernels
+and the factors as another member, and ``load_checkpoint`` restores them, so
+a LoRA run resumes exactly.
+
 The FreezeOut schedule is a function of the model's ``batches_taken``; a loaded
 checkpoint taken after epoch ``E`` has taken ``E * steps_per_epoch`` steps, and
 ``fit(initial_epoch=E)`` continues the schedule at the exact step.
