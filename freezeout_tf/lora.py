@@ -56,7 +56,16 @@ def layers(parts):
 
 def config(parts):
     """`[{"path", "rank", "alpha"}]` of the LoRA layers of `parts`, for a
-    `FreezeOutModel`'s config."""
+    `FreezeOutModel`'s config.
+
+    Example:
+
+    >>> import keras
+    >>> part = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> part.layers[0].enable_lora(1)
+    >>> [(c["rank"], c["alpha"]) for c in config([part])]
+    [(1, 1)]
+    """
     return [{"path": layer.path, "rank": int(layer.lora_rank),
              "alpha": layer.lora_alpha} for layer in layers(parts)]
 
@@ -67,6 +76,15 @@ def enable(parts, lora_config):
 
     Raises:
         ValueError: a layer named in `lora_config` is not in `parts`.
+
+    Example:
+
+    >>> import keras
+    >>> part = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> entry = {"path": part.layers[0].path, "rank": 1, "alpha": 1}
+    >>> enable([part], [entry])
+    >>> part.layers[0].lora_enabled
+    True
     """
     if not lora_config:
         return
@@ -108,6 +126,17 @@ def restore(parts, data):
 
     Raises:
         ValueError: a LoRA layer of `parts` has no saved values.
+
+    Example:
+
+    >>> import keras
+    >>> part = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> part.layers[0].enable_lora(1)
+    >>> saved = values([part])
+    >>> _ = part.layers[0].lora_kernel_b.assign([[1.0, 1.0]])
+    >>> restore([part], saved)
+    >>> float(keras.ops.sum(part.layers[0].lora_kernel_b))
+    0.0
     """
     with np.load(io.BytesIO(data)) as arrays:
         for layer in layers(parts):
