@@ -434,6 +434,12 @@ def _record_tensors_only(layer):
         layer.symbolic_call = types.MethodType(_tensors_only_call, layer)
 
 
+def records_tensors_only(layer):
+    """Whether `_record_tensors_only` was applied to `layer` (a loaded
+    split model applies it again: `layer_configs`)."""
+    return "symbolic_call" in vars(layer)
+
+
 def _tensors_only_call(layer, *args, **kwargs):
     # keras Layer.symbolic_call is its output spec; Layer.__call__ then
     # records the call (`symbolic_call` is listed in keras_internals).

@@ -28,7 +28,7 @@ import types
 import keras
 import tensorflow as tf
 
-from freezeout_tf import keras_internals
+from freezeout_tf import keras_internals, layer_configs, lora
 from freezeout_tf import optimizer as fo_optimizer
 from freezeout_tf import ownership, prefix_cache, side_inputs, tf_internals
 from freezeout_tf.adaptive import AdaptiveState
@@ -240,6 +240,9 @@ class FreezeOutModel(keras.Model):
         # Opt-in (cache_frozen_prefix): frozen units' outputs kept per
         # example (freezeout_tf.prefix_cache).
         self.prefix_cache = None
+        # Set by from_config on a LoRA model (Keras saved the merged
+        # kernels); checkpoint.load_checkpoint restores the factors.
+        self._lora_factors_lost = False
         # Python-side count of train_step traces: 1 for a whole run.
         self.train_step_traces = 0
         # Callables `(step, unit_gradients, frozen_flags)` run inside the
@@ -466,6 +469,7 @@ class FreezeOutModel(keras.Model):
     def fit(self, *args, **kwargs):
         """As `keras.Model.fit`; with `cache_frozen_prefix`, the cache is
         checked, sized and emptied first, before any step."""
+        lora.check_trainable(self)
         if self.prefix_cache is not None:
             self.prefix_cache.pending = True  # prepared at symbolic build
         return super().fit(*args, **kwargs)
@@ -776,31 +780,60 @@ class FreezeOutModel(keras.Model):
     def get_config(self):
         config = super().get_config()
         parts = self.freeze_units + [self.head]
-        configs = [keras.saving.serialize_keras_object(p) for p in parts]
+        # Layers the original model never serialized one by one (a KerasHub
+        # backbone saves its arguments) may have a get_config that does not
+        # round-trip (layer_configs).
+        with layer_configs.repaired_configs(parts):
+            configs = [keras.saving.serialize_keras_object(p) for p in parts]
+        layer_configs.mark_tensors_only(parts, configs)
         _mark_shared_layers(parts, configs)
         config.update(
             freeze_units=configs[:-1],
             head=configs[-1],
             input_names=self.input_names,
             tied_owner=self.tied_owner,
+            lora=lora.config(parts),
+            trained=ownership.trained_flags(parts, self.trainable_variables),
         )
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        units = []
+        parts = config["freeze_units"] + [config["head"]]
+        custom_objects = {**layer_configs.tensors_only_objects(parts),
+                          **(custom_objects or {})}
+        units, frozen = [], []
         for unit_config in config.pop("freeze_units"):
-            unit = keras.saving.deserialize_keras_object(
+            # (Read first: deserializing takes the flag out of the config.)
+            frozen.append(
+                unit_config.get("config", {}).get("trainable") is False)
+            units.append(keras.saving.deserialize_keras_object(
                 unit_config, custom_objects=custom_objects
-            )
-            # keras.Sequential.from_config drops its own `trainable` flag;
-            # restore it so a loaded model shows which units were frozen.
-            trainable = unit_config.get("config", {}).get("trainable")
-            if trainable is not None:
-                unit.trainable = trainable
-            units.append(unit)
+            ))
+            # A frozen unit's layers load non-trainable: trainable until
+            # the model has fixed what it trains (as at its first sight,
+            # before any unit froze), frozen again after. (Only frozen
+            # ones: a trained unit keeps its layers' own flags, e.g. a
+            # BatchNorm set non-trainable, which runs in inference mode.)
+            if frozen[-1]:
+                units[-1].trainable = True
         head = keras.saving.deserialize_keras_object(
             config.pop("head"), custom_objects=custom_objects
         )
-        return cls(units, head, **config)
+        lora_config = config.pop("lora", None)
+        lora.enable(units + [head], lora_config)
+        # A frozen unit's variables load non-trainable, and a variable's
+        # own flag (which LoRA sets) is not saved: the model trains those
+        # it trained when saved.
+        ownership.set_trained(units + [head], config.pop("trained", None))
+        model = cls(units, head, **config)
+        # keras.Sequential.from_config drops its own `trainable` flag;
+        # restore it so a loaded model shows which units were frozen.
+        for unit, is_frozen in zip(units, frozen):
+            if is_frozen:
+                unit.trainable = False
+        # Keras saved the merged kernels, not the factors: until
+        # checkpoint.load_checkpoint restores them, fit refuses the model.
+        model._lora_factors_lost = bool(lora_config)
+        return model

@@ -1,6 +1,10 @@
 """Tiny KerasHub classifiers for the transformer tests (random weights from
 a config: nothing is downloaded)."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import keras_hub
 import numpy as np
@@ -121,3 +125,74 @@ def lm_data(n=16, seed=0):
     mask = (np.arange(LM_SEQ + 1)[None, :] < lengths[:, None]).astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1]}
     return x, ids[:, 1:], mask[:, 1:].astype("float32")
+
+
+def assert_resume_equals_unbroken(make, data, path, epochs=4, batch_size=8,
+                                  save=None, load=None):
+    """Save, load and resume equal an unbroken run.
+
+    `make()` gives a compiled FreezeOutModel (the same one at every call);
+    `data` is `(x, y)` or `(x, y, sample_weight)`. One model trains
+    `epochs` epochs on the FreezeOut schedule; another trains half of them
+    (some unit frozen by then), is saved to `path` with `save(model, path)`
+    (default `model.save`) and loaded with `load(path)` (default
+    `keras.saving.load_model`), and resumes to the end. Asserts the loaded
+    model predicts as the saved one with the same units frozen, resumes in
+    one trace, and ends with the unbroken run's weights, optimizer
+    variables (slots, iterations) and step count.
+
+    Returns:
+        `(saved, loaded)` models, for checks of their own.
+    """
+    x, y, *weights = data
+    sample_weight = weights[0] if weights else None
+    steps = -(-len(y) // batch_size) * epochs
+
+    def fit(model, initial_epoch, end, total_steps=None):
+        from freezeout_tf import FreezeOut
+        model.fit(x, y, sample_weight=sample_weight, batch_size=batch_size,
+                  epochs=end, shuffle=False, initial_epoch=initial_epoch,
+                  verbose=0, callbacks=[FreezeOut(
+                      t_0=0.3, how_scale="linear", total_steps=total_steps)])
+
+    whole = make()
+    fit(whole, 0, epochs)
+    model = make()
+    fit(model, 0, epochs // 2, total_steps=steps)
+    frozen = [not u.trainable for u in model.freeze_units]
+    assert any(frozen)
+    (save or (lambda m, p: m.save(p)))(model, path)
+    loaded = (load or keras.saving.load_model)(path)
+    assert [not u.trainable for u in loaded.freeze_units] == frozen
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-6)
+    fit(loaded, epochs // 2, epochs)
+    assert loaded.train_step_traces == 1
+    assert int(loaded.batches_taken) == int(whole.batches_taken) == steps
+    for a, b in zip(whole.weights + whole.optimizer.variables,
+                    loaded.weights + loaded.optimizer.variables,
+                    strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                                   atol=1e-6, err_msg=a.path)
+    return model, loaded
+
+
+WORKER = os.path.join(os.path.dirname(__file__), "_hub_dist_worker.py")
+
+
+def assert_mirrored_matches_one_device(tmp_path, *worker_args):
+    """Runs `_hub_dist_worker.py` (MirroredStrategy on two logical CPUs
+    against one device, in a process of its own) and asserts: two
+    replicas, one trace of the step (its Python body runs once per
+    replica), some unit frozen at the end, and equal weights."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, WORKER, str(tmp_path),
+                           *worker_args], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = np.load(tmp_path / "hub_mirrored.npz")
+    assert int(r["replicas"]) == 2 and int(r["traces"]) == 2
+    assert int(r["frozen_at_end"]) > 0
+    for i in range(int(r["num_weights"])):
+        np.testing.assert_allclose(r[f"two_{i}"], r[f"one_{i}"],
+                                   rtol=1e-4, atol=1e-6)
