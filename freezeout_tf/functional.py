@@ -22,7 +22,14 @@ unit that reads one gets it as an input of the same name
 (`freezeout_tf.side_inputs`), recomputing the weightless calls it needs,
 and their uses do not count when cut points are found. So a BERT is cut
 after its embeddings and after each encoder block, though every block
-reads the padding mask.
+reads the padding mask. A model with one input is treated so too when a
+weightless function of it (a mask) is read beside the hidden state.
+
+A tensor made once and read beside the hidden state by several later calls
+(DeBERTa's relative embeddings, read by every block) is *carried*
+(`_carried`): its uses do not count either, and each unit boundary it spans
+passes it on, as an input named `side_inputs.HIDDEN + "_<j>"`; the unit
+that computes it owns its weights.
 
 Looked into, as if their layers were called in the outer graph:
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hub_models import (bert_classifier, deit_classifier, image_data,
-                        text_data, vit_classifier, CLASSES, SEQ)
+from hub_models import (bert_classifier, deberta_classifier, deberta_data,
+                        deit_classifier, image_data, text_data,
+                        vit_classifier, CLASSES, SEQ)
 from freezeout_tf import (FreezeOut, FreezeOutModel, schedule, split_model,
                           unit_flops)
 from freezeout_tf.side_inputs import HIDDEN
@@ -157,34 +158,64 @@ def test_deit_encoder_with_unread_outputs_is_split_into_its_blocks():
                                original.predict(x, verbose=0), atol=1e-6)
 
 
-class Snapshot(keras.callbacks.Callback):
-    """Unit 0's state right after the last step before it freezes."""
+def test_deberta_relative_embeddings_are_carried_to_every_block():
+    # DeBERTa-v3 makes its relative embeddings once, from the embeddings'
+    # output, and every block reads them beside the hidden state: they are
+    # carried across the units' boundaries, so each block is a unit.
+    original = deberta_classifier(num_layers=3)
+    model = FreezeOutModel.from_model(original)
+    names = [[layer.name for layer in u.layers if layer.weights]
+             for u in model.freeze_units]
+    assert names == [["token_embedding"], ["embeddings_layer_norm"],
+                     ["rel_embedding",
+                      "disentangled_attention_encoder_layer_0"],
+                     ["disentangled_attention_encoder_layer_1"],
+                     ["disentangled_attention_encoder_layer_2"]]
+    inputs = [[t.name for t in u.inputs] for u in model.freeze_units]
+    carried = HIDDEN + "_0"
+    assert carried not in inputs[2] and carried in model.freeze_units[2].output
+    assert inputs[3] == inputs[4] == [HIDDEN, carried, "padding_mask"]
+    assert [t.name for t in model.head.inputs] == [HIDDEN]  # last read: 4
+    # Its variables belong to the unit that computes them; later units
+    # read the tensor, not the variables.
+    rel = original.get_layer("deberta_v3_backbone").get_layer("rel_embedding")
+    assert model.variable_units(rel.trainable_weights) == [2] * len(
+        rel.trainable_weights)
+    x, _ = deberta_data(8)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               original.predict(x, verbose=0), atol=1e-6)
 
-    def __init__(self, at_step):
+
+class Snapshot(keras.callbacks.Callback):
+    """A unit's state right after the last step before it freezes."""
+
+    def __init__(self, at_step, unit=0):
         super().__init__()
-        self.at_step, self.values = at_step, None
+        self.at_step, self.unit, self.values = at_step, unit, None
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.batches_taken) == self.at_step:
-            self.values = unit_state(self.model, 0)
+            self.values = unit_state(self.model, self.unit)
 
 
-@pytest.mark.parametrize("make,data", [
-    (lambda: bert_classifier(dropout=0.1, head="sequence"), text_data),
-    (lambda: vit_classifier(dropout=0.1), image_data),
-    (lambda: deit_classifier(dropout=0.1), image_data),
-], ids=["bert", "vit", "deit"])
-def test_one_trace_and_frozen_units_bit_identical(make, data):
+@pytest.mark.parametrize("make,data,unit", [
+    (lambda: bert_classifier(dropout=0.1, head="sequence"), text_data, 0),
+    (lambda: vit_classifier(dropout=0.1), image_data, 0),
+    (lambda: deit_classifier(dropout=0.1), image_data, 0),
+    # The unit that computes DeBERTa's carried relative embeddings.
+    (lambda: deberta_classifier(dropout=0.1), deberta_data, 2),
+], ids=["bert", "vit", "deit", "deberta"])
+def test_one_trace_and_frozen_units_bit_identical(make, data, unit):
     x, y = data(32)
     model = FreezeOutModel.from_model(make())
     model.compile(adamw(), LOSS)
     steps_per_epoch, epochs, t_0 = 4, 4, 0.3
     fractions = schedule.freeze_fractions(model.num_units, t_0, "cubic")
     snap = Snapshot(at_step=schedule.freeze_steps(
-        steps_per_epoch * epochs, fractions)[0])
+        steps_per_epoch * epochs, fractions)[unit], unit=unit)
     model.optimizer.build(model.trainable_variables)
     variables = model.trainable_variables
-    trained = sum(u == 0 for u in model.variable_units(variables))
+    trained = sum(u == unit for u in model.variable_units(variables))
     last_before = unit_state(model, model.num_units - 1)
     history = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0,
                         callbacks=[FreezeOut(t_0=t_0, how_scale="cubic"),
@@ -192,22 +223,30 @@ def test_one_trace_and_frozen_units_bit_identical(make, data):
     assert model.train_step_traces == 1
     assert history.history["active_units"][-1] == 0  # every unit froze
     assert snap.values is not None
-    after = unit_state(model, 0)
+    after = unit_state(model, unit)
     # Its weights, then AdamW's two moments of each trainable one.
     assert trained > 0
     assert len(after) == len(snap.values) == (
-        len(model.freeze_units[0].weights) + 2 * trained)
+        len(model.freeze_units[unit].weights) + 2 * trained)
     for before, end in zip(snap.values, after):
         assert np.array_equal(before, end)
     moved = unit_state(model, model.num_units - 1)
     assert any(not np.array_equal(a, b) for a, b in zip(last_before, moved))
 
 
-@pytest.mark.parametrize("k", [0, 3])
-def test_bert_gradients_equal_plain_tape_with_k_frozen(k):
-    original = bert_classifier()
+@pytest.mark.parametrize("make,data,k", [
+    (bert_classifier, text_data, 0), (bert_classifier, text_data, 3),
+    # DeBERTa: the carried relative embeddings' unit (2) first active, so
+    # their gradient from the later block comes through the carried
+    # tensor; then frozen, under an active block that reads them.
+    (deberta_classifier, deberta_data, 0),
+    (deberta_classifier, deberta_data, 2),
+    (deberta_classifier, deberta_data, 3),
+], ids=["bert-0", "bert-3", "deberta-0", "deberta-2", "deberta-3"])
+def test_gradients_equal_plain_tape_with_k_frozen(make, data, k):
+    original = make()
     model = FreezeOutModel.from_model(original)
-    x, y = text_data(8)
+    x, y = data(8)
     x = {n: tf.constant(v) for n, v in x.items()}
     y = tf.constant(y)
     model.compile(keras.optimizers.SGD(0.1), LOSS)
