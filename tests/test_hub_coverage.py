@@ -91,6 +91,7 @@ def test_classifier_families_split_block_by_block(name, first, second):
         return next(i for i, p in enumerate(parts) if layer in p)
 
     assert unit_of(first) < unit_of(second), result["units"]
+    assert result["num_units"] >= 4, result["units"]  # not one lump
 
 
 def test_only_hub_coverage_imports_keras_hub():
