@@ -276,6 +276,12 @@ def test_gradients_equal_plain_tape_with_k_frozen(make, data, k):
             assert not np.any(g), v.path
         else:
             assert np.max(np.abs(g - r)) <= tol, v.path
+            # The carried relative embeddings' gradients are ~1e-5 of the
+            # largest: held to their own scale (a unit that dropped the
+            # later block's share through the carried tensor is ~40 % off).
+            if v.path.startswith("rel_embedding/"):
+                assert np.max(np.abs(g - r)) <= 1e-4 * np.max(np.abs(r)), (
+                    v.path)
 
 
 def test_bert_save_load_and_resume_exactly(tmp_path):
