@@ -82,6 +82,18 @@ def deberta_data(n=32, seed=0):
     return x, y
 
 
+def esm_classifier(seed=0, num_layers=2):
+    """ESMProteinClassifier: one input, `token_ids`; its backbone computes
+    the padding mask from it (`token_ids != 0`) and every block reads it."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.ESMBackbone(
+        vocabulary_size=VOCAB, num_layers=num_layers, num_heads=2,
+        hidden_dim=16, intermediate_dim=32, dropout=0.0,
+    )
+    return keras_hub.models.ESMProteinClassifier(
+        backbone=backbone, num_classes=CLASSES, preprocessor=None)
+
+
 def text_data(n=32, seed=0):
     """Token ids with a padding mask that really masks: each example has
     2..SEQ real tokens, the rest padded with random ids (so that a mask

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from hub_models import (bert_classifier, deberta_classifier, deberta_data,
-                        deit_classifier, image_data, text_data,
-                        vit_classifier, CLASSES, SEQ)
+                        deit_classifier, esm_classifier, image_data,
+                        text_data, vit_classifier, CLASSES, SEQ)
 from freezeout_tf import (FreezeOut, FreezeOutModel, schedule, split_model,
                           unit_flops)
 from freezeout_tf.side_inputs import HIDDEN
@@ -184,6 +184,34 @@ def test_deberta_relative_embeddings_are_carried_to_every_block():
     x, _ = deberta_data(8)
     np.testing.assert_allclose(model.predict(x, verbose=0),
                                original.predict(x, verbose=0), atol=1e-6)
+
+
+def test_one_input_with_a_mask_computed_from_it_splits_into_blocks():
+    # ESM has one input; the padding mask it computes from the token ids
+    # is read beside the hidden state by every block: the input is named,
+    # so the mask is a side tensor each block recomputes.
+    original = esm_classifier()
+    model = FreezeOutModel.from_model(original)
+    assert model.input_names == ["token_ids"]
+    names = [[layer.name for layer in u.layers if layer.weights]
+             for u in model.freeze_units]
+    assert names[:3] == [["token_embedding"], ["transformer_layer_0"],
+                         ["transformer_layer_1"]]
+    inputs = [[t.name for t in u.inputs] for u in model.freeze_units]
+    assert inputs[1] == inputs[2] == [HIDDEN, "token_ids"]
+    x, y = text_data(16)
+    ids = x["token_ids"] * x["padding_mask"]  # 0 pads
+    want = original.predict(ids, verbose=0)
+    # One input: a plain array, or a dict by its name.
+    np.testing.assert_allclose(model.predict(ids, verbose=0), want,
+                               atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict({"token_ids": ids}, verbose=0), want, atol=1e-6)
+    model.compile(adamw(), LOSS)
+    model.fit(ids, y, batch_size=8, epochs=2, verbose=0,
+              callbacks=[FreezeOut(t_0=0.5)])
+    assert model.train_step_traces == 1
+    assert not any(u.trainable for u in model.freeze_units)
 
 
 class Snapshot(keras.callbacks.Callback):
