@@ -53,6 +53,7 @@ on layers the original model also uses).
 """
 
 import collections
+import inspect
 import types
 
 import keras
@@ -409,10 +410,21 @@ def _holds_weights(op):
 
 
 def _fill_in(call, values):
-    """The call's arguments with its input tensors taken from `values`."""
+    """The call's arguments with its input tensors taken from `values`.
+
+    A `training` argument the layer's `call` does not take is dropped: a
+    container's `call` may pass one (HGNetV2's stage to its `Identity`
+    downsample layer), and Keras records it in the node though it strips it
+    from the call; in a unit, `Functional.compute_output_spec` would hand
+    it to that layer's `compute_output_spec`, which refuses it."""
     local = {id(t): values[k]
              for t, k in zip(call.node.arguments.keras_tensors, call.inputs)}
-    return call.node.arguments.fill_in(local)
+    args, kwargs = call.node.arguments.fill_in(local)
+    if ("training" in kwargs and isinstance(call.op, keras.layers.Layer)
+            and "training" not in inspect.signature(
+                call.op.call).parameters):
+        kwargs = {k: v for k, v in kwargs.items() if k != "training"}
+    return args, kwargs
 
 
 def _inlinable(node):
