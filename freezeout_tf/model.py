@@ -40,14 +40,22 @@ __all__ = ["FreezeOutModel"]
 
 def _dense(gradients):
     # Both branches of a unit's cond must return dense tensors; embedding
-    # lookups and slices give IndexedSlices.
-    return [tf.convert_to_tensor(g) for g in gradients]
+    # lookups and slices give IndexedSlices. A hidden state with carried
+    # tensors is a dict (`side_inputs`).
+    return tf.nest.map_structure(tf.convert_to_tensor, gradients)
 
 
-def _split_input_names(model):
+def _stop(hidden):
+    # The hidden state, or a dict with carried tensors (`side_inputs`).
+    return tf.nest.map_structure(tf.stop_gradient, hidden)
+
+
+def _split_input_names(model, head):
     """`input_names` for a model split by `from_model`: its inputs' names
-    when it has several, else None (one plain input)."""
-    if len(model.inputs) == 1:
+    when its parts take named inputs (it has several, or one the split
+    names: `functional.split_model`), else None (one plain input)."""
+    names = side_inputs.part_input_names(head) or ()
+    if len(model.inputs) == 1 and side_inputs.HIDDEN not in names:
         return None
     return [t.name for t in model.inputs]
 
@@ -306,7 +314,7 @@ class FreezeOutModel(keras.Model):
         ownership.check_tied_owner(tied_owner)  # before the split's work
         units, head = split_model(model, num_units=num_units,
                                   boundaries=boundaries)
-        kwargs.setdefault("input_names", _split_input_names(model))
+        kwargs.setdefault("input_names", _split_input_names(model, head))
         return cls(units, head, tied_owner=tied_owner, **kwargs)
 
     @property
@@ -563,7 +571,7 @@ class FreezeOutModel(keras.Model):
             tape.watch(tf.nest.flatten(values))
             unit_inputs, unit_outputs, h = self._forward_units(
                 tape, x, ids, side, frozen)
-            head_input = tf.stop_gradient(h)
+            head_input = _stop(h)
             tape.watch(head_input)
             y_pred = self.head(
                 self._part_arguments(self.num_units, head_input, side),
@@ -599,7 +607,9 @@ class FreezeOutModel(keras.Model):
                 upstream, pass_down[i],
             )
             if extra_inputs[i] is not None:
-                upstream = upstream + extra_inputs[i]
+                upstream = tf.nest.map_structure(
+                    lambda u, e: u if e is None else u + e, upstream,
+                    extra_inputs[i])
             grads[i] = [g if e is None else g + e
                         for g, e in zip(grads[i], extra_vars[i])]
         del tape
@@ -634,7 +644,7 @@ class FreezeOutModel(keras.Model):
             if i > 0:
                 # Cut the tape between units: each unit's backward is
                 # computed on its own, below.
-                h = tf.stop_gradient(h)
+                h = _stop(h)
                 tape.watch(h)
             unit_inputs.append(h)
             h = run_unit(i, h)

@@ -62,6 +62,42 @@ def deit_classifier(seed=0, dropout=0.0, num_layers=3):
     return keras.Model(images, logits, name="deit_classifier")
 
 
+def deberta_classifier(seed=0, dropout=0.0, num_layers=2):
+    """DebertaV3Backbone (its relative embeddings are made once, from the
+    embeddings' output, and read by every block) + Dense head on
+    `sequence_output[:, 0]`. Inputs: token ids and padding mask."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.DebertaV3Backbone(
+        vocabulary_size=VOCAB, num_layers=num_layers, num_heads=2,
+        hidden_dim=16, intermediate_dim=32, max_sequence_length=SEQ,
+        bucket_size=4, dropout=dropout,
+    )
+    inputs = {name: keras.Input((None,), dtype="int32", name=name)
+              for name in ("token_ids", "padding_mask")}
+    features = backbone(inputs)[:, 0, :]
+    logits = keras.layers.Dense(CLASSES, name="classifier")(features)
+    return keras.Model(inputs, logits, name="deberta_classifier")
+
+
+def deberta_data(n=32, seed=0):
+    """`text_data` without segment ids (DeBERTa-v3 reads none)."""
+    x, y = text_data(n, seed)
+    del x["segment_ids"]
+    return x, y
+
+
+def esm_classifier(seed=0, num_layers=2):
+    """ESMProteinClassifier: one input, `token_ids`; its backbone computes
+    the padding mask from it (`token_ids != 0`) and every block reads it."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.ESMBackbone(
+        vocabulary_size=VOCAB, num_layers=num_layers, num_heads=2,
+        hidden_dim=16, intermediate_dim=32, dropout=0.0,
+    )
+    return keras_hub.models.ESMProteinClassifier(
+        backbone=backbone, num_classes=CLASSES, preprocessor=None)
+
+
 def text_data(n=32, seed=0):
     """Token ids with a padding mask that really masks: each example has
     2..SEQ real tokens, the rest padded with random ids (so that a mask

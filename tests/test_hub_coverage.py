@@ -7,6 +7,7 @@ import pathlib
 import re
 
 import keras_hub
+import pytest
 
 from freezeout_tf import hub_coverage
 
@@ -60,6 +61,37 @@ def test_split_records_units_and_refusal_records_the_layer():
     assert "Layer '" in refused["reason"] and "\n" not in refused["reason"]
     table = hub_coverage.to_markdown([split, refused])
     assert "| TextClassifier | 1 | 1 | 0 | 0 | 0 | 0 |" in table
+
+
+@pytest.mark.parametrize("name,first,second", [
+    # Tiny configs (hub_coverage.OVERRIDES): stages or blocks apart.
+    ("CSPNetImageClassifier", "stage_0_csp_conv_exp",
+     "stage_1_csp_conv_exp"),
+    ("EfficientNetImageClassifier", "block2a_", "block2b_"),
+    ("HGNetV2ImageClassifier", "encoder_stage_0",
+     "encoder_stage_1_downsample"),
+    ("MiTImageClassifier", "hierarchical_encoder_1_0",
+     "hierarchical_encoder_1_1"),
+    ("MobileNetImageClassifier", "block_1_0", "block_1_1"),
+    ("MobileNetV5ImageClassifier", "conv_stem", "conv_head"),
+    ("XceptionImageClassifier", "block2_sepconv1", "block3_sepconv1"),
+    # One input, its padding mask computed from it and read by each block.
+    ("ESMProteinClassifier", "transformer_layer_0", "transformer_layer_1"),
+    # Relative embeddings made once and read by each block (carried).
+    ("DebertaV3TextClassifier", "disentangled_attention_encoder_layer_0",
+     "disentangled_attention_encoder_layer_1"),
+])
+def test_classifier_families_split_block_by_block(name, first, second):
+    family = next(f for f in hub_coverage.families() if f[0] == name)
+    result = hub_coverage.try_family(*family, fit=False)
+    assert result["status"] == "split", result["reason"]
+    parts = [p.split(", ") for p in result["units"].split(" | ")]
+
+    def unit_of(layer):
+        return next(i for i, p in enumerate(parts) if layer in p)
+
+    assert unit_of(first) < unit_of(second), result["units"]
+    assert result["num_units"] >= 4, result["units"]  # not one lump
 
 
 def test_only_hub_coverage_imports_keras_hub():
