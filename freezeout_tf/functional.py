@@ -333,8 +333,8 @@ def _inlinable(node):
 
     Looked into: a nested functional model (or `Sequential` with an
     `Input`) called on its inputs (one tensor, a list in order, or a dict
-    by input name) with no other arguments than `training` and arguments
-    left at None (such as `mask`); and a container of blocks
+    by input name; positionally or as `inputs=`) with no other arguments
+    than `training` and arguments left at None (such as `mask`); and a container of blocks
     (`_traced_container`)."""
     op = node.operation
     if isinstance(op, keras.Sequential):
@@ -342,12 +342,18 @@ def _inlinable(node):
     # `_nodes_by_depth`: a functional model (keras.Model(inputs, outputs)).
     if not isinstance(op, keras.Model) or not hasattr(op, "_nodes_by_depth"):
         return _traced_container(node)
+    # The inputs come positionally or as `inputs=` (a KerasHub task calls
+    # `backbone(inputs=inputs)`): the first argument of `Functional.call`.
     args = node.arguments
-    if (len(args.args) != 1
+    positional = list(args.args)
+    if "inputs" in args.kwargs and not positional:
+        positional = [args.kwargs["inputs"]]
+    if (len(positional) != 1
             or any(x is not None for k, v in args.kwargs.items()
-                   if k != "training" for x in keras.tree.flatten(v))):
+                   if k not in ("training", "inputs")
+                   for x in keras.tree.flatten(v))):
         return None
-    given = args.args[0]
+    given = positional[0]
     names = [t.name for t in op.inputs]
     if isinstance(given, dict):
         if set(given) != set(names):
