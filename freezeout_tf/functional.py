@@ -587,10 +587,12 @@ def split_model(model, num_units=None, boundaries=None):
     if not segments:
         last = max(i for i, c in enumerate(graph.calls)
                    if getattr(c.op, "weights", None))
+        whole = (f" ({graph.describe(last)} {_STAYS_WHOLE})"
+                 if _is_container(graph.calls[last].op) else "")
         raise ValueError(
             f"Model '{name}' has no cut point before its last layer "
             f"holding weights, {graph.describe(last)}, which the head "
-            f"needs; nothing is left for freeze units."
+            f"needs; nothing is left for freeze units{whole}."
         )
 
     if boundaries is not None:
@@ -606,6 +608,10 @@ def split_model(model, num_units=None, boundaries=None):
     models.append(graph.build(*head, f"{name}_head"))
     _check_unshared(graph, parts, models)
     return models[:-1], models[-1]
+
+
+_STAYS_WHOLE = ("hold several layers with weights but stay whole (their "
+                "call is not a chain of blocks that could be looked into)")
 
 
 def _merge_weightless(graph, segments):
@@ -631,9 +637,8 @@ def _group(graph, segments, num_units):
     if num_units > len(segments):
         whole = [graph.describe(i) for lo, hi in segments
                  for i in range(lo, hi) if _is_container(graph.calls[i].op)]
-        note = (f"; these layers hold several layers with weights but stay "
-                f"whole (their call is not a chain of blocks that could be "
-                f"looked into): {_short_list(whole)}" if whole else "")
+        note = (f"; these layers {_STAYS_WHOLE}: {_short_list(whole)}"
+                if whole else "")
         raise ValueError(
             f"num_units must be at most {len(segments)} (the segments "
             f"between this model's cut points that hold weights); got "
@@ -696,17 +701,37 @@ def _at_boundaries(graph, boundaries, cuts, head_start):
                 f"from the last cut point to the output and holds weights)."
             )
         if cuts[p] is not None:
-            around, user = (graph.describe(q) for q in cuts[p])
             raise ValueError(
-                f"boundary {name!r} is not a cut point: {around} feeds "
-                f"{user} around it. Cut points of '{graph.name}': "
-                f"{cut_names}."
+                f"boundary {name!r} is not a cut point: "
+                f"{_bypass(graph, cuts[p], p)}. Cut points of "
+                f"'{graph.name}': {cut_names}."
             )
         if p + 1 in ends:
             raise ValueError(f"boundary {name!r} is given twice.")
         ends.add(p + 1)
     ends = sorted(ends - {head_start})
     return list(zip([0] + ends, ends + [head_start]))
+
+
+def _bypass(graph, bypass, p):
+    """Why chain call `p`'s output is no cut point, from `cuts()`'s
+    `(producer, user)` for it."""
+    around, user = (graph.describe(q) for q in bypass)
+    if bypass[0] == p:
+        return f"it passes several tensors on, read as far as {user}"
+    return f"{around} feeds {user} around it"
+
+
+def _why_not_cut(model, layers):
+    """`(layer, reason)` for the first of `layers` (called once each in
+    `model`, the chain order) whose output is no cut point, or None."""
+    graph = _Graph(_check_model(model), model.name)
+    cuts = graph.cuts()
+    for layer in layers:
+        found = [p for p, c in enumerate(graph.calls[:-1]) if c.op is layer]
+        if len(found) == 1 and cuts[found[0]] is not None:
+            return layer, _bypass(graph, cuts[found[0]], found[0])
+    return None
 
 
 def _short_list(names, limit=12):
