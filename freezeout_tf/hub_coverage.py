@@ -70,8 +70,10 @@ class Nested:
 
     Example:
 
-    >>> Nested("ViTBackbone").build().name
-    'vi_t_backbone'
+    >>> import keras_hub
+    >>> encoder = Nested("ViTBackbone", num_layers=1).build()
+    >>> isinstance(encoder, keras_hub.models.ViTBackbone)
+    True
     """
 
     def __init__(self, name, **kwargs):
