@@ -587,12 +587,14 @@ def split_model(model, num_units=None, boundaries=None):
     if not segments:
         last = max(i for i, c in enumerate(graph.calls)
                    if getattr(c.op, "weights", None))
-        whole = (f" ({graph.describe(last)} {_STAYS_WHOLE})"
-                 if _is_container(graph.calls[last].op) else "")
+        whole = (" (which holds several layers with weights but stays "
+                 "whole: its call is not a chain of blocks that could be "
+                 "looked into)" if _is_container(graph.calls[last].op)
+                 else "")
         raise ValueError(
             f"Model '{name}' has no cut point before its last layer "
-            f"holding weights, {graph.describe(last)}, which the head "
-            f"needs; nothing is left for freeze units{whole}."
+            f"holding weights, {graph.describe(last)}{whole}, which the "
+            f"head needs; nothing is left for freeze units."
         )
 
     if boundaries is not None:
@@ -608,10 +610,6 @@ def split_model(model, num_units=None, boundaries=None):
     models.append(graph.build(*head, f"{name}_head"))
     _check_unshared(graph, parts, models)
     return models[:-1], models[-1]
-
-
-_STAYS_WHOLE = ("hold several layers with weights but stay whole (their "
-                "call is not a chain of blocks that could be looked into)")
 
 
 def _merge_weightless(graph, segments):
@@ -637,8 +635,9 @@ def _group(graph, segments, num_units):
     if num_units > len(segments):
         whole = [graph.describe(i) for lo, hi in segments
                  for i in range(lo, hi) if _is_container(graph.calls[i].op)]
-        note = (f"; these layers {_STAYS_WHOLE}: {_short_list(whole)}"
-                if whole else "")
+        note = (f"; these layers hold several layers with weights but stay "
+                f"whole (their call is not a chain of blocks that could be "
+                f"looked into): {_short_list(whole)}" if whole else "")
         raise ValueError(
             f"num_units must be at most {len(segments)} (the segments "
             f"between this model's cut points that hold weights); got "

@@ -272,11 +272,15 @@ def _describe_units(model):
 def _blocks_together(original, model):
     """Why each part holding two or more blocks (layers that hold several
     layers with weights) keeps them together: the tensor that goes around
-    one of its blocks; "" if no part does."""
+    one of its blocks, or a layer holding a list of blocks that stayed one
+    call; "" if no part does."""
     parts, notes = model.freeze_units + [model.head], []
     for i, part in enumerate(parts):
         blocks = [layer for layer in part.layers[1:]
                   if functional._is_container(layer)]
+        notes += [f"'{b.name}' holds a list of blocks but stays one call "
+                  f"(its call is not a chain of blocks that could be looked "
+                  f"into)" for b in blocks if functional._has_blocks(b)]
         found = (functional._why_not_cut(original, blocks[:-1])
                  if len(blocks) > 1 else None)
         if found:
