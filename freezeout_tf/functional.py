@@ -434,8 +434,8 @@ def _inlinable(node):
 
     Looked into: a nested functional model (or `Sequential` with an
     `Input`) called on its inputs (one tensor, a list in order, or a dict
-    by input name) with no other arguments than `training` and arguments
-    left at None (such as `mask`); and a container of blocks
+    by input name; positionally or as `inputs=`) with no other arguments
+    than `training` and arguments left at None (such as `mask`); and a container of blocks
     (`_traced_container`)."""
     op = node.operation
     if isinstance(op, keras.Sequential):
@@ -443,12 +443,18 @@ def _inlinable(node):
     # `_nodes_by_depth`: a functional model (keras.Model(inputs, outputs)).
     if not isinstance(op, keras.Model) or not hasattr(op, "_nodes_by_depth"):
         return _traced_container(node)
+    # The inputs come positionally or as `inputs=` (a KerasHub task calls
+    # `backbone(inputs=inputs)`): the first argument of `Functional.call`.
     args = node.arguments
-    if (len(args.args) != 1
+    positional = list(args.args)
+    if "inputs" in args.kwargs and not positional:
+        positional = [args.kwargs["inputs"]]
+    if (len(positional) != 1
             or any(x is not None for k, v in args.kwargs.items()
-                   if k != "training" for x in keras.tree.flatten(v))):
+                   if k not in ("training", "inputs")
+                   for x in keras.tree.flatten(v))):
         return None
-    given = args.args[0]
+    given = positional[0]
     names = [t.name for t in op.inputs]
     if isinstance(given, dict):
         if set(given) != set(names):
@@ -688,10 +694,14 @@ def split_model(model, num_units=None, boundaries=None):
     if not segments:
         last = max(i for i, c in enumerate(graph.calls)
                    if getattr(c.op, "weights", None))
+        whole = (" (which holds several layers with weights but stays "
+                 "whole: its call is not a chain of blocks that could be "
+                 "looked into)" if _is_container(graph.calls[last].op)
+                 else "")
         raise ValueError(
             f"Model '{name}' has no cut point before its last layer "
-            f"holding weights, {graph.describe(last)}, which the head "
-            f"needs; nothing is left for freeze units."
+            f"holding weights, {graph.describe(last)}{whole}, which the "
+            f"head needs; nothing is left for freeze units."
         )
 
     if boundaries is not None:
@@ -797,17 +807,37 @@ def _at_boundaries(graph, boundaries, cuts, head_start):
                 f"from the last cut point to the output and holds weights)."
             )
         if cuts[p] is not None:
-            around, user = (graph.describe(q) for q in cuts[p])
             raise ValueError(
-                f"boundary {name!r} is not a cut point: {around} feeds "
-                f"{user} around it. Cut points of '{graph.name}': "
-                f"{cut_names}."
+                f"boundary {name!r} is not a cut point: "
+                f"{_bypass(graph, cuts[p], p)}. Cut points of "
+                f"'{graph.name}': {cut_names}."
             )
         if p + 1 in ends:
             raise ValueError(f"boundary {name!r} is given twice.")
         ends.add(p + 1)
     ends = sorted(ends - {head_start})
     return list(zip([0] + ends, ends + [head_start]))
+
+
+def _bypass(graph, bypass, p):
+    """Why chain call `p`'s output is no cut point, from `cuts()`'s
+    `(producer, user)` for it."""
+    around, user = (graph.describe(q) for q in bypass)
+    if bypass[0] == p:
+        return f"it passes several tensors on, read as far as {user}"
+    return f"{around} feeds {user} around it"
+
+
+def _why_not_cut(model, layers):
+    """`(layer, reason)` for the first of `layers` (called once each in
+    `model`, the chain order) whose output is no cut point, or None."""
+    graph = _Graph(_check_model(model), model.name)
+    cuts = graph.cuts()
+    for layer in layers:
+        found = [p for p, c in enumerate(graph.calls[:-1]) if c.op is layer]
+        if len(found) == 1 and cuts[found[0]] is not None:
+            return layer, _bypass(graph, cuts[found[0]], found[0])
+    return None
 
 
 def _short_list(names, limit=12):

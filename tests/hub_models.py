@@ -149,6 +149,20 @@ def llama3_causal_lm(seed=0, num_layers=2):
                                            preprocessor=None)
 
 
+def gemma3_causal_lm(seed=0, num_layers=2):
+    """Gemma3CausalLM, tied: the task calls its backbone as
+    `backbone(inputs=inputs)` (a keyword, where GPT-2 passes it
+    positionally)."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.Gemma3Backbone(
+        vocabulary_size=LM_VOCAB, image_size=16, num_layers=num_layers,
+        num_query_heads=2, num_key_value_heads=1, hidden_dim=16,
+        intermediate_dim=32, head_dim=8,
+    )
+    return keras_hub.models.Gemma3CausalLM(backbone=backbone,
+                                           preprocessor=None)
+
+
 def lm_data(n=16, seed=0):
     """`(x, y, sample_weight)` as CausalLM preprocessing makes them: token
     ids and padding mask, the ids shifted by one as labels, and the padding

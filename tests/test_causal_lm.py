@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from hub_models import (assert_mirrored_matches_one_device,
-                        assert_resume_equals_unbroken, gpt2_causal_lm,
-                        llama3_causal_lm, lm_data)
+                        assert_resume_equals_unbroken, gemma3_causal_lm,
+                        gpt2_causal_lm, llama3_causal_lm, lm_data)
 from freezeout_tf import FreezeOut, FreezeOutModel, checkpoint, schedule
 from test_transformers import unit_state
 
@@ -55,6 +55,21 @@ def test_tied_and_untied_embeddings_split_by_variable():
     assert owner_of(model, untied.embeddings) == 0
     assert owner_of(model, untied.reverse_embeddings) == UNITS
     assert not any(model._foreign_reads())  # disjoint reads, no sharing
+
+
+def test_backbone_called_by_keyword_splits_into_its_blocks():
+    # Gemma3CausalLM calls `backbone(inputs=inputs)`: looked into all the
+    # same, one unit per decoder block (it stayed one unit before).
+    lm = gemma3_causal_lm()
+    model = FreezeOutModel.from_model(lm)
+    names = [[layer.name for layer in unit.layers if layer.weights]
+             for unit in model.freeze_units + [model.head]]
+    assert names == [["token_embedding"], ["decoder_block_0"],
+                     ["decoder_block_1"], ["final_normalization"],
+                     ["token_embedding"]]
+    x, _, _ = lm_data(8)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               lm.predict(x, verbose=0), atol=1e-5)
 
 
 def test_bad_tied_owner_is_refused_before_the_split():
@@ -128,8 +143,9 @@ def fit_with_snapshot(model, unit, epochs=4):
     return snap.values
 
 
-@pytest.mark.parametrize("make,unit", [(gpt2_causal_lm, 0), (lora_lm, 1)],
-                         ids=["gpt2-tied", "lora"])
+@pytest.mark.parametrize("make,unit", [(gpt2_causal_lm, 0), (lora_lm, 1),
+                                       (gemma3_causal_lm, 1)],
+                         ids=["gpt2-tied", "lora", "gemma3-inputs-keyword"])
 def test_one_trace_and_frozen_state_bit_identical(make, unit):
     lm = make()
     model = split(lm)

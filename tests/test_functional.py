@@ -221,6 +221,15 @@ def test_keras_application_mobilenet_v2():
         assert np.array_equal(before, after)
 
 
+def test_nested_model_called_with_inputs_keyword_is_looked_into():
+    # KerasHub tasks call `backbone(inputs=inputs)` (Gemma 3, Gemma 4,
+    # PaliGemma): the keyword form is the same call as the positional one.
+    inner = skip_model(name="inner")
+    for call in (lambda x: inner(x), lambda x: inner(inputs=x)):
+        inputs = keras.Input((8, 8, 3))
+        assert cut_points(keras.Model(inputs, call(inputs))) == SKIP_CUTS
+
+
 def test_fine_tune_a_saved_model_with_a_new_head(tmp_path):
     """Train on task A, save; load, put a new classifier on the features of
     the loaded network (nested as a backbone), fine-tune on task B with the
