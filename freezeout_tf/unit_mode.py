@@ -100,6 +100,8 @@ def mode_switched_leaves(unit, unit_name="unit"):
     mode matters, and returns them (to pass to `unit_mode`).
 
     Idempotent: a layer already switched is returned, not wrapped again.
+    A layer not built yet that may make sublayers in its `build` is left
+    out: call again once the unit is built.
 
     Args:
         unit: a Keras layer or model (one freeze unit).
@@ -119,6 +121,8 @@ def mode_switched_leaves(unit, unit_name="unit"):
             continue
         if not layer._call_has_training_arg or _ignores_training(layer):
             continue
+        if _may_make_sublayers(layer):
+            continue  # seen again once built (FreezeOutModel.build)
         if getattr(layer, _INSTALLED, False):
             leaves.append(layer)
             continue
@@ -142,6 +146,16 @@ def mode_switched_leaves(unit, unit_name="unit"):
         object.__setattr__(layer, _INSTALLED, True)
         leaves.append(layer)
     return leaves
+
+
+def _may_make_sublayers(layer):
+    """True for a layer not built yet whose class has its own `build`:
+    it may make its sublayers there (keras_hub's TransformerEncoder does),
+    so it cannot be told from a leaf yet. Switched as a leaf, its whole
+    forward would run once per mode."""
+    return (not layer.built
+            and type(layer).build is not keras.layers.Layer.build
+            and not isinstance(layer, keras.layers.BatchNormalization))
 
 
 def _switched_container(layer, unit_name):
