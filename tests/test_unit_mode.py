@@ -175,6 +175,42 @@ def test_moments_over_the_batch_or_over_no_example():
     np.testing.assert_array_equal(variance, np.zeros(3))
 
 
+@pytest.mark.parametrize("axes", [[0, 1, 2], [0, 2, 3]])
+def test_moments_gradient_is_that_of_tf_nn_moments(axes):
+    # The gradient is written out (op by op, the slice's unknown size made
+    # every op take the broadcasting gradient: 3x the Sum ops of plain
+    # Keras' BatchNorm). It must be tf.nn.moments' (the variance's mean
+    # held constant), and zero while frozen.
+    x = tf.constant(np.random.default_rng(2).normal(
+        size=(6, 4, 4, 3)).astype("float32") * 3 + 1)
+    rng = np.random.default_rng(3)
+    width = x.shape[({0, 1, 2, 3} - set(axes)).pop()]  # the kept axis
+    a, b = (tf.constant(rng.normal(size=width).astype("float32"))
+            for _ in range(2))
+
+    def gradient(moments):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            mean, variance = moments()
+            loss = tf.reduce_sum(a * mean + b * variance)
+        return tape.gradient(loss, x).numpy()
+
+    def reference():
+        mean = tf.reduce_mean(x, axes)
+        keep = tf.reduce_mean(x, axes, keepdims=True)
+        return mean, tf.reduce_mean(
+            tf.math.squared_difference(x, tf.stop_gradient(keep)), axes)
+
+    expected = gradient(reference)
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(
+        gradient(lambda: _moments_while(tf.constant(True), x, axes)),
+        expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(
+        gradient(lambda: _moments_while(tf.constant(False), x, axes)),
+        np.zeros(x.shape, "float32"))
+
+
 def test_under_xla_a_frozen_batch_norm_keeps_static_shapes():
     seen, out, inference, before, after = _batch_norm_under_mode(
         active=False, static_shapes=True)
