@@ -633,17 +633,18 @@ class FreezeOutModel(keras.Model):
 
     def _forward_units(self, tape, x, ids, side, frozen):
         """The units' forward on `tape`: `(unit_inputs, unit_outputs,
-        last_output)`. With `cache_frozen_prefix`, the cached forward
-        (`freezeout_tf.prefix_cache`); else every unit runs once."""
+        last_output)`. Every unit runs once; with `cache_frozen_prefix`,
+        the cache's runner (`freezeout_tf.prefix_cache`) decides how."""
         def run_unit(i, h):
             with unit_mode(self._unit_leaves(i), tf.logical_not(frozen[i]),
                            static_shapes=bool(self.jit_compile)):
                 return self.freeze_units[i](
                     self._part_arguments(i, h, side), training=True)
 
+        run = run_unit
         if self.prefix_cache is not None:
-            return self.prefix_cache.forward(self, tape, x, ids, side,
-                                             frozen, run_unit)
+            run = self.prefix_cache.unit_runner(self, ids, side, frozen,
+                                                run_unit)
         unit_inputs, unit_outputs = [], []
         # Side inputs go to the units as they are, never watched.
         h = x if side is None else None
@@ -654,7 +655,7 @@ class FreezeOutModel(keras.Model):
                 h = tf.stop_gradient(h)
                 tape.watch(h)
             unit_inputs.append(h)
-            h = run_unit(i, h)
+            h = run(i, h)
             unit_outputs.append(h)
         return unit_inputs, unit_outputs, h
 
