@@ -10,9 +10,11 @@ Issue 24, item 2. For each task model (the conv net and the small ViT of
   `plain` (a `keras.Sequential` over the same layers, Keras' own step) and
   `fo` (the `FreezeOutModel` with `FreezeOut()`). From each fit
   (`benchmarking.fit_costs`; one untimed fit of each arm first): the
-  first step (trace, graph optimisation,
-  one step) and the work outside the steps per epoch (the fit's wall clock
-  less every step, over the epochs). Per arm the median over rounds, and
+  setup and first step (trace, graph optimisation, one step; Keras
+  without a strategy builds the optimizer in the first step,
+  `FreezeOutModel` before it, so only the sum compares), and the work
+  outside the steps per epoch (the rest of the fit's wall clock, over the
+  epochs). Per arm the median over rounds, and
   FreezeOut's over plain's, paired by round (median and range).
 * `step` phase: the train step alone (`tf.function(train_step)` on one
   fixed batch), plain against FreezeOut with nothing frozen, alternated
@@ -25,6 +27,9 @@ Usage:
         [--threads 2] [--fit-rounds 3] [--epochs 3] [--examples 256]
         [--step-rounds 30] [--steps 3] [--run 1]
         [--out benchmarks/fixed-costs]
+    python scripts/benchmark_fixed_costs.py --from-json \\
+        benchmarks/fixed-costs-1.json benchmarks/fixed-costs-2.json \\
+        --out benchmarks/fixed-costs
 """
 
 import argparse
@@ -101,21 +106,38 @@ def fit_phase(task, args):
             runs[arm].append(bm.fit_costs(net, x, y, args.epochs,
                                           args.batch_size, callbacks))
             c = runs[arm][-1]
-            print(f"  {task} round {r} {arm:5s}: first step "
-                  f"{c['first_step_s']:.2f} s, outside the steps "
-                  f"{c['outside_per_epoch_s']:.3f} s/epoch (setup "
-                  f"{c['setup_s']:.2f} s), median step "
-                  f"{c['median_step_ms']:.1f} ms", flush=True)
-    out = {"runs": runs, "rows": {}}
-    for key in ("first_step_s", "outside_per_epoch_s", "setup_s",
-                "median_step_ms"):
-        values = {arm: [c[key] for c in cs] for arm, cs in runs.items()}
-        out["rows"][key] = {
-            "plain": statistics.median(values["plain"]),
-            "fo": statistics.median(values["fo"]),
-            "ratio": _paired(values["fo"], values["plain"]),
-        }
-    return out
+            print(f"  {task} round {r} {arm:5s}: setup and first step "
+                  f"{c['start_s']:.2f} s (setup {c['setup_s']:.2f} s), "
+                  f"outside the steps {c['outside_per_epoch_s']:.3f} "
+                  f"s/epoch, median step {c['median_step_ms']:.1f} ms",
+                  flush=True)
+    return {"epochs": args.epochs, "runs": runs,
+            "rows": fit_rows(runs, args.epochs)}
+
+
+def _derived(c, epochs):
+    """`start_s` and `outside_per_epoch_s` of one fit's raw times (as
+    `benchmarking.fit_costs` gives them)."""
+    start = c["setup_s"] + c["first_step_s"]
+    return {"start_s": start, "setup_s": c["setup_s"],
+            "first_step_s": c["first_step_s"],
+            "outside_per_epoch_s": (c["wall_s"] - start - c["steps_s"])
+            / epochs,
+            "median_step_ms": c["median_step_ms"]}
+
+
+def fit_rows(runs, epochs):
+    """Per measure, each arm's median over rounds and FreezeOut's over
+    plain's, paired by round."""
+    derived = {arm: [_derived(c, epochs) for c in cs]
+               for arm, cs in runs.items()}
+    rows = {}
+    for key in derived["plain"][0]:
+        values = {arm: [d[key] for d in ds] for arm, ds in derived.items()}
+        rows[key] = {"plain": statistics.median(values["plain"]),
+                     "fo": statistics.median(values["fo"]),
+                     "ratio": _paired(values["fo"], values["plain"])}
+    return rows
 
 
 def step_phase(task, args):
@@ -148,35 +170,61 @@ def step_phase(task, args):
             "times": times}
 
 
-def table(results):
+def table(runs):
+    """Markdown table of `[(run label, results)]`."""
     lines = [
-        "| task | first step s, plain / FreezeOut | ratio (range) | "
-        "outside the steps s/epoch, plain / FreezeOut | ratio (range) | "
-        "step ms, plain / FreezeOut (nothing frozen) | ratio, paired "
-        "(95 % CI) |",
-        "|---|---|---|---|---|---|---|"]
-    for task, r in results.items():
-        cells = [task]
-        for key in ("first_step_s", "outside_per_epoch_s"):
-            row = r["fit"]["rows"][key] if "fit" in r else None
-            if row is None:
+        "| run | task | setup + first step s, plain / FreezeOut | ratio "
+        "(range) | outside the steps s/epoch, plain / FreezeOut | ratio "
+        "(range) | step ms, plain / FreezeOut, nothing frozen | ratio, "
+        "paired (95 % CI) |",
+        "|---|---|---|---|---|---|---|---|"]
+    for label, results in runs:
+        for task, r in results.items():
+            cells = [str(label), task]
+            for key in ("start_s", "outside_per_epoch_s"):
+                if "fit" not in r:
+                    cells += ["-", "-"]
+                    continue
+                row = fit_rows(r["fit"]["runs"], r["fit"]["epochs"])[key]
+                q = row["ratio"]
+                cells += [f"{row['plain']:.2f} / {row['fo']:.2f}",
+                          f"**{q['median']:.2f}** ({q['min']:.2f}-"
+                          f"{q['max']:.2f})"]
+            if "step" in r:
+                s = r["step"]
+                q = s["ratio"]
+                cells += [f"{s['median_ms']['plain']:.1f} / "
+                          f"{s['median_ms']['fo']:.1f}",
+                          f"**{q['paired']:.3f}** ({q['ci_low']:.3f}-"
+                          f"{q['ci_high']:.3f})"]
+            else:
                 cells += ["-", "-"]
-                continue
-            q = row["ratio"]
-            cells += [f"{row['plain']:.3f} / {row['fo']:.3f}",
-                      f"**{q['median']:.3f}** ({q['min']:.3f}-"
-                      f"{q['max']:.3f})"]
-        if "step" in r:
-            s = r["step"]
-            q = s["ratio"]
-            cells += [f"{s['median_ms']['plain']:.1f} / "
-                      f"{s['median_ms']['fo']:.1f}",
-                      f"**{q['paired']:.3f}** ({q['ci_low']:.3f}-"
-                      f"{q['ci_high']:.3f})"]
-        else:
-            cells += ["-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def merge(paths, out):
+    """Re-summarises the JSON reports of several runs into one table."""
+    import json
+
+    runs, notes = [], []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)["results"]
+        label = report["args"]["run"]
+        for r in report["tasks"].values():
+            if "fit" in r:
+                r["fit"].setdefault("epochs", report["args"]["epochs"])
+        runs.append((label, report["tasks"]))
+        notes.append(f"Run {label}: load average (1 min) "
+                     f"{report['load_start'][0]:.1f} at the start, "
+                     f"{report['load_end'][0]:.1f} at the end; "
+                     f"{report['args']['threads']} threads.")
+    md = table(runs) + "\n\n" + "\n".join(notes) + "\n"
+    print(md)
+    if out:
+        with open(out + ".md", "w", encoding="utf-8") as f:
+            f.write(md)
 
 
 def main(argv=None):
@@ -193,8 +241,13 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--run", default="1")
     p.add_argument("--out", default=None,
-                   help="path prefix: writes <out>-<run>.json and .md")
+                   help="path prefix: writes <out>-<run>.json and .md "
+                   "(with --from-json: <out>.md)")
+    p.add_argument("--from-json", nargs="+", default=None, metavar="PATH",
+                   help="only re-summarise these runs' reports")
     args = p.parse_args(argv)
+    if args.from_json:
+        return merge(args.from_json, args.out)
     if min(args.threads, args.fit_rounds, args.epochs, args.examples,
            args.batch_size, args.step_rounds, args.steps) < 1:
         p.error("every count must be >= 1")
@@ -217,7 +270,7 @@ def main(argv=None):
                   f"FreezeOut {s['median_ms']['fo']:.1f} ms, paired "
                   f"{s['ratio']['paired']:.3f} ({s['ratio']['ci_low']:.3f}-"
                   f"{s['ratio']['ci_high']:.3f})", flush=True)
-    md = table(results)
+    md = table([(args.run, results)])
     load_end = os.getloadavg()
     note = (f"Run {args.run}: load average (1 min) {load[0]:.1f} at the "
             f"start, {load_end[0]:.1f} at the end; {args.threads} threads.")
