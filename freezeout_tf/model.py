@@ -258,10 +258,13 @@ class FreezeOutModel(keras.Model):
         self.gradient_observers = []
         # The leaf layers whose training/inference mode follows each unit's
         # in-graph flag (rejects layers that cannot switch, before training).
-        self._unit_leaves = [
-            mode_switched_leaves(unit, f"unit {i}")
-            for i, unit in enumerate(freeze_units)
-        ]
+        # Looked for again once a unit is built (`build`): a layer that
+        # makes its sublayers in `build` (a keras_hub TransformerEncoder)
+        # cannot be told from a leaf before. A namespace: not tracked.
+        self._modes = types.SimpleNamespace(
+            leaves=[None] * len(freeze_units),
+            built=[False] * len(freeze_units))
+        self._switch_units()
 
     @classmethod
     def from_sequential(cls, sequential, num_head_layers=1, **kwargs):
@@ -325,6 +328,24 @@ class FreezeOutModel(keras.Model):
         if self.input_names is None:
             self.call(keras.KerasTensor(input_shape))
         self.built = True  # named parts are functional models, built
+        self._switch_units()
+
+    def _switch_units(self):
+        """Installs the in-graph mode switch on each unit not seen built
+        yet (`unit_mode.mode_switched_leaves`, which refuses a layer it
+        cannot switch, and leaves out layers that may make sublayers when
+        built)."""
+        modes = self._modes
+        for i, unit in enumerate(self.freeze_units):
+            if not modes.built[i]:
+                modes.leaves[i] = mode_switched_leaves(unit, f"unit {i}")
+                modes.built[i] = unit.built
+
+    def _unit_leaves(self, i):
+        """Unit i's mode-switched leaves (the unit is built by the step)."""
+        if not self._modes.built[i]:
+            self._switch_units()
+        return self._modes.leaves[i]
 
     def _part_arguments(self, index, hidden, side):
         return side_inputs.arguments(self._part_inputs[index], hidden, side)
@@ -626,17 +647,18 @@ class FreezeOutModel(keras.Model):
 
     def _forward_units(self, tape, x, ids, side, frozen):
         """The units' forward on `tape`: `(unit_inputs, unit_outputs,
-        last_output)`. With `cache_frozen_prefix`, the cached forward
-        (`freezeout_tf.prefix_cache`); else every unit runs once."""
+        last_output)`. Every unit runs once; with `cache_frozen_prefix`,
+        the cache's runner (`freezeout_tf.prefix_cache`) decides how."""
         def run_unit(i, h):
-            with unit_mode(self._unit_leaves[i], tf.logical_not(frozen[i]),
+            with unit_mode(self._unit_leaves(i), tf.logical_not(frozen[i]),
                            static_shapes=bool(self.jit_compile)):
                 return self.freeze_units[i](
                     self._part_arguments(i, h, side), training=True)
 
+        run = run_unit
         if self.prefix_cache is not None:
-            return self.prefix_cache.forward(self, tape, x, ids, side,
-                                             frozen, run_unit)
+            run = self.prefix_cache.unit_runner(self, ids, side, frozen,
+                                                run_unit)
         unit_inputs, unit_outputs = [], []
         # Side inputs go to the units as they are, never watched.
         h = x if side is None else None
@@ -647,7 +669,7 @@ class FreezeOutModel(keras.Model):
                 h = _stop(h)
                 tape.watch(h)
             unit_inputs.append(h)
-            h = run_unit(i, h)
+            h = run(i, h)
             unit_outputs.append(h)
         return unit_inputs, unit_outputs, h
 
