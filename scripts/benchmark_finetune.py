@@ -95,7 +95,7 @@ def main(argv=None):
     elif args.phase == "test":
         settings = fb.check_settings(settings_path)  # before any run
         task = fb.load_task(args.task, args.quick, cache_dir=args.cache_dir)
-        result = fb.test_seed(task, settings, args.seed, log=_log)
+        result = fb.run_seed(task, settings, args.seed, log=_log)
         result.update(quick=args.quick, uptime_start=start_load,
                       uptime_end=_uptime())
         path = os.path.join(out, f"test-{args.task}-s{args.seed}.json")
