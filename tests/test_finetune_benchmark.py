@@ -63,6 +63,7 @@ def _test_result(seed, walls, qualities, hib=True):
     return {"task": "vit", "seed": seed, "higher_is_better": hib,
             "order": list(fb.ARMS), "settings": dict.fromkeys(fb.ARMS),
             "runs": {arm: {"quality": q, "wall_s": w, "steps_s": w / 2,
+                           "first_step_s": w / 4,
                            "peak_mib": None, "load_before": 1.0}
                      for arm, w, q in zip(fb.ARMS, walls, qualities)}}
 
