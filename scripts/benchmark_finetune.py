@@ -101,13 +101,23 @@ def main(argv=None):
         path = os.path.join(out, f"test-{args.task}-s{args.seed}.json")
         write_report(path, result)
     else:
-        tests = []
+        tests, header = [], []
         for path in sorted(glob.glob(os.path.join(out, "test-*-s*.json"))):
             with open(path, encoding="utf-8") as f:
-                tests.append(json.load(f)["results"])
+                data = json.load(f)
+            tests.append(data["results"])
+            p, r = data["provenance"], data["results"]
+            header.append(f"- `{p['command']}` at {p['commit'][:12]}, "
+                          f"{p['utc']}; settings of {r['settings_written_utc']}"
+                          f"; `uptime` at start: {r['uptime_start']}")
         if not tests:
             parser.error(f"no test files under {out}: run the test phase.")
         summary, lines = fb.report(tests)
+        lines = (["# Fine-tuning benchmark (pre-registered)", "",
+                  "Settings fixed on validation before the test runs "
+                  "(settings.json); means over seeds; speed-ups are full "
+                  "fine-tuning's time over the arm's. Test runs:", ""]
+                 + header + [""] + lines)
         path = os.path.join(out, "report.json")
         write_report(path, summary)
         with open(os.path.join(out, "report.md"), "w",
