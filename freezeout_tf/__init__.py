@@ -16,13 +16,16 @@ Public API (see README.md):
 * `split_model`, `cut_points`: a functional Keras model cut into freeze
   units (what `FreezeOutModel.from_model` uses).
 * `ownership`: which freeze unit owns each variable (tied embeddings).
+* `lora`, `layer_configs`: LoRA layers, and layer configs that do not
+  round-trip, through saving and loading a split model.
 * `models` (`densenet_bc`, `wide_resnet`, `vgg`), `data` (`load_data`),
   `download` (`prepare`: download a tfds data set, failing fast offline),
   `text` (byte-level windows of the standard library's sources for causal
   LMs, `byte_llama`, `token_loss`, `generate_text`).
 """
 
-from freezeout_tf import data, download, models, ownership, text
+from freezeout_tf import (data, download, layer_configs, lora, models,
+                          ownership, text)
 from freezeout_tf.adaptive import AdaptiveFreeze
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.functional import cut_points, split_model
@@ -59,6 +62,8 @@ __all__ = [
     "estimate_speedup",
     "freeze_fractions",
     "freeze_steps",
+    "layer_configs",
+    "lora",
     "lr_multipliers",
     "models",
     "num_frozen",

@@ -25,6 +25,7 @@ from freezeout_tf.speedup import unit_flops
 __all__ = [
     "StepTimer",
     "alternate_steps",
+    "fit_costs",
     "frozen_prefix_sweep",
     "frozen_saving",
     "lower_train_step",
@@ -42,7 +43,8 @@ __all__ = [
 class StepTimer(keras.callbacks.Callback):
     """Wall-clock time of every training step of `fit` (waits for each step
     to finish by reading its loss): pass it to `fit` in `callbacks`, then
-    read `times`, in seconds."""
+    read `times`, in seconds (and `first_begin`, the `time.perf_counter()`
+    at which the first step began)."""
 
     def __init__(self):
         super().__init__()
@@ -50,10 +52,59 @@ class StepTimer(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._start = time.perf_counter()
+        if not self.times:
+            self.first_begin = self._start
 
     def on_train_batch_end(self, batch, logs=None):
         float(logs["loss"])  # block until the step has run
         self.times.append(time.perf_counter() - self._start)
+
+
+def fit_costs(model, x, y, epochs, batch_size, callbacks=()):
+    """Times one `fit` and splits it into its steps and what is outside
+    them: the fixed costs of a short fit.
+
+    Args:
+        model: a compiled Keras model.
+        x, y: the training arrays.
+        epochs: epochs to run.
+        batch_size: the batch size.
+        callbacks: more callbacks for `fit` (e.g. `FreezeOut()`).
+
+    Returns:
+        dict: `wall_s` (the `fit` call), `setup_s` (from the call to the
+        first step: data, building, callbacks' `on_train_begin`),
+        `first_step_s` (the trace and graph optimisation, then one step),
+        `steps_s` (the other steps, summed), `median_step_ms`, `start_s`
+        (`setup_s` + `first_step_s`: Keras without a strategy builds the
+        optimizer in the first step, `FreezeOutModel` before it, so only
+        their sum compares) and `outside_per_epoch_s` (the rest of
+        `wall_s`, outside every step, over the epochs).
+
+    Example:
+
+    >>> net = keras.Sequential([keras.layers.Dense(2)])
+    >>> net.compile("sgd", "mse")
+    >>> costs = fit_costs(net, tf.ones((8, 3)), tf.ones((8, 2)), 2, 4)
+    >>> costs["wall_s"] >= costs["start_s"] + costs["steps_s"]
+    True
+    """
+    timer = StepTimer()
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0,
+              callbacks=list(callbacks) + [timer])
+    wall = time.perf_counter() - start
+    times = timer.times
+    setup = timer.first_begin - start
+    return {
+        "wall_s": wall,
+        "setup_s": setup,
+        "first_step_s": times[0],
+        "steps_s": sum(times[1:]),
+        "median_step_ms": median_ms(times[1:] or times),
+        "start_s": setup + times[0],
+        "outside_per_epoch_s": (wall - setup - sum(times)) / epochs,
+    }
 
 
 def plain_keras_model(model):

@@ -11,6 +11,11 @@ resumed run with dropout would draw other masks than an uninterrupted one;
 ``save_atomic`` adds those states to the ``.keras`` archive (an extra member
 that Keras ignores) and ``load_checkpoint`` restores them.
 
+Keras saves a LoRA layer's kernel merged with its factors and not the
+factors (``freezeout_tf.lora``): ``save_atomic`` adds the unmerged kernels
+and the factors as another member, and ``load_checkpoint`` restores them, so
+a LoRA run resumes exactly.
+
 The FreezeOut schedule is a function of the model's ``batches_taken``; a loaded
 checkpoint taken after epoch ``E`` has taken ``E * steps_per_epoch`` steps, and
 ``fit(initial_epoch=E)`` continues the schedule at the exact step.
@@ -31,6 +36,8 @@ from typing import List, Optional
 
 import keras
 import numpy as np
+
+from freezeout_tf import lora
 
 __all__ = [
     "CheckpointError",
@@ -80,8 +87,11 @@ def save_atomic(model: keras.Model, path: str) -> None:
             np.asarray(keras.ops.convert_to_numpy(v)).tolist()
             for v in _rng_variables(model)
         ]
+        factors = lora.values(_parts(model))
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(RNG_MEMBER, json.dumps(states))
+            if factors is not None:
+                archive.writestr(lora.LORA_MEMBER, factors)
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -122,6 +132,11 @@ def load_checkpoint(path: str) -> keras.Model:
                 if RNG_MEMBER in archive.namelist()
                 else None
             )
+            factors = (
+                archive.read(lora.LORA_MEMBER)
+                if lora.LORA_MEMBER in archive.namelist()
+                else None
+            )
     except Exception as err:  # Keras raises many types for a bad archive
         raise CheckpointError(
             f"{path!r} is not a readable checkpoint ({type(err).__name__}: "
@@ -132,11 +147,26 @@ def load_checkpoint(path: str) -> keras.Model:
             f"{path!r} holds a {type(model).__name__}, not a FreezeOutModel "
             "checkpoint"
         )
+    if model._lora_factors_lost:
+        if factors is None:
+            raise CheckpointError(
+                f"{path!r} holds a LoRA model without its LoRA factors (saved "
+                "by model.save, which merges them into the kernels): save "
+                "LoRA runs with save_atomic or EpochCheckpoint to resume them"
+            )
+        lora.restore(_parts(model), factors)
+        model._lora_factors_lost = False
     variables = _rng_variables(model)
     if states is not None and len(states) == len(variables):
         for variable, state in zip(variables, states):
             variable.assign(np.asarray(state, dtype=variable.dtype))
     return model
+
+
+def _parts(model: keras.Model) -> List:
+    # A FreezeOutModel's units and head; any other model is one part.
+    units = getattr(model, "freeze_units", None)
+    return [model] if units is None else units + [model.head]
 
 
 def completed_epochs(model: keras.Model, steps_per_epoch: int) -> int:

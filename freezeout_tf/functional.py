@@ -22,7 +22,14 @@ unit that reads one gets it as an input of the same name
 (`freezeout_tf.side_inputs`), recomputing the weightless calls it needs,
 and their uses do not count when cut points are found. So a BERT is cut
 after its embeddings and after each encoder block, though every block
-reads the padding mask.
+reads the padding mask. A model with one input is treated so too when a
+weightless function of it (a mask) is read beside the hidden state.
+
+A tensor made once and read beside the hidden state by several later calls
+(DeBERTa's relative embeddings, read by every block) is *carried*
+(`_carried`): its uses do not count either, and each unit boundary it spans
+passes it on, as an input named `side_inputs.HIDDEN + "_<j>"`; the unit
+that computes it owns its weights.
 
 Looked into, as if their layers were called in the outer graph:
 
@@ -46,6 +53,7 @@ on layers the original model also uses).
 """
 
 import collections
+import inspect
 import types
 
 import keras
@@ -98,22 +106,26 @@ class _Graph:
             if not kept_whole:
                 break
             whole |= kept_whole
-        self.multi_input = len(model.inputs) > 1
-
         # Side tensors: model inputs and weightless functions of them only.
-        self.side = set(self.input_keys) if self.multi_input else set()
-        self.side_calls, self.calls = [], []
-        for call in every_call:
-            if (self.multi_input and not _holds_weights(call.op)
-                    and all(k in self.side for k in call.inputs)):
-                self.side_calls.append(call)
-                self.side.update(call.outputs)
-            else:
-                self.calls.append(call)
+        # With one input, only where the chain needs them: a weightless
+        # function of the input (ESM's padding mask) read beside the hidden
+        # state, or a carried tensor; else the chain starts from the input.
+        self.named = len(model.inputs) > 1
+        side, side_calls, calls = _side_tensors(every_call,
+                                                set(self.input_keys))
+        if not self.named:
+            masks = side - set(self.input_keys)
+            self.named = any(
+                masks.intersection(c.inputs)
+                and any(k not in side for k in c.inputs) for c in calls
+            ) or bool(_carried(calls, side, self.output_keys))
+        if not self.named:
+            side, side_calls, calls = set(), [], every_call
+        self.side, self.side_calls, self.calls = side, side_calls, calls
         self.all_calls = every_call
         # The chain starts from the one plain input (no side inputs), or
         # from nothing: the first unit reads side inputs only.
-        self.input_key = None if self.multi_input else self.input_keys[0]
+        self.input_key = None if self.named else self.input_keys[0]
         for key in self.output_keys:
             if key in self.side:
                 raise ValueError(
@@ -129,13 +141,17 @@ class _Graph:
         for i, call in enumerate(self.calls):
             for key in call.outputs:
                 self.producer[key] = i
+        # Carried tensors (`_carried`): like side tensors, their uses do not
+        # count for cut points; each unit boundary they span passes them on.
+        self.carried = _carried(self.calls, self.side, self.output_keys)
         self.last_use = dict(self.producer)
         for i, call in enumerate(self.calls):
             for key in call.inputs:
-                if key not in self.side:
+                if key not in self.side and key not in self.carried:
                     self.last_use[key] = max(self.last_use.get(key, -1), i)
         for key in self.output_keys:
-            self.last_use[key] = n  # used by "the output"
+            if key not in self.carried:
+                self.last_use[key] = n  # used by "the output"
 
     def _expand(self, function, scope, alias, owners, calls, whole):
         # Tensor keys carry the chain of nested calls they sit in, so that a
@@ -177,7 +193,7 @@ class _Graph:
         """Name of chain call `index` for messages (`-1`: the input, `n`:
         the output), with the nested models it sits in."""
         if index < 0:
-            return "the inputs" if self.multi_input else "the input"
+            return "the inputs" if self.named else "the input"
         if index >= len(self.calls):
             return "the output"
         call = self.calls[index]
@@ -227,11 +243,19 @@ class _Graph:
                              if k not in self.input_names)
         return [c for c in self.side_calls if id(c) in needed]
 
+    def carried_across(self, boundary):
+        """Carried tensors live across the boundary before chain call
+        `boundary`, in producer order, with their input names."""
+        return [(k, f"{side_inputs.HIDDEN}_{j}")
+                for j, (k, (first, last)) in enumerate(self.carried.items())
+                if first < boundary <= last]
+
     def build(self, lo, hi, name):
         """A functional model of chain calls `lo..hi-1`, re-calling the
         original layers on new `keras.Input`s: the hidden state (unless it
-        is the first unit of a model with side inputs) and the model
-        inputs the calls read."""
+        is the first unit of a model with side inputs), the carried tensors
+        it reads or passes on, and the model inputs the calls read. With
+        carried tensors to pass on, it returns a dict by input name."""
         calls = self.calls[lo:hi]
         values, inputs = {}, []
         if lo > 0 or self.input_key is not None:
@@ -240,10 +264,15 @@ class _Graph:
             spec = self.tensors[start]
             hidden = keras.Input(
                 batch_shape=spec.shape, dtype=spec.dtype,
-                name=side_inputs.HIDDEN if self.multi_input else
+                name=side_inputs.HIDDEN if self.named else
                 f"{name}_input")
             values[start] = hidden
             inputs.append(hidden)
+        for k, carried_name in self.carried_across(lo):
+            spec = self.tensors[k]
+            values[k] = keras.Input(batch_shape=spec.shape, dtype=spec.dtype,
+                                    name=carried_name)
+            inputs.append(values[k])
         side_keys = {k for c in calls for k in c.inputs if k in self.side}
         side_calls = self._side_closure(side_keys)
         read = side_keys | {k for c in side_calls for k in c.inputs}
@@ -263,7 +292,11 @@ class _Graph:
                 self.model.output, [values[k] for k in self.output_keys])
         else:
             outputs = values[self._used_after(hi - 1)[0]]
-        if not self.multi_input:
+            passed = self.carried_across(hi)
+            if passed:
+                outputs = {side_inputs.HIDDEN: outputs,
+                           **{n: values[k] for k, n in passed}}
+        if not self.named:
             inputs = inputs[0]
         return keras.Model(inputs, outputs, name=name)
 
@@ -315,15 +348,83 @@ def _live(calls, output_keys):
     return live[::-1], needed
 
 
+def _side_tensors(calls, inputs):
+    """`(side, side calls, other calls)`: the tensors computed from
+    `inputs` alone by weightless calls (and `inputs`), and the calls that
+    compute them, in order."""
+    side, side_calls, rest = set(inputs), [], []
+    for call in calls:
+        if (not _holds_weights(call.op)
+                and all(k in side for k in call.inputs)):
+            side_calls.append(call)
+            side.update(call.outputs)
+        else:
+            rest.append(call)
+    return side, side_calls, rest
+
+
+def _carried(calls, side, output_keys):
+    """Tensors to carry across unit boundaries, as `{key: (producer, last
+    reader)}` (`len(calls)`: the output), in producer order.
+
+    A tensor made by a chain call and read by two or more later calls, each
+    of which also reads another chain tensor (the hidden state): it is
+    never a hidden state itself, only an extra input beside it, as
+    DeBERTa's relative position embeddings, computed once and read by
+    every block. Its uses do not count when cut points are found; each
+    unit that reads it or lies between its producer and a reader gets it
+    as an input, and the unit that computes it owns its weights. A
+    residual branch's input does not qualify: some call (the branch's
+    first layer) reads it alone."""
+    readers, producer = {}, {}
+    for i, call in enumerate(calls):
+        for k in call.outputs:
+            producer[k] = i
+        for k in set(call.inputs):
+            if k in producer:
+                readers.setdefault(k, []).append(i)
+    for k in output_keys:
+        if k in producer:
+            readers.setdefault(k, []).append(len(calls))
+    chosen = {k for k, r in readers.items() if len(r) >= 2}
+
+    def beside(k):  # every reader reads a chain tensor that is not carried
+        return all(i == len(calls) or any(
+            j not in side and j not in chosen for j in calls[i].inputs)
+            for i in readers[k])
+
+    # One at a time, earliest first: a hidden state read by two calls (a
+    # block and the carried tensor's producer) drops out before the
+    # tensors that sit beside it are judged.
+    failing = sorted((k for k in chosen if not beside(k)), key=producer.get)
+    while failing:
+        chosen.discard(failing[0])
+        failing = sorted((k for k in chosen if not beside(k)),
+                         key=producer.get)
+    return {k: (producer[k], readers[k][-1])
+            for k in sorted(chosen, key=producer.get)}
+
+
 def _holds_weights(op):
     return bool(getattr(op, "weights", None))
 
 
 def _fill_in(call, values):
-    """The call's arguments with its input tensors taken from `values`."""
+    """The call's arguments with its input tensors taken from `values`.
+
+    A `training` argument the layer's `call` does not take is dropped: a
+    container's `call` may pass one (HGNetV2's stage to its `Identity`
+    downsample layer), and Keras records it in the node though it strips it
+    from the call; in a unit, `Functional.compute_output_spec` would hand
+    it to that layer's `compute_output_spec`, which refuses it."""
     local = {id(t): values[k]
              for t, k in zip(call.node.arguments.keras_tensors, call.inputs)}
-    return call.node.arguments.fill_in(local)
+    args, kwargs = call.node.arguments.fill_in(local)
+    if ("training" in kwargs and isinstance(call.op, keras.layers.Layer)
+            and "training" not in inspect.signature(
+                call.op.call).parameters):
+        kwargs = {k: v for k, v in kwargs.items() if k != "training"}
+    return args, kwargs
 
 
 def _inlinable(node):
@@ -333,8 +434,8 @@ def _inlinable(node):
 
     Looked into: a nested functional model (or `Sequential` with an
     `Input`) called on its inputs (one tensor, a list in order, or a dict
-    by input name) with no other arguments than `training` and arguments
-    left at None (such as `mask`); and a container of blocks
+    by input name; positionally or as `inputs=`) with no other arguments
+    than `training` and arguments left at None (such as `mask`); and a container of blocks
     (`_traced_container`)."""
     op = node.operation
     if isinstance(op, keras.Sequential):
@@ -342,12 +443,18 @@ def _inlinable(node):
     # `_nodes_by_depth`: a functional model (keras.Model(inputs, outputs)).
     if not isinstance(op, keras.Model) or not hasattr(op, "_nodes_by_depth"):
         return _traced_container(node)
+    # The inputs come positionally or as `inputs=` (a KerasHub task calls
+    # `backbone(inputs=inputs)`): the first argument of `Functional.call`.
     args = node.arguments
-    if (len(args.args) != 1
+    positional = list(args.args)
+    if "inputs" in args.kwargs and not positional:
+        positional = [args.kwargs["inputs"]]
+    if (len(positional) != 1
             or any(x is not None for k, v in args.kwargs.items()
-                   if k != "training" for x in keras.tree.flatten(v))):
+                   if k not in ("training", "inputs")
+                   for x in keras.tree.flatten(v))):
         return None
-    given = args.args[0]
+    given = positional[0]
     names = [t.name for t in op.inputs]
     if isinstance(given, dict):
         if set(given) != set(names):
@@ -432,6 +539,12 @@ def _record_tensors_only(layer):
     outputs are all tensors, are unchanged."""
     if "symbolic_call" not in vars(layer):
         layer.symbolic_call = types.MethodType(_tensors_only_call, layer)
+
+
+def records_tensors_only(layer):
+    """Whether `_record_tensors_only` was applied to `layer` (a loaded
+    split model applies it again: `layer_configs`)."""
+    return "symbolic_call" in vars(layer)
 
 
 def _tensors_only_call(layer, *args, **kwargs):
@@ -581,10 +694,14 @@ def split_model(model, num_units=None, boundaries=None):
     if not segments:
         last = max(i for i, c in enumerate(graph.calls)
                    if getattr(c.op, "weights", None))
+        whole = (" (which holds several layers with weights but stays "
+                 "whole: its call is not a chain of blocks that could be "
+                 "looked into)" if _is_container(graph.calls[last].op)
+                 else "")
         raise ValueError(
             f"Model '{name}' has no cut point before its last layer "
-            f"holding weights, {graph.describe(last)}, which the head "
-            f"needs; nothing is left for freeze units."
+            f"holding weights, {graph.describe(last)}{whole}, which the "
+            f"head needs; nothing is left for freeze units."
         )
 
     if boundaries is not None:
@@ -690,17 +807,37 @@ def _at_boundaries(graph, boundaries, cuts, head_start):
                 f"from the last cut point to the output and holds weights)."
             )
         if cuts[p] is not None:
-            around, user = (graph.describe(q) for q in cuts[p])
             raise ValueError(
-                f"boundary {name!r} is not a cut point: {around} feeds "
-                f"{user} around it. Cut points of '{graph.name}': "
-                f"{cut_names}."
+                f"boundary {name!r} is not a cut point: "
+                f"{_bypass(graph, cuts[p], p)}. Cut points of "
+                f"'{graph.name}': {cut_names}."
             )
         if p + 1 in ends:
             raise ValueError(f"boundary {name!r} is given twice.")
         ends.add(p + 1)
     ends = sorted(ends - {head_start})
     return list(zip([0] + ends, ends + [head_start]))
+
+
+def _bypass(graph, bypass, p):
+    """Why chain call `p`'s output is no cut point, from `cuts()`'s
+    `(producer, user)` for it."""
+    around, user = (graph.describe(q) for q in bypass)
+    if bypass[0] == p:
+        return f"it passes several tensors on, read as far as {user}"
+    return f"{around} feeds {user} around it"
+
+
+def _why_not_cut(model, layers):
+    """`(layer, reason)` for the first of `layers` (called once each in
+    `model`, the chain order) whose output is no cut point, or None."""
+    graph = _Graph(_check_model(model), model.name)
+    cuts = graph.cuts()
+    for layer in layers:
+        found = [p for p, c in enumerate(graph.calls[:-1]) if c.op is layer]
+        if len(found) == 1 and cuts[found[0]] is not None:
+            return layer, _bypass(graph, cuts[found[0]], found[0])
+    return None
 
 
 def _short_list(names, limit=12):

@@ -6,9 +6,13 @@ enumerated generically (each `Backbone` subclass, and each `Task` subclass
 with a `backbone_cls`: `CausalLM`, `TextClassifier`, `ImageClassifier`,
 ...). A tiny config is derived from the backbone's `__init__` signature:
 each argument named in `TINY` (layer counts, widths, vocabulary, image
-size) is set small, and `OVERRIDES` adds the few a family needs beyond
-those. A family whose required arguments have no tiny value, or whose tiny
-config fails to build on CPU, is reported as not built, with the reason.
+size) is set small, `DEFAULTS` fills required arguments that are not
+sizes (rates, epsilons, flags), and `OVERRIDES` adds the few a family
+needs beyond those; an argument that is itself a model (BLIP-2's vision
+encoder, PARSeq's image encoder) is a `Nested` family, built from its own
+tiny config. A task's own required arguments come from the same tables. A
+family whose required arguments have no tiny value, or whose tiny config
+fails to build on CPU, is reported as not built, with the reason.
 
 For each family that builds: the units `from_model` finds (or its refusal,
 one line naming the layer), and, for tasks, a short `fit` with FreezeOut
@@ -26,12 +30,15 @@ import time
 import keras
 import numpy as np
 
+from freezeout_tf import functional
 from freezeout_tf.callback import FreezeOut
 from freezeout_tf.model import FreezeOutModel
 
-__all__ = ["TINY", "OVERRIDES", "STATUSES", "families", "tiny_kwargs",
-           "try_family", "run", "summary", "to_markdown"]
+__all__ = ["TINY", "DEFAULTS", "OVERRIDES", "Nested", "STATUSES",
+           "families", "tiny_kwargs", "try_family", "run", "summary",
+           "to_markdown"]
 
+TEXT_LENGTH, NUM_CLASSES, EXAMPLES, BATCH, EPOCHS = 8, 3, 8, 4, 3
 # Tiny values for backbone arguments, by name: one table for every family.
 TINY = {
     "num_layers": 2, "hidden_dim": 16, "intermediate_dim": 32,
@@ -47,6 +54,52 @@ TINY = {
     "shared_expert_intermediate_size": 16, "vit_patch_size": 4,
     "vit_num_heads": 2, "vit_hidden_dim": 16, "vit_num_layers": 2,
 }
+# Values for required arguments that are not sizes, used only where an
+# argument has no default (SmolLM3, Gemma3n and BLIP-2 require them).
+DEFAULTS = {
+    "dropout": 0.0, "dropout_rate": 0.0, "attention_dropout": 0.0,
+    "attention_bias": False, "mlp_bias": False, "layer_norm_epsilon": 1e-5,
+    "initializer_range": 0.02, "partial_rotary_factor": 1.0,
+    "pad_token_id": 0, "hidden_activation": "gelu_approximate",
+}
+
+
+class Nested:
+    """An argument that is itself a KerasHub model: `keras_hub.models.<name>`
+    built from its own tiny config (`tiny_kwargs`), then `kwargs`.
+
+    Example:
+
+    >>> import keras_hub
+    >>> encoder = Nested("ViTBackbone", num_layers=1).build()
+    >>> isinstance(encoder, keras_hub.models.ViTBackbone)
+    True
+    """
+
+    def __init__(self, name, **kwargs):
+        self.name, self.kwargs = name, kwargs
+
+    def build(self):
+        """The model. Raises `ValueError` if it lacks a tiny value."""
+        import keras_hub
+        cls = getattr(keras_hub.models, self.name)
+        kwargs, missing = tiny_kwargs(cls)
+        kwargs.update(self.kwargs)
+        missing = [m for m in missing if m not in kwargs]
+        if missing:
+            raise ValueError(f"nested {self.name} needs {', '.join(missing)}"
+                             f", which have no tiny value")
+        return cls(**_built(kwargs))
+
+    def __repr__(self):
+        return f"Nested({self.name!r})"
+
+
+def _built(kwargs):
+    return {k: v.build() if isinstance(v, Nested) else v
+            for k, v in kwargs.items()}
+
+
 # What a family needs beyond `TINY` (small CNN stacks).
 OVERRIDES = {
     "ResNetBackbone": dict(
@@ -59,8 +112,93 @@ OVERRIDES = {
                                     num_heads=[2, 2], window_size=4),
     "DenseNetBackbone": dict(stackwise_num_repeats=[2, 2],
                              compression_ratio=0.5, growth_rate=4),
+    "CSPNetBackbone": dict(
+        stem_filters=8, stem_kernel_size=3, stem_strides=1,
+        stackwise_depth=[1, 2], stackwise_strides=[1, 2],
+        stackwise_num_filters=[8, 16], block_type="bottleneck_block",
+        stage_type="csp", bottle_ratio=[0.5], block_ratio=[1.0],
+        expand_ratio=[2.0]),
+    "EfficientNetBackbone": dict(
+        stackwise_width_coefficients=[1.0, 1.0],
+        stackwise_depth_coefficients=[1.0, 1.0],
+        stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 2],
+        stackwise_input_filters=[8, 8], stackwise_output_filters=[8, 16],
+        stackwise_expansion_ratios=[1, 4],
+        stackwise_squeeze_and_excite_ratios=[0.0, 0.25],
+        stackwise_strides=[1, 2], stackwise_block_types=["fused", "unfused"],
+        num_features=32),
+    "HGNetV2Backbone": dict(
+        depths=[1, 1], embedding_size=8, hidden_sizes=[16, 32],
+        stem_channels=[3, 8, 8], hidden_act="relu",
+        use_learnable_affine_block=False,
+        # (in, mid, out channels, blocks, layers per block, kernel size)
+        stackwise_stage_filters=[(8, 8, 16, 1, 2, 3), (16, 8, 32, 2, 2, 3)],
+        apply_downsample=[False, True],
+        use_lightweight_conv_block=[False, True]),
+    "MiTBackbone": dict(
+        layerwise_depths=[1, 2], hidden_dims=[8, 16],
+        layerwise_num_heads=[1, 2], layerwise_sr_ratios=[2, 1],
+        max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3],
+        layerwise_strides=[4, 2]),
+    "MobileNetBackbone": dict(
+        stackwise_expansion=[[16, 24], [32, 32]],
+        stackwise_num_blocks=[2, 2],
+        stackwise_num_filters=[[8, 8], [16, 16]],
+        stackwise_kernel_size=[[3, 3], [5, 5]],
+        stackwise_num_strides=[[2, 1], [2, 1]],
+        stackwise_se_ratio=[[None, None], [0.25, 0.25]],
+        stackwise_activation=[["relu", "relu"],
+                              ["hard_swish", "hard_swish"]],
+        stackwise_padding=[[1, 1], [2, 2]], output_num_filters=32,
+        depthwise_filters=8, depthwise_stride=2, depthwise_residual=False,
+        last_layer_filter=32, input_num_filters=8),
+    "MobileNetV5Backbone": dict(
+        stackwise_block_types=[["er"], ["uir", "uir"]],
+        stackwise_num_blocks=[1, 2], stackwise_num_filters=[[8], [16, 16]],
+        stackwise_strides=[[2], [2, 1]],
+        stackwise_act_layers=[["relu"], ["relu", "relu"]],
+        stackwise_exp_ratios=[[2.0], [2.0, 2.0]],
+        stackwise_se_ratios=[[0.0], [0.0, 0.0]],
+        stackwise_dw_kernel_sizes=[[0], [3, 3]],
+        stackwise_dw_start_kernel_sizes=[[0], [0, 0]],
+        stackwise_dw_end_kernel_sizes=[[0], [0, 0]],
+        stackwise_exp_kernel_sizes=[[3], [0, 0]],
+        stackwise_pw_kernel_sizes=[[1], [0, 0]],
+        stackwise_num_heads=[[0], [0, 0]], stackwise_key_dims=[[0], [0, 0]],
+        stackwise_value_dims=[[0], [0, 0]],
+        stackwise_kv_strides=[[0], [0, 0]],
+        stackwise_use_cpe=[[False], [False, False]],
+        stem_size=8, num_features=32, use_msfa=False),
+    "XceptionBackbone": dict(
+        stackwise_conv_filters=[[8, 16], [32, 32], [32, 32], [64, 64]],
+        stackwise_pooling=[False, True, False, False]),
+    # Causal LMs: per-layer lists (TINY's two layers), nested models, and a
+    # task's own sizes (Gemma 4's speculative-decoding assistant).
+    "SmolLM3Backbone": dict(layer_types=["attention"] * 2,
+                            rope_layer_enabled_list=[True] * 2),
+    "Gemma3nBackbone": dict(
+        text_vocab_size=64, text_hidden_size=16, intermediate_size=[32, 32],
+        layer_types=["sliding_attention", "full_attention"],
+        sliding_window=4, vocab_size_per_layer_input=64,
+        hidden_size_per_layer_input=4, altup_num_inputs=2, laurel_rank=2),
+    "Gemma4AssistantCausalLM": dict(
+        backbone_hidden_size=16, num_centroids=4,
+        centroid_intermediate_top_k=2, use_ordered_embeddings=True),
+    "BLIP2Backbone": dict(vision_encoder=Nested("BLIP2VisionEncoder"),
+                          qformer=Nested("BLIP2QFormer"),
+                          language_model=Nested("BLIP2CustomOPT")),
+    "BLIP2VisionEncoder": dict(use_patch_bias=True, use_class_token=True,
+                               use_mha_bias=True, use_mlp_bias=True),
+    "BLIP2QFormer": dict(num_query_tokens=4, vision_dim=16,
+                         cross_attention_frequency=1),
+    "BLIP2CustomOPT": dict(num_query_tokens=4, qformer_hidden_dim=16),
+    "PARSeqCausalLM": dict(preprocessor=Nested(  # compiles with its tokenizer
+        "PARSeqCausalLMPreprocessor", tokenizer=Nested("PARSeqTokenizer"))),
+    "PARSeqBackbone": dict(
+        image_encoder=Nested("ViTBackbone"), max_label_length=TEXT_LENGTH,
+        decoder_hidden_dim=16, num_decoder_layers=2, num_decoder_heads=2,
+        decoder_mlp_dim=32),
 }
-TEXT_LENGTH, NUM_CLASSES, EXAMPLES, BATCH, EPOCHS = 8, 3, 8, 4, 3
 # What `try_family` reports, the columns of the summary.
 STATUSES = ("split", "refused", "not built", "timeout", "error")
 
@@ -127,9 +265,14 @@ def families(hub_models=None):
     return found
 
 
-def tiny_kwargs(backbone_cls):
-    """Tiny constructor arguments for `backbone_cls`: `TINY` for each
-    argument of its `__init__` that it names, then `OVERRIDES`.
+def tiny_kwargs(backbone_cls, skip=()):
+    """Tiny constructor arguments for `backbone_cls` (or a task class):
+    `TINY` for each argument of its `__init__` that it names, `DEFAULTS`
+    for required ones, then `OVERRIDES` (values may be `Nested`).
+
+    Args:
+        backbone_cls: the class.
+        skip: argument names the caller gives (a task's `backbone`).
 
     Returns:
         `(kwargs, missing)`: the arguments, and the names of required
@@ -138,11 +281,13 @@ def tiny_kwargs(backbone_cls):
     params = inspect.signature(backbone_cls.__init__).parameters
     kwargs, missing = {}, []
     for name, p in params.items():
-        if name in ("self", "args", "kwargs") or p.kind in (
+        if name in ("self", "args", "kwargs", *skip) or p.kind in (
                 p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if name in TINY:
             kwargs[name] = TINY[name]
+        elif p.default is p.empty and name in DEFAULTS:
+            kwargs[name] = DEFAULTS[name]
         elif p.default is p.empty:
             missing.append(name)
     extra = OVERRIDES.get(backbone_cls.__name__, {})
@@ -184,8 +329,36 @@ def _describe_units(model):
                       + ["head: " + names(model.head)])
 
 
+def _blocks_together(original, model):
+    """Why each part holding two or more blocks (layers that hold several
+    layers with weights) keeps them together: the tensor that goes around
+    one of its blocks, or a layer holding a list of blocks that stayed one
+    call; "" if no part does."""
+    parts, notes = model.freeze_units + [model.head], []
+    for i, part in enumerate(parts):
+        blocks = [layer for layer in part.layers[1:]
+                  if functional._is_container(layer)]
+        notes += [f"'{b.name}' holds a list of blocks but stays one call "
+                  f"(its call is not a chain of blocks that could be looked "
+                  f"into)" for b in blocks if functional._has_blocks(b)]
+        found = (functional._why_not_cut(original, blocks[:-1])
+                 if len(blocks) > 1 else None)
+        if found:
+            names = [b.name for b in blocks]
+            where = "head" if i == len(parts) - 1 else f"unit {i}"
+            notes.append(
+                f"{where} keeps {len(names)} blocks together "
+                f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                f": no cut after '{found[0].name}', {found[1]}")
+    return _one_line("; ".join(notes), limit=600)
+
+
 def _one_line(error, limit=300):
-    text = " ".join(f"{type(error).__name__}: {error}".split())
+    """An exception (with its type) or a text, on one line of at most
+    `limit` characters."""
+    text = (error if isinstance(error, str)
+            else f"{type(error).__name__}: {error}")
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -203,7 +376,8 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
     Returns:
         dict: `name`, `kind`, `status` ("split", "refused", "not built",
         "timeout" or "error"), `reason` (one line), `num_units`, `units`
-        (layer names per unit), `fit` (None, or `traces`, `frozen`,
+        (layer names per unit), `together` (why a part keeps several blocks
+        together, `_blocks_together`), `fit` (None, or `traces`, `frozen`,
         `num_units`, `ok`), `seconds`.
 
     Example:
@@ -215,7 +389,8 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
     'split'
     """
     result = dict(name=name, kind=kind, status=None, reason="",
-                  num_units=None, units="", fit=None, seconds=None)
+                  num_units=None, units="", together="", fit=None,
+                  seconds=None)
     start = time.time()
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
@@ -228,13 +403,24 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
                     f"which have no tiny value (hub_coverage.TINY)"))
                 return result
             try:
-                original = backbone_cls(**kwargs)
+                original = backbone_cls(**_built(kwargs))
                 if task_cls is not None:
+                    extra, missing = tiny_kwargs(
+                        task_cls, skip=("backbone", "preprocessor",
+                                        "num_classes"))
+                    extra.setdefault("preprocessor", None)
                     params = inspect.signature(task_cls.__init__).parameters
-                    extra = ({"num_classes": NUM_CLASSES}
-                             if "num_classes" in params else {})
-                    original = task_cls(backbone=original, preprocessor=None,
-                                        **extra)
+                    if "num_classes" in params:
+                        extra["num_classes"] = NUM_CLASSES
+                    if missing:
+                        raise ValueError(
+                            f"{task_cls.__name__} needs "
+                            f"{', '.join(missing)}, which have no tiny "
+                            f"value (hub_coverage.TINY)")
+                    original = task_cls(backbone=original, **_built(extra))
+                    # Inputs are token ids already: no preprocessing (a
+                    # preprocessor from OVERRIDES served the constructor).
+                    original.preprocessor = None
                 x = _example_inputs(original, rng)
                 expected = original.predict(x, verbose=0)
             except _Timeout:
@@ -248,7 +434,8 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
                 result.update(status="refused", reason=_one_line(error))
                 return result
             result.update(status="split", num_units=model.num_units,
-                          units=_describe_units(model))
+                          units=_describe_units(model),
+                          together=_blocks_together(original, model))
             if fit and task_cls is not None:
                 try:
                     result["fit"] = _fit(model, x, expected, rng)
@@ -359,6 +546,8 @@ def to_markdown(results, header=""):
         result = r["status"] + (f" ({r['num_units']} units)"
                                 if r["num_units"] else "")
         detail = (r["units"] or r["reason"]).replace("|", "/")
+        if r.get("together"):
+            detail += " — " + r["together"].replace("|", "/")
         lines.append(f"| {r['name']} | {r['kind']} | {result} | {detail} | "
                      f"{fit_text} | {r['seconds']} |")
     return "\n".join(lines) + "\n"

@@ -41,6 +41,7 @@ Example:
 """
 
 import inspect
+import random
 import threading
 
 import keras
@@ -80,7 +81,8 @@ PRIVATE_NAMES = {
     "_distribution_strategy": (
         ("optimizer",), "the weight-decay hook's merge_call"),
     "_flatten_layers": (
-        ("functional", "ownership", "prefix_cache", "speedup", "unit_mode"),
+        ("functional", "lora", "ownership", "prefix_cache", "speedup",
+         "unit_mode"),
         "a unit's leaves and containers, its variables, MHA layers to "
         "count, a cached unit's activity regularizers"),
     "_trainable_variables": (
@@ -108,6 +110,10 @@ PRIVATE_NAMES = {
         ("unit_mode", "speedup"), "object.__setattr__(layer, 'call', ...): "
         "the mode switch and the MAC counter rely on Layer.__call__ calling "
         "self.call; if it called type(self).call, nothing would switch"),
+    "(instance-level get_config replacement)": (
+        ("layer_configs",), "saving a split model whose layer's own "
+        "get_config does not round-trip relies on Keras' serialization "
+        "calling the instance's get_config"),
     "(copy of BatchNormalization.call)": (
         ("unit_mode",), "_batch_norm_call re-implements Keras' "
         "BatchNormalization.call (renorm off); a change to Keras' "
@@ -249,9 +255,18 @@ def check():
     global _checked
     if _checked:
         return
-    found = problems()
-    if not found:  # the probe needs the hooks' internals
-        found = update_routing_problems()
+    # The samples and the probe draw default seeds from Python's `random`
+    # (Keras' initializers and seed generators): leave the caller's
+    # sequence as it was, or the first FreezeOutModel of a process would
+    # shift every seed drawn after it, e.g. a loaded model's dropout seeds
+    # (issue 24's drifting resume).
+    state = random.getstate()
+    try:
+        found = problems()
+        if not found:  # the probe needs the hooks' internals
+            found = update_routing_problems()
+    finally:
+        random.setstate(state)
     if found:
         raise KerasInternalsError(
             f"freezeout_tf does not support Keras {keras.__version__}: "

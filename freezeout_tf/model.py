@@ -28,7 +28,7 @@ import types
 import keras
 import tensorflow as tf
 
-from freezeout_tf import keras_internals
+from freezeout_tf import keras_internals, layer_configs, lora
 from freezeout_tf import optimizer as fo_optimizer
 from freezeout_tf import ownership, prefix_cache, side_inputs, tf_internals
 from freezeout_tf.adaptive import AdaptiveState
@@ -40,14 +40,22 @@ __all__ = ["FreezeOutModel"]
 
 def _dense(gradients):
     # Both branches of a unit's cond must return dense tensors; embedding
-    # lookups and slices give IndexedSlices.
-    return [tf.convert_to_tensor(g) for g in gradients]
+    # lookups and slices give IndexedSlices. A hidden state with carried
+    # tensors is a dict (`side_inputs`).
+    return tf.nest.map_structure(tf.convert_to_tensor, gradients)
 
 
-def _split_input_names(model):
+def _stop(hidden):
+    # The hidden state, or a dict with carried tensors (`side_inputs`).
+    return tf.nest.map_structure(tf.stop_gradient, hidden)
+
+
+def _split_input_names(model, head):
     """`input_names` for a model split by `from_model`: its inputs' names
-    when it has several, else None (one plain input)."""
-    if len(model.inputs) == 1:
+    when its parts take named inputs (it has several, or one the split
+    names: `functional.split_model`), else None (one plain input)."""
+    names = side_inputs.part_input_names(head) or ()
+    if len(model.inputs) == 1 and side_inputs.HIDDEN not in names:
         return None
     return [t.name for t in model.inputs]
 
@@ -240,6 +248,9 @@ class FreezeOutModel(keras.Model):
         # Opt-in (cache_frozen_prefix): frozen units' outputs kept per
         # example (freezeout_tf.prefix_cache).
         self.prefix_cache = None
+        # Set by from_config on a LoRA model (Keras saved the merged
+        # kernels); checkpoint.load_checkpoint restores the factors.
+        self._lora_factors_lost = False
         # Python-side count of train_step traces: 1 for a whole run.
         self.train_step_traces = 0
         # Callables `(step, unit_gradients, frozen_flags)` run inside the
@@ -247,10 +258,13 @@ class FreezeOutModel(keras.Model):
         self.gradient_observers = []
         # The leaf layers whose training/inference mode follows each unit's
         # in-graph flag (rejects layers that cannot switch, before training).
-        self._unit_leaves = [
-            mode_switched_leaves(unit, f"unit {i}")
-            for i, unit in enumerate(freeze_units)
-        ]
+        # Looked for again once a unit is built (`build`): a layer that
+        # makes its sublayers in `build` (a keras_hub TransformerEncoder)
+        # cannot be told from a leaf before. A namespace: not tracked.
+        self._modes = types.SimpleNamespace(
+            leaves=[None] * len(freeze_units),
+            built=[False] * len(freeze_units))
+        self._switch_units()
 
     @classmethod
     def from_sequential(cls, sequential, num_head_layers=1, **kwargs):
@@ -303,7 +317,7 @@ class FreezeOutModel(keras.Model):
         ownership.check_tied_owner(tied_owner)  # before the split's work
         units, head = split_model(model, num_units=num_units,
                                   boundaries=boundaries)
-        kwargs.setdefault("input_names", _split_input_names(model))
+        kwargs.setdefault("input_names", _split_input_names(model, head))
         return cls(units, head, tied_owner=tied_owner, **kwargs)
 
     @property
@@ -314,6 +328,24 @@ class FreezeOutModel(keras.Model):
         if self.input_names is None:
             self.call(keras.KerasTensor(input_shape))
         self.built = True  # named parts are functional models, built
+        self._switch_units()
+
+    def _switch_units(self):
+        """Installs the in-graph mode switch on each unit not seen built
+        yet (`unit_mode.mode_switched_leaves`, which refuses a layer it
+        cannot switch, and leaves out layers that may make sublayers when
+        built)."""
+        modes = self._modes
+        for i, unit in enumerate(self.freeze_units):
+            if not modes.built[i]:
+                modes.leaves[i] = mode_switched_leaves(unit, f"unit {i}")
+                modes.built[i] = unit.built
+
+    def _unit_leaves(self, i):
+        """Unit i's mode-switched leaves (the unit is built by the step)."""
+        if not self._modes.built[i]:
+            self._switch_units()
+        return self._modes.leaves[i]
 
     def _part_arguments(self, index, hidden, side):
         return side_inputs.arguments(self._part_inputs[index], hidden, side)
@@ -466,6 +498,7 @@ class FreezeOutModel(keras.Model):
     def fit(self, *args, **kwargs):
         """As `keras.Model.fit`; with `cache_frozen_prefix`, the cache is
         checked, sized and emptied first, before any step."""
+        lora.check_trainable(self)
         if self.prefix_cache is not None:
             self.prefix_cache.pending = True  # prepared at symbolic build
         return super().fit(*args, **kwargs)
@@ -559,7 +592,7 @@ class FreezeOutModel(keras.Model):
             tape.watch(tf.nest.flatten(values))
             unit_inputs, unit_outputs, h = self._forward_units(
                 tape, x, ids, side, frozen)
-            head_input = tf.stop_gradient(h)
+            head_input = _stop(h)
             tape.watch(head_input)
             y_pred = self.head(
                 self._part_arguments(self.num_units, head_input, side),
@@ -595,7 +628,9 @@ class FreezeOutModel(keras.Model):
                 upstream, pass_down[i],
             )
             if extra_inputs[i] is not None:
-                upstream = upstream + extra_inputs[i]
+                upstream = tf.nest.map_structure(
+                    lambda u, e: u if e is None else u + e, upstream,
+                    extra_inputs[i])
             grads[i] = [g if e is None else g + e
                         for g, e in zip(grads[i], extra_vars[i])]
         del tape
@@ -612,17 +647,18 @@ class FreezeOutModel(keras.Model):
 
     def _forward_units(self, tape, x, ids, side, frozen):
         """The units' forward on `tape`: `(unit_inputs, unit_outputs,
-        last_output)`. With `cache_frozen_prefix`, the cached forward
-        (`freezeout_tf.prefix_cache`); else every unit runs once."""
+        last_output)`. Every unit runs once; with `cache_frozen_prefix`,
+        the cache's runner (`freezeout_tf.prefix_cache`) decides how."""
         def run_unit(i, h):
-            with unit_mode(self._unit_leaves[i], tf.logical_not(frozen[i]),
+            with unit_mode(self._unit_leaves(i), tf.logical_not(frozen[i]),
                            static_shapes=bool(self.jit_compile)):
                 return self.freeze_units[i](
                     self._part_arguments(i, h, side), training=True)
 
+        run = run_unit
         if self.prefix_cache is not None:
-            return self.prefix_cache.forward(self, tape, x, ids, side,
-                                             frozen, run_unit)
+            run = self.prefix_cache.unit_runner(self, ids, side, frozen,
+                                                run_unit)
         unit_inputs, unit_outputs = [], []
         # Side inputs go to the units as they are, never watched.
         h = x if side is None else None
@@ -630,10 +666,10 @@ class FreezeOutModel(keras.Model):
             if i > 0:
                 # Cut the tape between units: each unit's backward is
                 # computed on its own, below.
-                h = tf.stop_gradient(h)
+                h = _stop(h)
                 tape.watch(h)
             unit_inputs.append(h)
-            h = run_unit(i, h)
+            h = run(i, h)
             unit_outputs.append(h)
         return unit_inputs, unit_outputs, h
 
@@ -776,31 +812,60 @@ class FreezeOutModel(keras.Model):
     def get_config(self):
         config = super().get_config()
         parts = self.freeze_units + [self.head]
-        configs = [keras.saving.serialize_keras_object(p) for p in parts]
+        # Layers the original model never serialized one by one (a KerasHub
+        # backbone saves its arguments) may have a get_config that does not
+        # round-trip (layer_configs).
+        with layer_configs.repaired_configs(parts):
+            configs = [keras.saving.serialize_keras_object(p) for p in parts]
+        layer_configs.mark_tensors_only(parts, configs)
         _mark_shared_layers(parts, configs)
         config.update(
             freeze_units=configs[:-1],
             head=configs[-1],
             input_names=self.input_names,
             tied_owner=self.tied_owner,
+            lora=lora.config(parts),
+            trained=ownership.trained_flags(parts, self.trainable_variables),
         )
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        units = []
+        parts = config["freeze_units"] + [config["head"]]
+        custom_objects = {**layer_configs.tensors_only_objects(parts),
+                          **(custom_objects or {})}
+        units, frozen = [], []
         for unit_config in config.pop("freeze_units"):
-            unit = keras.saving.deserialize_keras_object(
+            # (Read first: deserializing takes the flag out of the config.)
+            frozen.append(
+                unit_config.get("config", {}).get("trainable") is False)
+            units.append(keras.saving.deserialize_keras_object(
                 unit_config, custom_objects=custom_objects
-            )
-            # keras.Sequential.from_config drops its own `trainable` flag;
-            # restore it so a loaded model shows which units were frozen.
-            trainable = unit_config.get("config", {}).get("trainable")
-            if trainable is not None:
-                unit.trainable = trainable
-            units.append(unit)
+            ))
+            # A frozen unit's layers load non-trainable: trainable until
+            # the model has fixed what it trains (as at its first sight,
+            # before any unit froze), frozen again after. (Only frozen
+            # ones: a trained unit keeps its layers' own flags, e.g. a
+            # BatchNorm set non-trainable, which runs in inference mode.)
+            if frozen[-1]:
+                units[-1].trainable = True
         head = keras.saving.deserialize_keras_object(
             config.pop("head"), custom_objects=custom_objects
         )
-        return cls(units, head, **config)
+        lora_config = config.pop("lora", None)
+        lora.enable(units + [head], lora_config)
+        # A frozen unit's variables load non-trainable, and a variable's
+        # own flag (which LoRA sets) is not saved: the model trains those
+        # it trained when saved.
+        ownership.set_trained(units + [head], config.pop("trained", None))
+        model = cls(units, head, **config)
+        # keras.Sequential.from_config drops its own `trainable` flag;
+        # restore it so a loaded model shows which units were frozen.
+        for unit, is_frozen in zip(units, frozen):
+            if is_frozen:
+                unit.trainable = False
+        # Keras saved the merged kernels, not the factors: until
+        # checkpoint.load_checkpoint restores them, fit refuses the model.
+        model._lora_factors_lost = bool(lora_config)
+        return model

@@ -83,22 +83,25 @@ def attach_schedule(optimizer, variables, variable_units, state):
     setattr(opt, _ATTACHED, hooks)
     plain_update_step = opt.update_step
 
-    def skip_frozen(step, unit, fn):
+    def skip_frozen(frozen, fn):
         # One cond per unit (not per variable): a cheaper trace and graph.
         def run():
             fn()
             return tf.constant(True)
 
-        tf.cond(state.frozen(step, unit), lambda: tf.constant(False), run)
+        tf.cond(frozen, lambda: tf.constant(False), run)
 
     def distributed_update_step(distribution, grads_and_vars, learning_rate):
         step = state.step()
+        # Every unit's flag and multiplier in one vector op each, not a
+        # dozen scalar ops per unit (each op costs the executor and the
+        # trace about as much as a small kernel).
+        flags = state.part_flags(step)
+        multipliers = state.multipliers(step, flags)
         for unit, pairs in _by_unit(opt, grads_and_vars, hooks["unit_of"]):
 
             def update(unit=unit, pairs=pairs):
-                lr = tf.cast(learning_rate, tf.float32) * state.multiplier(
-                    step, unit
-                )
+                lr = tf.cast(learning_rate, tf.float32) * multipliers[unit]
                 for grad, var in pairs:
                     distribution.extended.update(
                         var, lambda v, g, lr: plain_update_step(g, v, lr),
@@ -106,7 +109,7 @@ def attach_schedule(optimizer, variables, variable_units, state):
                     )
 
             # Frozen: no gradient step, no slot update.
-            skip_frozen(step, unit, update)
+            skip_frozen(flags[unit], update)
 
     def apply_weight_decay(variables):
         if opt.weight_decay is None:
@@ -114,6 +117,8 @@ def attach_schedule(optimizer, variables, variable_units, state):
 
         def distributed(distribution, variables):
             step = state.step()
+            flags = state.part_flags(step)
+            multipliers = state.multipliers(step, flags)
             decayed = [
                 (None, v.value if isinstance(v, keras.Variable) else v)
                 for v in variables
@@ -124,7 +129,7 @@ def attach_schedule(optimizer, variables, variable_units, state):
                 def decay(unit=unit, pairs=pairs):
                     rate = (
                         tf.cast(opt.learning_rate, tf.float32)
-                        * state.multiplier(step, unit)
+                        * multipliers[unit]
                         * opt.weight_decay
                     )
                     for _, var in pairs:
@@ -134,7 +139,7 @@ def attach_schedule(optimizer, variables, variable_units, state):
                             group=False,
                         )
 
-                skip_frozen(step, unit, decay)
+                skip_frozen(flags[unit], decay)
 
         # As Keras does: per-variable updates go through the strategy.
         tf.__internal__.distribute.interim.maybe_merge_call(

@@ -34,7 +34,7 @@ import tensorflow as tf
 from freezeout_tf import speedup
 
 __all__ = ["TIED_OWNERS", "check_tied_owner", "part_variables",
-           "variable_owners", "read_by"]
+           "read_by", "set_trained", "trained_flags", "variable_owners"]
 
 TIED_OWNERS = ("first", "head")
 
@@ -77,6 +77,34 @@ def part_variables(part):
                 seen.add(id(v))
                 variables.append(v)
     return variables
+
+
+def trained_flags(parts, trained):
+    """For each part, whether each of its `part_variables` is in `trained`
+    (a list of variables): what a saved model records, as Keras saves no
+    variable's `trainable` flag."""
+    ids = {id(v) for v in trained}
+    return [[id(v) in ids for v in part_variables(p)] for p in parts]
+
+
+def set_trained(parts, flags):
+    """Sets each of the parts' `part_variables` trainable as `flags` (from
+    `trained_flags`) says, before a loaded model fixes what it trains.
+    Nothing without flags (a model saved before they were recorded).
+
+    Raises:
+        ValueError: the parts do not have the variables the flags count.
+    """
+    if flags is None:
+        return
+    for index, (part, part_flags) in enumerate(zip(parts, flags)):
+        variables = part_variables(part)
+        if len(variables) != len(part_flags):
+            raise ValueError(
+                f"Part {index} ({part.name!r}) has {len(variables)} "
+                f"variables, the saved model {len(part_flags)}.")
+        for v, flag in zip(variables, part_flags):
+            v.trainable = flag
 
 
 def _zeros_for(part, free):

@@ -281,13 +281,12 @@ class PrefixCache:
         leading = tf.math.cumprod(tf.cast(tf.stack(flags), tf.int32))
         return tf.reduce_sum(leading)
 
-    def forward(self, model, tape, x, ids, side, frozen, run_unit):
-        """The units' forward with the cache, as the default forward.
+    def unit_runner(self, model, ids, side, frozen, run_unit):
+        """The forward of one unit with the cache, for the default forward's
+        loop over the units (`FreezeOutModel._forward_units`).
 
         Args:
             model: the `FreezeOutModel`.
-            tape: the train step's tape.
-            x: the model's inputs (without the ids).
             ids: the batch's example ids.
             side: the side inputs by name, or None.
             frozen: the units' frozen flags at this step.
@@ -295,8 +294,8 @@ class PrefixCache:
                 the tape (its input already cut and watched).
 
         Returns:
-            `(unit_inputs, unit_outputs, last_output)` as the default
-            forward's.
+            `run(i, h)`: unit i's output, from the cache, or run off the
+            tape in inference mode, or `run_unit(i, h)`.
         """
         k = self.num_cached_units
         ids = tf.cast(ids, tf.int32)
@@ -333,22 +332,16 @@ class PrefixCache:
 
             return tf.cond(tf.equal(b, i + 1), write, lambda: out)
 
-        unit_inputs, unit_outputs = [], []
-        h = x if side is None else None
-        for i in range(model.num_units):
-            if i > 0:
-                h = tf.stop_gradient(h)
-                tape.watch(h)
-            unit_inputs.append(h)
-            if i < k:
-                def skip(i=i, h=h):
-                    # Frozen and cacheable: below m the cache answers; from
-                    # m on the unit runs in inference mode, off the tape.
-                    return tf.stop_gradient(tf.cond(
-                        i < m, lambda: cached, lambda: inference(i, h)))
+        def run(i, h):
+            if i >= k:
+                return run_unit(i, h)
 
-                h = tf.cond(i < b, skip, lambda i=i, h=h: run_unit(i, h))
-            else:
-                h = run_unit(i, h)
-            unit_outputs.append(h)
-        return unit_inputs, unit_outputs, h
+            def skip():
+                # Frozen and cacheable: below m the cache answers; from m
+                # on the unit runs in inference mode, off the tape.
+                return tf.stop_gradient(tf.cond(
+                    i < m, lambda: cached, lambda: inference(i, h)))
+
+            return tf.cond(i < b, skip, lambda: run_unit(i, h))
+
+        return run

@@ -148,6 +148,26 @@ class ScheduleState:
             step = tf.cast(step, tf.int64)
             return [step >= s for s in steps]
 
+    def part_flags(self, step):
+        """The frozen flag of every unit and the head at `step`, as one
+        host-placed op's outputs (the optimizer's per-unit branches read
+        them; one comparison per unit each cost an op per step)."""
+        with tf.device(HOST):
+            return tf.unstack(tf.cast(step, tf.int64) >= self.freeze_steps,
+                              num=self.num_units + 1)
+
+    def multipliers(self, step, flags):
+        """The learning-rate multiplier of every unit and the head at
+        `step` (as `multiplier`, elementwise), given `flags` from
+        `part_flags(step)`: a list of scalar float32 tensors."""
+        j = tf.cast(step, tf.float32)
+        t = self.fractions
+        cosine = 0.5 * (1.0 + tf.cos(math.pi * j / (t * self.total_steps)))
+        initial = tf.where(self.scale_lr, 1.0 / t, 1.0)
+        annealed = tf.where(tf.stack(flags), 0.0, initial * cosine)
+        return tf.unstack(tf.where(self.annealing, annealed, 1.0),
+                          num=self.num_units + 1)
+
     def multiplier(self, step, unit):
         """Scalar float32 tensor: learning-rate multiplier of `unit`."""
         t = self.fractions[unit]

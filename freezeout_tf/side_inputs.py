@@ -14,14 +14,20 @@ The convention (docs/design.md, "Side inputs"):
   inputs are named: the one named `HIDDEN` receives the previous unit's
   output, every other one the model input of the same name. The first unit
   has no `HIDDEN` input: it starts the chain from the model's inputs.
+* A tensor made once and read beside the hidden state by several later
+  blocks (DeBERTa's relative embeddings) is *carried*: the parts after the
+  one that makes it take it as an input named `HIDDEN_<j>`, and each part
+  that passes it on returns a dict by input name (`HIDDEN` and those).
 * A model with one plain input has no side inputs, and its units take the
-  hidden state as their only argument, as before.
+  hidden state as their only argument, as before; unless the split needs
+  them (a mask computed from it, ESM's; a carried tensor): then its one
+  input is named as above.
 """
 
 import keras
 
-__all__ = ["HIDDEN", "arguments", "check_side_inputs", "part_input_names",
-           "side_values", "zero_side_inputs"]
+__all__ = ["HIDDEN", "arguments", "check_side_inputs", "is_chain_name",
+           "part_input_names", "side_values", "zero_side_inputs"]
 
 # The input name that carries the hidden state into a unit.
 HIDDEN = "freezeout_hidden"
@@ -73,7 +79,8 @@ def check_side_inputs(parts, input_names):
                 f"functional keras.Model with named inputs; {label} is "
                 f"{type(part).__name__} {part.name!r}."
             )
-        unknown = [n for n in own if n != HIDDEN and n not in input_names]
+        unknown = [n for n in own if not is_chain_name(n)
+                   and n not in input_names]
         if unknown:
             raise ValueError(
                 f"{label} ({part.name!r}) has inputs {unknown} that are "
@@ -111,6 +118,8 @@ def side_values(inputs, input_names):
         return {n: inputs[n] for n in input_names}
     if isinstance(inputs, (list, tuple)) and len(inputs) == len(input_names):
         return dict(zip(input_names, inputs))
+    if len(input_names) == 1 and not isinstance(inputs, (list, tuple)):
+        return {input_names[0]: inputs}  # one input, given as it is
     raise ValueError(
         f"The model takes {len(input_names)} inputs {list(input_names)}, as "
         f"a dict by name or a list in that order; got "
@@ -118,9 +127,26 @@ def side_values(inputs, input_names):
     )
 
 
+def is_chain_name(name):
+    """Whether an input name is the hidden state's (`HIDDEN`) or a carried
+    tensor's (`HIDDEN` + `_<j>`: `freezeout_tf.functional`), the inputs a
+    part takes from the part before it.
+
+    Example:
+
+    >>> is_chain_name(HIDDEN), is_chain_name(HIDDEN + "_0")
+    (True, True)
+    >>> is_chain_name("padding_mask")
+    False
+    """
+    return name == HIDDEN or (name.startswith(HIDDEN + "_")
+                              and name[len(HIDDEN) + 1:].isdigit())
+
+
 def arguments(names, hidden, side):
     """What to call a part with: the hidden state alone (`names` None), or
-    a dict of its named inputs.
+    a dict of its named inputs. `hidden` is the previous part's output: one
+    tensor, or a dict by input name when it passes carried tensors on.
 
     Example:
 
@@ -132,7 +158,9 @@ def arguments(names, hidden, side):
     """
     if names is None:
         return hidden
-    return {n: hidden if n == HIDDEN else side[n] for n in names}
+    if not isinstance(hidden, dict):
+        hidden = {HIDDEN: hidden}
+    return {n: hidden[n] if is_chain_name(n) else side[n] for n in names}
 
 
 def zero_side_inputs(parts, input_names, shapes=None, length=32):

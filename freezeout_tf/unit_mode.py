@@ -100,6 +100,8 @@ def mode_switched_leaves(unit, unit_name="unit"):
     mode matters, and returns them (to pass to `unit_mode`).
 
     Idempotent: a layer already switched is returned, not wrapped again.
+    A layer not built yet that may make sublayers in its `build` is left
+    out: call again once the unit is built.
 
     Args:
         unit: a Keras layer or model (one freeze unit).
@@ -119,6 +121,8 @@ def mode_switched_leaves(unit, unit_name="unit"):
             continue
         if not layer._call_has_training_arg or _ignores_training(layer):
             continue
+        if _may_make_sublayers(layer):
+            continue  # seen again once built (FreezeOutModel.build)
         if getattr(layer, _INSTALLED, False):
             leaves.append(layer)
             continue
@@ -142,6 +146,16 @@ def mode_switched_leaves(unit, unit_name="unit"):
         object.__setattr__(layer, _INSTALLED, True)
         leaves.append(layer)
     return leaves
+
+
+def _may_make_sublayers(layer):
+    """True for a layer not built yet whose class has its own `build`:
+    it may make its sublayers there (keras_hub's TransformerEncoder does),
+    so it cannot be told from a leaf yet. Switched as a leaf, its whole
+    forward would run once per mode."""
+    return (not layer.built
+            and type(layer).build is not keras.layers.Layer.build
+            and not isinstance(layer, keras.layers.BatchNormalization))
 
 
 def _switched_container(layer, unit_name):
@@ -270,9 +284,14 @@ def _moments_while(flag, inputs, axes, window=None):
     `window` (`_batch_window`) may be shared by the layers of a unit: each
     small op costs the executor about as much as a BatchNorm's arithmetic
     on a small activation.
+
+    The gradient is written out (`_moments_gradient`): differentiated op by
+    op, the slice's unknown batch size made every op after it take
+    TensorFlow's broadcasting gradient (a Sum, a BroadcastTo and shape
+    arithmetic per op: 143 Sum ops per DenseNet-BC L=22 step against plain
+    Keras' 43, 30 ms of Sum in a 130 ms step).
     """
     begin, sizes = window or _batch_window(flag, inputs)
-    batch = tf.slice(inputs, begin, sizes)
     # Channels last: reduce without keeping dims, nothing to squeeze.
     keepdims = list(axes) != list(range(inputs.shape.rank - 1))
     dims = [inputs.shape[axis] for axis in axes]
@@ -281,13 +300,41 @@ def _moments_while(flag, inputs, axes, window=None):
                         inputs.dtype)
     else:
         count = float(np.prod(dims))
-    mean = tf.reduce_sum(batch, axes, keepdims=keepdims) / count
-    variance = tf.reduce_sum(
-        tf.math.squared_difference(batch, tf.stop_gradient(mean)), axes,
-        keepdims=keepdims) / count
+
+    @tf.custom_gradient
+    def moments(x):
+        batch = tf.slice(x, begin, sizes)
+        mean = tf.reduce_sum(batch, axes, keepdims=keepdims) / count
+        variance = tf.reduce_sum(tf.math.squared_difference(batch, mean),
+                                 axes, keepdims=keepdims) / count
+        kept = mean  # broadcasts against x
+        if keepdims:
+            mean = tf.squeeze(mean, axes)
+            variance = tf.squeeze(variance, axes)
+
+        def gradient(d_mean, d_variance):
+            return _moments_gradient(flag, x, kept, count, d_mean,
+                                     d_variance, keepdims, axes)
+
+        return (mean, variance), gradient
+
+    return moments(inputs)
+
+
+def _moments_gradient(flag, x, mean, count, d_mean, d_variance, keepdims,
+                      axes):
+    """The gradient of `_moments_while`'s moments with respect to its
+    input: `(d_mean + 2 d_variance (x - mean)) / count` (the variance's
+    mean is held constant, as `tf.nn.moments` does), zero where `flag` is
+    false (no example was taken)."""
     if keepdims:
-        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
-    return mean, variance
+        d_mean = tf.reshape(d_mean, tf.shape(mean))
+        d_variance = tf.reshape(d_variance, tf.shape(mean))
+    inverse = tf.cast(1.0, x.dtype) / count
+    inverse = tf.where(flag, inverse, tf.zeros_like(inverse))
+    scale = (2.0 * inverse) * d_variance
+    shift = inverse * d_mean
+    return (x - mean) * scale + shift
 
 
 def _batch_window(flag, inputs):

@@ -7,27 +7,25 @@ the step time and the peak memory of one traced train step with 0, 25, 50,
 75 and 100 % of the freeze units frozen, next to the FLOP-predicted saving
 (`unit_flops`, attention included; backward = 2x forward). Plain Keras (the
 original functional model's own train step, same weights) is timed too.
-The settings are interleaved step by step in one process; figures are
-per-step medians with quartiles.
+The settings are interleaved step by step in one process
+(`freezeout_tf.benchmarking.frozen_prefix_sweep`, the method the LLM
+benchmark shares); figures are per-step medians with quartiles.
 
 Peak memory comes from TensorFlow's BFC allocator
 (`TF_CPU_ALLOCATOR_USE_BFC=true`, set here before TensorFlow starts):
 `tf.config.experimental.get_memory_info("CPU:0")["peak"]` after a reset,
 over single steps, minus the memory in use before the step.
 
-Results go to `<out>/transformers.md` and `<out>/transformers.json`.
+Results go to `<out>/transformers.md` and `<out>/transformers.json`
+(`benchmarking.write_report`: commit, versions, machine, command, time).
 
 Usage:
     python scripts/benchmark_transformers.py [--models bert vit]
-        [--repeats 12] [--steps 1] [--out benchmarks]
+        [--repeats 12] [--out benchmarks]
 """
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
@@ -36,13 +34,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_step import frozen_saving, time_interleaved  # noqa: E402
-
-from freezeout_tf import FreezeOutModel, unit_flops  # noqa: E402
+from freezeout_tf import FreezeOutModel  # noqa: E402
 from freezeout_tf.benchmarking import (  # noqa: E402
-    peak_step_bytes,
-    ratio_spread,
+    frozen_prefix_sweep,
+    sweep_table,
+    write_report,
 )
 
 CLASSES = 4
@@ -91,6 +87,7 @@ BUILDERS = {"bert": bert, "vit": vit}
 
 
 def bench(name, args):
+    """One model's sweep (`benchmarking.frozen_prefix_sweep`)."""
     print(f"== {name}", flush=True)
     keras.utils.set_random_seed(0)
     net, x, shape_note = BUILDERS[name](args)
@@ -102,101 +99,32 @@ def bench(name, args):
     net.compile(keras.optimizers.AdamW(1e-4), loss)
     net.optimizer.build(net.trainable_variables)
     batch = (tf.nest.map_structure(tf.constant, x), tf.constant(y))
-    step = tf.function(model.train_step, autograph=False)
-    plain_step = tf.function(net.train_step, autograph=False)
-    n = model.num_units
-    ks = sorted({round(s * n) for s in SHARES})
-
-    def run(setting):
-        if setting == "plain":
-            return plain_step(batch)
-        model.schedule_state.freeze_prefix(setting)
-        return step(batch)
-
-    settings = ks + ["plain"]
-    times = time_interleaved(run, settings, args.repeats, args.steps)
-    peaks = {s: peak_step_bytes(lambda: run(s)) for s in settings}
-    if name == "bert":
-        flops = unit_flops(model, {k: (args.sequence,) for k in x})
-    else:
-        flops = unit_flops(model)
-    base = statistics.median(times[0])
-    rows = []
-    for s in settings:
-        med = statistics.median(times[s])
-        row = {
-            "setting": s,
-            "ms_per_step": 1000 * med,
-            "ms_quartiles": [1000 * float(q)
-                             for q in np.percentile(times[s], [25, 75])],
-            "measured_saving": 1 - med / base,
-            "peak_mib": peaks[s] / 2**20,
-            "peak_vs_full": peaks[s] / peaks[0],
-            "step_times_s": times[s],
-        }
-        if s != "plain":
-            row.update(frozen_units=s, frozen_share=s / n,
-                       flop_predicted_saving=frozen_saving(flops, s))
-        rows.append(row)
-        label = "plain Keras" if s == "plain" else f"{s}/{n} frozen"
-        predicted = ("" if s == "plain" else
-                     f" (FLOPs: {row['flop_predicted_saving']:.1%})")
-        print(f"  {label}: {1000 * med:.0f} ms/step, saving "
-              f"{row['measured_saving']:.1%}{predicted}; peak "
-              f"{row['peak_mib']:.0f} MiB ({row['peak_vs_full']:.2f}x full)",
-              flush=True)
-    # Nothing frozen against plain Keras: the paired ratio of the steps
-    # timed back to back in each round, with its bootstrap interval.
-    rounds = args.repeats
-    overhead = ratio_spread(
-        [times[0][r * args.steps:(r + 1) * args.steps] for r in range(rounds)],
-        [times["plain"][r * args.steps:(r + 1) * args.steps]
-         for r in range(rounds)])
-    print(f"  nothing frozen / plain Keras: {overhead['paired']:.3f} "
-          f"({overhead['ci_low']:.3f}-{overhead['ci_high']:.3f})", flush=True)
-    return {"model": name, "num_units": n, "batch_size": args.batch_size,
-            "overhead_vs_plain": overhead,
-            **shape_note, "unit_macs": flops,
-            "unit_names": [u.name for u in model.freeze_units],
-            "rows": rows}
+    shape = ({k: (args.sequence,) for k in x} if name == "bert" else None)
+    result = frozen_prefix_sweep(model, net, batch, shares=SHARES,
+                                 rounds=args.repeats, input_shape=shape)
+    result.update(model=name, batch_size=args.batch_size, **shape_note,
+                  unit_names=[u.name for u in model.freeze_units])
+    print("\n".join(sweep_table(result)), flush=True)
+    return result
 
 
 def markdown(report):
+    p = report["provenance"]
+    v = p["versions"]
     lines = [
         "# Transformers frozen block by block",
         "",
-        f"`{report['command']}`; TensorFlow {report['tensorflow']}, Keras "
-        f"{report['keras']}, {report['cpus']} CPUs. Settings interleaved "
-        "step by step in one process; per-step medians (quartiles). Peak: "
-        "BFC allocator, above the memory in use before the step.",
+        f"`{p['command']}` at {p['commit'][:12]}, {p['utc']}; TensorFlow "
+        f"{v['tensorflow']}, Keras {v['keras']}, {p['machine']['cpus']} "
+        "CPUs. Settings interleaved step by step in one process "
+        "(`benchmarking.frozen_prefix_sweep`); per-step medians (quartiles). "
+        "Peak: BFC allocator, above the memory in use before the step.",
         "",
     ]
-    for r in report["results"]:
+    for r in report["results"]["models"]:
         lines += [f"## {r['model']} ({r['num_units']} units, batch "
-                  f"{r['batch_size']})", "",
-                  "| frozen | ms/step (quartiles) | saving | FLOP-predicted "
-                  "| measured / predicted | peak MiB | peak / full |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        o = r["overhead_vs_plain"]
-        overhead = (f"Nothing frozen / plain Keras, paired per round: "
-                    f"{o['paired']:.3f} (95 % interval {o['ci_low']:.3f}-"
-                    f"{o['ci_high']:.3f}).")
-        for row in r["rows"]:
-            q = row["ms_quartiles"]
-            if row["setting"] == "plain":
-                lines.append(
-                    f"| plain Keras | {row['ms_per_step']:.0f} ({q[0]:.0f}-"
-                    f"{q[1]:.0f}) | {row['measured_saving']:.1%} | | | "
-                    f"{row['peak_mib']:.0f} | {row['peak_vs_full']:.2f} |")
-                continue
-            pred = row["flop_predicted_saving"]
-            ratio = (f"{row['measured_saving'] / pred:.2f}" if pred else "")
-            lines.append(
-                f"| {row['frozen_units']}/{r['num_units']} | "
-                f"{row['ms_per_step']:.0f} ({q[0]:.0f}-{q[1]:.0f}) | "
-                f"{row['measured_saving']:.1%} | {pred:.1%} | {ratio} | "
-                f"{row['peak_mib']:.0f} | {row['peak_vs_full']:.2f} |")
-        lines += ["", overhead, ""]
+                  f"{r['batch_size']})", ""]
+        lines += sweep_table(r) + [""]
     return "\n".join(lines)
 
 
@@ -211,25 +139,16 @@ def main(argv=None):
                    help="BERT sequence length")
     p.add_argument("--repeats", type=int, default=12,
                    help="rounds over all settings")
-    p.add_argument("--steps", type=int, default=1,
-                   help="timed steps per setting per round")
     p.add_argument("--out", default="benchmarks")
     args = p.parse_args(argv)
-    report = {
-        "command": "python scripts/benchmark_transformers.py "
-                   + " ".join(argv if argv is not None else sys.argv[1:]),
-        "tensorflow": tf.__version__, "keras": keras.__version__,
-        "cpus": os.cpu_count(), "machine": platform.machine(),
-        "results": [bench(name, args) for name in args.models],
-    }
+    results = {"args": vars(args),
+               "models": [bench(name, args) for name in args.models]}
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "transformers")
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
+    report = write_report(stem + ".json", results)
     with open(stem + ".md", "w") as f:
         f.write(markdown(report) + "\n")
     print(markdown(report))
-
 
 if __name__ == "__main__":
     main()

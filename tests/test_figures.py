@@ -40,3 +40,23 @@ def test_estimates_table_matches_benchmarks_estimates_json():
     assert ("removes about 22 % of\nthe all-reduced gradient bytes over a "
             "run for DenseNet-BC L=100 k=12 and about\n15 % for WRN-28-10"
             in readme)
+
+
+def test_finetune_paragraph_matches_benchmarks_finetune_report():
+    """The README's fine-tuning result quotes benchmarks/finetune/report.json
+    (`scripts/benchmark_finetune.py report`)."""
+    report = json.loads(_read("benchmarks", "finetune", "report.json"))
+    readme = _read("README.md")
+    start = readme.index("**Fine-tuning, measured")
+    paragraph = readme[start:readme.index("\n\n", start)]
+    for task, summary in report["results"].items():
+        arms = summary["arms"]
+        seeds = ", ".join(map(str, summary["seeds"]))
+        figures = ", ".join(
+            f"{label} {arms[arm]['speedup_wall']:.2f}x (steps "
+            f"{arms[arm]['speedup_steps']:.2f}x)"
+            for label, arm in (("adaptive", "adaptive"),
+                               ("cached", "adaptive_cached"),
+                               ("static", "static")))
+        line = f"{task} (seeds {seeds}): {figures}"
+        assert line in " ".join(paragraph.split()), line

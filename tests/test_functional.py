@@ -221,6 +221,15 @@ def test_keras_application_mobilenet_v2():
         assert np.array_equal(before, after)
 
 
+def test_nested_model_called_with_inputs_keyword_is_looked_into():
+    # KerasHub tasks call `backbone(inputs=inputs)` (Gemma 3, Gemma 4,
+    # PaliGemma): the keyword form is the same call as the positional one.
+    inner = skip_model(name="inner")
+    for call in (lambda x: inner(x), lambda x: inner(inputs=x)):
+        inputs = keras.Input((8, 8, 3))
+        assert cut_points(keras.Model(inputs, call(inputs))) == SKIP_CUTS
+
+
 def test_fine_tune_a_saved_model_with_a_new_head(tmp_path):
     """Train on task A, save; load, put a new classifier on the features of
     the loaded network (nested as a backbone), fine-tune on task B with the
@@ -342,3 +351,41 @@ def test_container_outputs_left_out_unless_read():
     model = FreezeOutModel(units, head)
     np.testing.assert_allclose(model.predict(x, verbose=0),
                                read.predict(x, verbose=0), atol=1e-6)
+
+
+class _StageWithIdentity(keras.layers.Layer):
+    """A list of blocks after a `keras.layers.Identity` that its `call`
+    passes `training` to (KerasHub's HGNetV2 stage so calls its downsample
+    layer when it has none); Identity's `call` takes no `training`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.entry = L.Identity(name="entry")
+        self.blocks = [_Block(name=f"block_{i}") for i in range(2)]
+
+    def call(self, x, training=None):
+        x = self.entry(x, training=training)
+        for block in self.blocks:
+            x, _ = block(x)
+        return x
+
+
+def test_container_training_argument_its_layer_does_not_take():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), name="x")
+    hidden = _StageWithIdentity(name="stage")(L.Dense(6, name="stem")(inputs))
+    original = keras.Model(inputs, L.Dense(2, name="logits")(hidden))
+    model = FreezeOutModel.from_model(original)
+    assert [layer_names(u) for u in model.freeze_units] == [
+        ["stem", "entry"], ["block_0"], ["block_1"]]
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 6)).astype("float32")
+    y = rng.integers(0, 2, size=8)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               original.predict(x, verbose=0), atol=1e-6)
+    # Building the step runs each unit's compute_output_spec: the recorded
+    # `training` must not reach Identity's.
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert model.train_step_traces == 1

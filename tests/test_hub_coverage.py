@@ -7,6 +7,7 @@ import pathlib
 import re
 
 import keras_hub
+import pytest
 
 from freezeout_tf import hub_coverage
 
@@ -34,6 +35,16 @@ def test_tiny_kwargs_from_the_signature_and_missing_ones():
     kwargs, missing = hub_coverage.tiny_kwargs(Backbone)
     assert kwargs == {"num_layers": 2, "hidden_dim": 16}
     assert missing == ["fancy_arg"]
+
+    # DEFAULTS fills a required argument that is not a size, never one
+    # that has a default; `skip` leaves out what the caller gives.
+    class Task:
+        def __init__(self, backbone, layer_norm_epsilon, dropout=0.1):
+            pass
+
+    assert hub_coverage.tiny_kwargs(Task, skip=("backbone",)) == (
+        {"layer_norm_epsilon": hub_coverage.DEFAULTS["layer_norm_epsilon"]},
+        [])
     result = hub_coverage.try_family("FancyBackbone", "backbone", None,
                                      Backbone)
     assert result["status"] == "not built"
@@ -60,6 +71,69 @@ def test_split_records_units_and_refusal_records_the_layer():
     assert "Layer '" in refused["reason"] and "\n" not in refused["reason"]
     table = hub_coverage.to_markdown([split, refused])
     assert "| TextClassifier | 1 | 1 | 0 | 0 | 0 | 0 |" in table
+
+
+@pytest.mark.parametrize("name,first,second", [
+    # Tiny configs (hub_coverage.OVERRIDES): stages or blocks apart.
+    ("CSPNetImageClassifier", "stage_0_csp_conv_exp",
+     "stage_1_csp_conv_exp"),
+    ("EfficientNetImageClassifier", "block2a_", "block2b_"),
+    ("HGNetV2ImageClassifier", "encoder_stage_0",
+     "encoder_stage_1_downsample"),
+    ("MiTImageClassifier", "hierarchical_encoder_1_0",
+     "hierarchical_encoder_1_1"),
+    ("MobileNetImageClassifier", "block_1_0", "block_1_1"),
+    ("MobileNetV5ImageClassifier", "conv_stem", "conv_head"),
+    ("XceptionImageClassifier", "block2_sepconv1", "block3_sepconv1"),
+    # One input, its padding mask computed from it and read by each block.
+    ("ESMProteinClassifier", "transformer_layer_0", "transformer_layer_1"),
+    # Relative embeddings made once and read by each block (carried).
+    ("DebertaV3TextClassifier", "disentangled_attention_encoder_layer_0",
+     "disentangled_attention_encoder_layer_1"),
+])
+def test_classifier_families_split_block_by_block(name, first, second):
+    family = next(f for f in hub_coverage.families() if f[0] == name)
+    result = hub_coverage.try_family(*family, fit=False)
+    assert result["status"] == "split", result["reason"]
+    parts = [p.split(", ") for p in result["units"].split(" | ")]
+
+    def unit_of(layer):
+        return next(i for i, p in enumerate(parts) if layer in p)
+
+    assert unit_of(first) < unit_of(second), result["units"]
+    assert result["num_units"] >= 4, result["units"]  # not one lump
+
+
+def attempt(name):
+    task = getattr(keras_hub.models, name)
+    return hub_coverage.try_family(name, "CausalLM", task, task.backbone_cls,
+                                   fit=False)
+
+
+def test_causal_lm_with_required_flags_splits_and_blocks_together_say_why():
+    # SmolLM3 requires rates, flags and per-layer lists: one unit per block.
+    smol = attempt("SmolLM3CausalLM")
+    assert smol["status"] == "split", smol["reason"]
+    assert smol["units"].split(" | ") == [
+        "token_embedding", "transformer_layer_0", "transformer_layer_1",
+        "sequence_output_layernorm", "head: token_embedding"]
+    # RWKV-7's first block passes its value on to every later block.
+    rwkv = attempt("RWKV7CausalLM")
+    assert "no cut after 'rwkv_layer_0', it passes several tensors on" in (
+        rwkv["together"])
+
+
+def test_causal_lm_of_nested_models_is_built():
+    # BLIP-2 is three nested models (`Nested`): its vision blocks split;
+    # the Q-Former's blocks stay together, each cross-attending to the
+    # vision output, and the table says so, naming the tensor.
+    blip2 = attempt("BLIP2CausalLM")
+    assert blip2["status"] == "split", blip2["reason"]
+    assert "transformer_block_1 | transformer_block_2" in blip2["units"]
+    assert re.search(r"unit \d+ keeps 2 blocks together \(transformer_layer_0"
+                     r", transformer_layer_1\): no cut after "
+                     r"'transformer_layer_0', 'ln' .*feeds "
+                     r"'transformer_layer_1'", blip2["together"])
 
 
 def test_only_hub_coverage_imports_keras_hub():

@@ -119,6 +119,19 @@ def test_guard_error_names_the_supported_range(monkeypatch, unchecked):
     assert f"keras{keras_internals.SUPPORTED_KERAS}" in str(err.value)
 
 
+def test_the_check_leaves_pythons_random_sequence_as_it_was(unchecked):
+    # Its sample layers draw default seeds; drawn from the caller's
+    # sequence they shifted the dropout seeds of a model loaded after the
+    # first FreezeOutModel of a process (issue 24's drifting resume).
+    import random
+    random.seed(7)
+    want = [random.random() for _ in range(3)]
+    random.seed(7)
+    keras_internals.check()
+    assert keras_internals._checked
+    assert [random.random() for _ in range(3)] == want
+
+
 def _project_private_names(trees):
     """Private names the package defines itself (functions, classes,
     module and class constants, `self._x` attributes)."""

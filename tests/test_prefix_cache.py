@@ -130,13 +130,8 @@ def test_adaptive_freezing_moves_the_boundary_in_one_graph():
 
 @pytest.mark.parametrize(
     "make,data",
-    [(cnn, cnn_data), pytest.param(bert, bert_data, marks=[
-        pytest.mark.slow,
-        # Known bug, open (issue 24): after the merge with variable
-        # ownership, the resumed cached BERT's losses differ from the
-        # uncached run's by up to 2e-3 (the CNN case stays exact).
-        pytest.mark.xfail(reason="cached BERT resume drifts by ~2e-3 "
-                                 "since the ownership merge (issue 24)")])],
+    [(cnn, cnn_data), pytest.param(bert, bert_data,
+                                   marks=pytest.mark.slow)],
     ids=["cnn", "bert"])
 def test_resume_from_saved_model_equals_uncached(make, data, tmp_path):
     def interrupted(cache):

@@ -87,6 +87,33 @@ def test_each_projection_runs_once_in_the_forward():
     assert len(matmuls) == 5
 
 
+class BuildsItsSublayers(keras.layers.Layer):
+    """A block that makes its sublayers in `build`, as keras_hub's
+    TransformerEncoder does: before it is built it looks like a leaf."""
+
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(8)
+        self.dropout = keras.layers.Dropout(0.3)
+
+    def call(self, inputs, training=None):
+        return self.dropout(self.dense(inputs), training=training)
+
+
+def test_a_block_built_after_the_split_runs_its_projection_once():
+    # The small ViT of benchmark_adaptive (keras_hub TransformerEncoder
+    # units, built after FreezeOutModel was made) had each block switched
+    # as a leaf: its whole forward ran once per mode, 2x the matmuls and
+    # 1.4-2.2x plain Keras' step.
+    keras.utils.set_random_seed(0)
+    model = FreezeOutModel([BuildsItsSublayers(), BuildsItsSublayers()],
+                           keras.layers.Dense(3))
+    model.build((None, 8))
+    matmuls = _forward_ops(model, "MatMul")
+    assert len(matmuls) == 3  # one per block, one in the head
+    assert [type(layer).__name__ for i in range(2)
+            for layer in model._unit_leaves(i)] == ["Dropout", "Dropout"]
+
+
 def test_rate_zero_dropout_selects_nothing():
     keras.utils.set_random_seed(0)
     model = FreezeOutModel([_mlp_unit(0.3), _mlp_unit(0.0)],
@@ -146,6 +173,42 @@ def test_moments_over_the_batch_or_over_no_example():
     mean, variance = _moments_while(tf.constant(False), x, axes)
     np.testing.assert_array_equal(mean, np.zeros(3))
     np.testing.assert_array_equal(variance, np.zeros(3))
+
+
+@pytest.mark.parametrize("axes", [[0, 1, 2], [0, 2, 3]])
+def test_moments_gradient_is_that_of_tf_nn_moments(axes):
+    # The gradient is written out (op by op, the slice's unknown size made
+    # every op take the broadcasting gradient: 3x the Sum ops of plain
+    # Keras' BatchNorm). It must be tf.nn.moments' (the variance's mean
+    # held constant), and zero while frozen.
+    x = tf.constant(np.random.default_rng(2).normal(
+        size=(6, 4, 4, 3)).astype("float32") * 3 + 1)
+    rng = np.random.default_rng(3)
+    width = x.shape[({0, 1, 2, 3} - set(axes)).pop()]  # the kept axis
+    a, b = (tf.constant(rng.normal(size=width).astype("float32"))
+            for _ in range(2))
+
+    def gradient(moments):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            mean, variance = moments()
+            loss = tf.reduce_sum(a * mean + b * variance)
+        return tape.gradient(loss, x).numpy()
+
+    def reference():
+        mean = tf.reduce_mean(x, axes)
+        keep = tf.reduce_mean(x, axes, keepdims=True)
+        return mean, tf.reduce_mean(
+            tf.math.squared_difference(x, tf.stop_gradient(keep)), axes)
+
+    expected = gradient(reference)
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(
+        gradient(lambda: _moments_while(tf.constant(True), x, axes)),
+        expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(
+        gradient(lambda: _moments_while(tf.constant(False), x, axes)),
+        np.zeros(x.shape, "float32"))
 
 
 def test_under_xla_a_frozen_batch_norm_keeps_static_shapes():

@@ -1,0 +1,761 @@
+"""The pre-registered fine-tuning benchmark (`scripts/benchmark_finetune.py`).
+
+Two fine-tuning tasks on real data that ships with the environment:
+
+* `"vit"`: a KerasHub `ViTBackbone` (6 blocks, hidden 128, 4 heads, MLP
+  256, 2x2 patches of 8x8 digits: 16 tokens and a class token) pretrained
+  30 epochs on scikit-learn's digits 0-4, fine-tuned 12 epochs on 5-9
+  with a new head (AdamW 5e-4), scored by test accuracy (25 % of 5-9);
+* `"lm"`: a byte-level Llama (`text.byte_llama`: 6 blocks, hidden 128,
+  4 query / 2 key-value heads, windows of 64 bytes) pretrained 600 steps
+  on 12 standard-library packages, fine-tuned 3 epochs on 64 kB of
+  `asyncio` (a package held out of pretraining), scored by the token loss
+  on 50 kB of held-out `asyncio` files (nats per byte).
+
+Five arms (`ARMS`), each from the same pretrained weights and, per seed,
+the same new head and data order:
+
+* `"full"`: plain Keras fine-tuning of every weight (the model itself);
+* `"static"`: the usual recipe, plain Keras with the first k freeze units'
+  variables non-trainable from the start (k chosen on validation);
+* `"schedule"`: the FreezeOut schedule (`FreezeOut(t_0=...)`, t_0 chosen
+  on validation);
+* `"adaptive"`: `FreezeOut(t_0=None, adaptive=AdaptiveFreeze(...))`, the
+  adaptive default (or the setting the validation rule puts in its place);
+* `"adaptive_cached"`: the same with `cache_frozen_prefix` (example ids,
+  fixed inputs per example).
+
+Pre-registration, in phases, each writing its file (`write_report`):
+
+1. `validate_task`: every candidate setting (`GRID`) on a validation split
+   held out of the fine-tuning training data (the test data is not read);
+2. `choose_settings`: the rule below fixes every arm's setting from the
+   validation files; written to `settings.json` before any test run;
+3. `run_seed`: one seed's test runs, the arms in a seed-rotated order
+   after an untimed warm-up, the settings read from `settings.json`
+   unchanged (refused if missing);
+4. `report`: means over seeds, ratios to full fine-tuning and the targets.
+
+Measures per run: wall-clock of the whole `fit` (its trace included),
+summed step time (every step but the first, which holds the trace), the
+quality (accuracy or held-out loss), peak memory of TensorFlow's CPU
+allocator during the fit (needs `TF_CPU_ALLOCATOR_USE_BFC=true` before
+TensorFlow starts; `None` otherwise), and the load average.
+
+Pretrained weights are computed once per task and size (seed
+`PRETRAIN_SEED`) and kept under `cache_dir` (default
+`/tmp/freezeout_finetune`), so the phases share them; the file's digest
+goes into every result.
+"""
+
+import hashlib
+import json
+import os
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from freezeout_tf import text
+from freezeout_tf.adaptive import AdaptiveFreeze
+from freezeout_tf.benchmarking import StepTimer
+from freezeout_tf.callback import FreezeOut
+from freezeout_tf.model import FreezeOutModel
+from freezeout_tf.prefix_cache import with_example_ids
+
+__all__ = [
+    "ARMS",
+    "CACHE_BUDGET",
+    "GRID",
+    "MAX_DROP_POINTS",
+    "MAX_LOSS_RISE",
+    "SIZES",
+    "TARGETS",
+    "TASKS",
+    "arm_settings",
+    "check_settings",
+    "choose_settings",
+    "load_task",
+    "report",
+    "run_arm",
+    "run_seed",
+    "validate_task",
+]
+
+TASKS = ("vit", "lm")
+ARMS = ("full", "static", "schedule", "adaptive", "adaptive_cached")
+PRETRAIN_SEED = 0
+VALIDATION_SEED = 100
+# Equal quality: within 0.5 points of full fine-tuning's accuracy, or 1 %
+# of its held-out loss.
+MAX_DROP_POINTS, MAX_LOSS_RISE = 0.5, 0.01
+# Wall-clock speed-ups over full fine-tuning the defaults must reach.
+TARGETS = {"adaptive": 1.5, "adaptive_cached": 2.2}
+# Candidates tried on validation. static: frozen share of the freeze units
+# (rounded down to whole units); schedule: t_0; adaptive: AdaptiveFreeze
+# settings, the first being the library's default.
+GRID = {
+    "static": [0.25, 0.5, 0.75],
+    "schedule": [0.5, 0.8],
+    "adaptive": [{}, {"intervals": 20}, {"percentile": 75.0}],
+}
+
+SIZES = {
+    "full": {
+        "vit": {"image": 8, "patch": 2, "layers": 6, "hidden": 128,
+                "heads": 4, "mlp": 256, "batch": 32, "pretrain_epochs": 30,
+                "epochs": 12},
+        "lm": {"layers": 6, "hidden": 128, "heads": 4, "sequence": 64,
+               "batch": 16, "pretrain_steps": 600,
+               "pretrain_bytes": 2_000_000, "fine_tune_bytes": 64_000,
+               "heldout_bytes": 50_000, "epochs": 3},
+    },
+    "quick": {
+        "vit": {"image": 8, "patch": 4, "layers": 2, "hidden": 16,
+                "heads": 2, "mlp": 32, "batch": 64, "pretrain_epochs": 1,
+                "epochs": 2},
+        "lm": {"layers": 2, "hidden": 16, "heads": 2, "sequence": 32,
+               "batch": 16, "pretrain_steps": 4, "pretrain_bytes": 4_000,
+               "fine_tune_bytes": 3_000, "heldout_bytes": 2_000,
+               "epochs": 2},
+    },
+}
+LM_PRETRAIN = ["collections", "concurrent", "email", "http", "importlib",
+               "json", "logging", "multiprocessing", "re", "unittest",
+               "urllib", "xml"]
+LM_FINE_TUNE = "asyncio"
+CACHE_BUDGET = 2 ** 30
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+# Tasks: data, pretrained weights, the fine-tuning model and its score.
+
+class _Task:
+    """One task at one size: `train`/`evaluation` arrays for the split, a
+    `build()` of the fine-tuning model (plain Keras, pretrained weights
+    loaded), `dataset(arrays, seed, ids)`, `score(model, arrays)`."""
+
+    higher_is_better = True
+
+    def __init__(self, name, size, validation, cache_dir):
+        self.name, self.size, self.validation = name, size, validation
+        self.cache_dir = cache_dir
+
+    def weights_path(self):
+        key = hashlib.sha256(json.dumps(
+            [self.name, self.size, PRETRAIN_SEED, keras.__version__],
+            sort_keys=True).encode()).hexdigest()[:12]
+        return os.path.join(self.cache_dir,
+                            f"{self.name}-{key}.weights.h5")
+
+    def pretrained(self):
+        """Path of the pretrained weights (pretrains once if missing)."""
+        path = self.weights_path()
+        if not os.path.exists(path):
+            os.makedirs(self.cache_dir, exist_ok=True)
+            keras.utils.set_random_seed(PRETRAIN_SEED)
+            model = self._pretrain()
+            tmp = path + f".{os.getpid()}.weights.h5"
+            model.save_weights(tmp)
+            os.replace(tmp, path)  # atomic: phases may run side by side
+        return path
+
+    def digest(self):
+        with open(self.pretrained(), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+
+    def num_examples(self):
+        return len(self.train[1])
+
+
+def _digits(classes, size):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    keep = np.isin(y, classes)
+    x = x[keep].reshape(-1, 8, 8, 1).astype("float32") / 16.0
+    x = np.repeat(np.repeat(x, size // 8, axis=1), size // 8, axis=2)
+    return x, np.searchsorted(np.asarray(classes), y[keep]).astype("int32")
+
+
+class _VitTask(_Task):
+    metric = "accuracy"
+
+    def __init__(self, size, validation, cache_dir):
+        from sklearn.model_selection import train_test_split
+
+        super().__init__("vit", size, validation, cache_dir)
+        x, y = _digits(range(5, 10), size["image"])
+        # The test split is fixed (random_state 0) for every seed; the
+        # validation split is carved out of its training part.
+        x, tx, y, ty = train_test_split(x, y, test_size=0.25, stratify=y,
+                                        random_state=0)
+        if validation:
+            x, tx, y, ty = train_test_split(x, y, test_size=0.25, stratify=y,
+                                            random_state=VALIDATION_SEED)
+        self.train, self.evaluation = (x, y), (tx, ty)
+
+    def _backbone(self):
+        import keras_hub
+
+        s = self.size
+        return keras_hub.models.ViTBackbone(
+            image_shape=(s["image"], s["image"], 1), patch_size=s["patch"],
+            num_layers=s["layers"], num_heads=s["heads"],
+            hidden_dim=s["hidden"], mlp_dim=s["mlp"], name="vit")
+
+    def _classifier(self, backbone, name):
+        inputs = keras.Input(backbone.input_shape[1:])
+        pooled = keras.layers.GlobalAveragePooling1D(name="pool")(
+            backbone(inputs))
+        return keras.Model(inputs, keras.layers.Dense(5, name=name)(pooled))
+
+    def _pretrain(self):
+        backbone = self._backbone()
+        model = self._classifier(backbone, "head_a")
+        model.compile(keras.optimizers.AdamW(1e-3), _loss())
+        model.fit(*_digits(range(5), self.size["image"]),
+                  batch_size=self.size["batch"],
+                  epochs=self.size["pretrain_epochs"], verbose=0)
+        return backbone
+
+    def build(self):
+        backbone = self._backbone()
+        backbone.load_weights(self.pretrained())
+        return self._classifier(backbone, "head_b")
+
+    def split(self, model):
+        split = FreezeOutModel.from_model(model)
+        # Built now: `fit` with the cache reads example-id dicts, from which
+        # a single-input model cannot infer its input shape.
+        split.build(model.input_shape)
+        return split
+
+    def optimizer(self):
+        return keras.optimizers.AdamW(5e-4)
+
+    def dataset(self, arrays, seed, ids):
+        ds = tf.data.Dataset.from_tensor_slices(arrays)
+        if ids:
+            ds = with_example_ids(ds)
+        return (ds.shuffle(len(arrays[1]), seed=seed)
+                .batch(self.size["batch"]).prefetch(2))
+
+    def steps_per_epoch(self):
+        return -(-self.num_examples() // self.size["batch"])
+
+    def score(self, model, arrays):
+        logits = model.predict(arrays[0], batch_size=256, verbose=0)
+        return float(np.mean(np.argmax(logits, -1) == arrays[1]))
+
+
+class _LmTask(_Task):
+    metric = "heldout_loss"
+    higher_is_better = False
+
+    def __init__(self, size, validation, cache_dir):
+        super().__init__("lm", size, validation, cache_dir)
+        seq = size["sequence"]
+        train, heldout = text.split_files(
+            text.package_files([LM_FINE_TUNE]), 0.2)
+        if validation:
+            train, heldout = text.split_files(train, 0.2)
+        self.train = text.windows(train, seq, size["fine_tune_bytes"])
+        self.evaluation = text.windows(heldout, seq, size["heldout_bytes"])
+        self.files = {"train": train, "evaluation": heldout}
+
+    def _lm(self):
+        s = self.size
+        return text.byte_llama(s["layers"], s["hidden"], s["heads"],
+                               num_key_value_heads=s["heads"] // 2)
+
+    def _pretrain(self):
+        s = self.size
+        lm = self._lm()
+        data = text.windows(text.package_files(LM_PRETRAIN), s["sequence"],
+                            s["pretrain_bytes"])
+        lm.compile(keras.optimizers.AdamW(1e-3), _loss(),
+                   weighted_metrics=None)
+        lm.fit(text.lm_dataset(data, s["batch"], shuffle_seed=PRETRAIN_SEED,
+                               repeat=True),
+               epochs=1, steps_per_epoch=s["pretrain_steps"], verbose=0)
+        return lm.backbone  # every weight, without the optimizer's
+
+    def build(self):
+        lm = self._lm()
+        lm.backbone.load_weights(self.pretrained())
+        return lm
+
+    def split(self, model):
+        return FreezeOutModel.from_model(model, num_units=self.size["layers"])
+
+    def optimizer(self):
+        return keras.optimizers.AdamW(3e-4)
+
+    def num_examples(self):
+        return len(self.train["labels"])
+
+    def dataset(self, arrays, seed, ids):
+        ds = tf.data.Dataset.from_tensor_slices((
+            {"token_ids": arrays["token_ids"],
+             "padding_mask": arrays["padding_mask"]},
+            arrays["labels"], arrays["sample_weight"]))
+        if ids:
+            ds = with_example_ids(ds)
+        return (ds.shuffle(len(arrays["labels"]), seed=seed)
+                .batch(self.size["batch"]).prefetch(2))
+
+    def steps_per_epoch(self):
+        return -(-self.num_examples() // self.size["batch"])
+
+    def score(self, model, arrays):
+        return text.token_loss(model, text.lm_dataset(arrays, 64))
+
+
+def load_task(name, quick=False, validation=False,
+              cache_dir="/tmp/freezeout_finetune"):
+    """A task of the benchmark at its benchmark (or `quick`) size.
+
+    Args:
+        name: `"vit"` or `"lm"` (`TASKS`).
+        quick: the tiny sizes of `SIZES["quick"]` (seconds).
+        validation: train on the training part minus a validation split
+            and evaluate on that split (the test data is not read).
+        cache_dir: where the pretrained weights are kept.
+
+    Returns:
+        the task: `train`, `evaluation`, `build()`, `split(model)`,
+        `dataset(arrays, seed, ids)`, `score(model, arrays)`, `metric`.
+
+    Raises:
+        ValueError: an unknown task.
+    """
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}; got {name!r}.")
+    size = SIZES["quick" if quick else "full"][name]
+    cls = _VitTask if name == "vit" else _LmTask
+    return cls(size, validation, cache_dir)
+
+
+# One run.
+
+class _FitTimer(StepTimer):
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+
+def _static_freeze(model, split, k):
+    """Makes the variables of freeze units 0..k-1 non-trainable (by owner,
+    so a layer shared with the head keeps the head's variables
+    trainable)."""
+    variables = list(model.trainable_variables)
+    owners = split.variable_units(variables)
+    frozen = [v for v, u in zip(variables, owners) if u < k]
+    for v in frozen:
+        v.trainable = False
+    return frozen
+
+
+def _memory(reset):
+    try:
+        if reset:
+            tf.config.experimental.reset_memory_stats("CPU:0")
+        return tf.config.experimental.get_memory_info("CPU:0")
+    except (ValueError, tf.errors.InvalidArgumentError):
+        return None  # not the BFC allocator
+
+
+def run_arm(task, arm, setting, seed):
+    """Fine-tunes the task's pretrained model one way; returns its figures.
+
+    Args:
+        task: from `load_task`.
+        arm: one of `ARMS`.
+        setting: the arm's setting: static, the frozen share of the units;
+            schedule, t_0; adaptive and adaptive_cached, `AdaptiveFreeze`
+            keyword arguments; full, None.
+        seed: seeds the new head and the data order (the same for every
+            arm).
+
+    Returns:
+        dict: `quality` (accuracy, or held-out loss), `wall_s` (the whole
+        `fit`), `steps_s` (every step but the first), `first_step_s`,
+        `peak_mib` (or None), `frozen_units` and `frozen_unchanged` (static:
+        the frozen variables bit-identical after the fit), `freeze_steps`
+        (FreezeOut arms; None: never), `total_steps`, `num_units`,
+        `load_before`/`load_after` (1-minute load average).
+
+    Raises:
+        ValueError: an unknown arm.
+    """
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}; got {arm!r}.")
+    keras.utils.set_random_seed(seed + 1)  # the same new head each arm
+    net = task.build()
+    split = task.split(net)
+    callbacks, extra = [], {}
+    if arm in ("full", "static"):
+        model = net
+        if arm == "static":
+            k = int(setting * split.num_units)
+            frozen = _static_freeze(net, split, k)
+            before_fit = [v.numpy() for v in frozen]
+            extra["frozen_units"] = k
+    else:
+        model = split
+        if arm == "schedule":
+            callbacks.append(FreezeOut(t_0=setting))
+        else:
+            callbacks.append(FreezeOut(t_0=None,
+                                       adaptive=AdaptiveFreeze(**setting)))
+        if arm == "adaptive_cached":
+            model.cache_frozen_prefix(task.num_examples(), CACHE_BUDGET)
+    model.compile(task.optimizer(), _loss())
+    data = task.dataset(task.train, seed, ids=arm == "adaptive_cached")
+    timer = _FitTimer()
+    epochs = task.size["epochs"]
+    load_before = os.getloadavg()[0]
+    before = _memory(reset=True)
+    start = time.perf_counter()
+    model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks + [timer])
+    wall = time.perf_counter() - start
+    after = _memory(reset=False)
+    if arm == "static":
+        # The recipe's premise, checked: the frozen prefix did not move.
+        extra["frozen_unchanged"] = all(
+            np.array_equal(a, v.numpy()) for a, v in zip(before_fit, frozen))
+    result = {
+        "quality": task.score(model, task.evaluation),
+        "wall_s": wall,
+        "steps_s": float(sum(timer.times[1:])),
+        "first_step_s": timer.times[0],
+        "peak_mib": (None if after is None
+                     else (after["peak"] - before["current"]) / 2 ** 20),
+        "total_steps": len(timer.times),
+        "num_units": split.num_units,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        **extra,
+    }
+    if model is split:
+        steps = split.schedule_state.host_freeze_steps()[:-1].tolist()
+        result["freeze_steps"] = [int(s) if s < len(timer.times) else None
+                                  for s in steps]
+    return result
+
+
+def _rotated(names, seed):
+    names = list(names)
+    return names[seed % len(names):] + names[:seed % len(names)]
+
+
+# Phase 1: validation.
+
+def validate_task(task, seed=VALIDATION_SEED, log=print):
+    """Runs every candidate of `GRID` and full fine-tuning on the task's
+    validation split (`load_task(..., validation=True)`), in a rotated
+    order.
+
+    Args:
+        task: a validation task.
+        seed: seed of the runs.
+        log: called with a line per run.
+
+    Returns:
+        dict with `task`, `metric`, `pretrained` (the weights' digest),
+        `runs`: a list of `{"arm", "setting", ...run_arm figures}`.
+
+    Raises:
+        ValueError: `task` is not a validation split.
+    """
+    if not task.validation:
+        raise ValueError(
+            "validate_task needs a validation split: load_task(..., "
+            "validation=True); the test data is not for choosing settings.")
+    candidates = [("full", None)] + [
+        (arm, s) for arm in ("static", "schedule", "adaptive")
+        for s in GRID[arm]] + [("adaptive_cached", GRID["adaptive"][0])]
+    runs = []
+    for arm, setting in _rotated(candidates, seed):
+        r = run_arm(task, arm, setting, seed)
+        runs.append({"arm": arm, "setting": setting, **r})
+        log(f"{task.name} validation {arm} {setting}: "
+            f"{task.metric} {r['quality']:.4f}, {r['wall_s']:.1f} s")
+    return {"task": task.name, "metric": task.metric,
+            "higher_is_better": task.higher_is_better,
+            "pretrained": task.digest(), "seed": seed, "runs": runs}
+
+
+def _equal_quality(quality, full, higher_is_better):
+    # 1e-9: a drop of exactly the tolerance counts as within it.
+    if higher_is_better:
+        return 100 * (full - quality) <= MAX_DROP_POINTS + 1e-9
+    return quality <= full * (1 + MAX_LOSS_RISE) + 1e-9
+
+
+def _better(a, b, higher_is_better):
+    return a > b if higher_is_better else a < b
+
+
+def choose_settings(validations):
+    """The pre-registered rule, on the validation results of every task.
+
+    A candidate is *admissible* on a task when its quality is within
+    `MAX_DROP_POINTS` points of full fine-tuning's accuracy (or
+    `MAX_LOSS_RISE` of its held-out loss); its *speed-up* is full
+    fine-tuning's fit wall-clock over its own. Static (k) and schedule
+    (t_0) are fixed per task: the admissible candidate with the best
+    speed-up; none admissible, the best quality. The adaptive setting is
+    one for all tasks (a default): the library default (`GRID["adaptive"]
+    [0]`) stays if it is admissible on every task with at least
+    `TARGETS["adaptive"]` speed-up on every task; otherwise the candidate
+    admissible on every task with the best smallest speed-up across tasks
+    (none admissible: the library default). The cached arm uses the
+    adaptive setting.
+
+    Args:
+        validations: dict task name -> `validate_task` result.
+
+    Returns:
+        dict with `static` and `schedule` (task -> setting), `adaptive`
+        (settings dict), `default_changed` (bool), `scores` (per task and
+        candidate: admissible, speed-up, quality).
+
+    Example:
+
+    >>> runs = [{"arm": "full", "setting": None, "quality": 0.9, "wall_s": 10},
+    ...         {"arm": "static", "setting": 0.5, "quality": 0.9, "wall_s": 5},
+    ...         {"arm": "static", "setting": 0.75, "quality": 0.8, "wall_s": 4},
+    ...         {"arm": "schedule", "setting": 0.8, "quality": 0.9, "wall_s": 8},
+    ...         {"arm": "adaptive", "setting": {}, "quality": 0.9, "wall_s": 6}]
+    >>> chosen = choose_settings({"vit": {"runs": runs, "higher_is_better": True}})
+    >>> chosen["static"], chosen["schedule"], chosen["adaptive"]
+    ({'vit': 0.5}, {'vit': 0.8}, {})
+    >>> chosen["default_changed"]
+    False
+    """
+    scores = {}
+    chosen = {"static": {}, "schedule": {}}
+    for name, v in validations.items():
+        hib = v["higher_is_better"]
+        full = [r for r in v["runs"] if r["arm"] == "full"][0]
+        scores[name] = []
+        for r in v["runs"]:
+            if r["arm"] == "full":
+                continue
+            scores[name].append({
+                "arm": r["arm"], "setting": r["setting"],
+                "admissible": _equal_quality(r["quality"], full["quality"],
+                                             hib),
+                "speedup": full["wall_s"] / r["wall_s"],
+                "quality": r["quality"]})
+        for arm in ("static", "schedule"):
+            rows = [s for s in scores[name] if s["arm"] == arm]
+            ok = [s for s in rows if s["admissible"]]
+            if ok:
+                best = max(ok, key=lambda s: s["speedup"])
+            else:
+                best = max(rows, key=lambda s: s["quality"] if hib
+                           else -s["quality"])
+            chosen[arm][name] = best["setting"]
+
+    def adaptive_rows(setting):
+        return [[s for s in scores[n] if s["arm"] == "adaptive"
+                 and s["setting"] == setting][0] for n in scores]
+
+    default = GRID["adaptive"][0]
+    rows = adaptive_rows(default)
+    keep = all(r["admissible"] and r["speedup"] >= TARGETS["adaptive"]
+               for r in rows)
+    setting = default
+    if not keep:
+        ok = [(min(r["speedup"] for r in adaptive_rows(s)), i, s)
+              for i, s in enumerate(GRID["adaptive"])
+              if all(r["admissible"] for r in adaptive_rows(s))]
+        if ok:
+            setting = max(ok, key=lambda t: (t[0], -t[1]))[2]
+    chosen["adaptive"] = setting
+    chosen["default_changed"] = setting != default
+    chosen["scores"] = scores
+    return chosen
+
+
+def check_settings(path):
+    """Reads the pre-registered settings; a clear error if there are none.
+
+    Args:
+        path: the `settings.json` written by the settings phase.
+
+    Returns:
+        the settings dict (`choose_settings`' result, under `results` of
+        the report), with `written_utc`.
+
+    Raises:
+        FileNotFoundError: no settings file: run the validation first.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no pre-registered settings at {path!r}: run the validate phase "
+            "(and then the settings phase) before any test run.")
+    with open(path, encoding="utf-8") as f:
+        report_ = json.load(f)
+    settings = dict(report_["results"]["chosen"])
+    settings["written_utc"] = report_["provenance"]["utc"]
+    return settings
+
+
+def arm_settings(settings, task_name):
+    """Each arm's setting for one task, from `check_settings`' dict."""
+    return {"full": None,
+            "static": settings["static"][task_name],
+            "schedule": settings["schedule"][task_name],
+            "adaptive": settings["adaptive"],
+            "adaptive_cached": settings["adaptive"]}
+
+
+# Phase 3: test runs.
+
+def run_seed(task, settings, seed, log=print):
+    """One seed's test runs of every arm with the pre-registered settings,
+    in an order rotated by the seed.
+
+    Args:
+        task: a test task (`load_task(..., validation=False)`).
+        settings: from `check_settings` (read before this is called).
+        seed: the seed.
+        log: called with a line per run.
+
+    Returns:
+        dict with `task`, `seed`, `metric`, `pretrained`, `settings` (the
+        arms' settings used), `runs` (arm -> `run_arm` figures).
+
+    Raises:
+        ValueError: `task` is a validation split.
+    """
+    if task.validation:
+        raise ValueError("run_seed needs the test split: load_task(..., "
+                         "validation=False).")
+    used = arm_settings(settings, task.name)
+    warm_up_s = _warm_up(task)
+    runs = {}
+    for arm in _rotated(ARMS, seed):
+        runs[arm] = run_arm(task, arm, used[arm], seed)
+        log(f"{task.name} seed {seed} {arm}: {task.metric} "
+            f"{runs[arm]['quality']:.4f}, {runs[arm]['wall_s']:.1f} s")
+    return {"task": task.name, "seed": seed, "metric": task.metric,
+            "higher_is_better": task.higher_is_better,
+            "pretrained": task.digest(),
+            "settings_written_utc": settings["written_utc"],
+            "settings": used, "order": _rotated(ARMS, seed),
+            "warm_up_s": warm_up_s, "runs": runs}
+
+
+def _warm_up(task):
+    """Two untimed steps of plain Keras and of a FreezeOut model, so that
+    the process' one-time costs (kernel and allocator set-up) are not
+    charged to whichever arm runs first. Returns its seconds."""
+    start = time.perf_counter()
+    data = task.dataset(task.train, 0, ids=False).take(2)
+    for freeze in (False, True):
+        keras.utils.set_random_seed(0)
+        net = task.build()
+        model = task.split(net) if freeze else net
+        model.compile(task.optimizer(), _loss())
+        model.fit(data, epochs=1, verbose=0,
+                  callbacks=[FreezeOut(t_0=None, adaptive=AdaptiveFreeze(
+                      interval=1))] if freeze else [])
+    return time.perf_counter() - start
+
+
+# Phase 4: the report.
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.mean(xs) if xs else None
+
+
+def report(tests):
+    """Means over seeds, ratios to full fine-tuning and the targets.
+
+    Args:
+        tests: list of `run_seed` results (any tasks and seeds).
+
+    Returns:
+        `(summary, lines)`: per task and arm the means (`quality`,
+        `wall_s`, `steps_s`, `peak_mib`), `speedup_wall` and
+        `speedup_steps` over full fine-tuning and `equal_quality`; per task
+        `targets` (name -> met, figure); and Markdown lines. The first
+        step (it holds the trace) is reported apart from the others.
+    """
+    summary, lines = {}, []
+    for name in sorted({t["task"] for t in tests}):
+        runs = sorted((t for t in tests if t["task"] == name),
+                      key=lambda t: t["seed"])
+        hib = runs[0]["higher_is_better"]
+        rows = {}
+        for arm in ARMS:
+            rs = [t["runs"][arm] for t in runs]
+            rows[arm] = {k: _mean([r[k] for r in rs]) for k in
+                         ("quality", "wall_s", "steps_s", "first_step_s",
+                          "peak_mib")}
+            rows[arm]["quality_range"] = [min(r["quality"] for r in rs),
+                                          max(r["quality"] for r in rs)]
+            rows[arm]["per_seed_speedup"] = [
+                t["runs"]["full"]["wall_s"] / t["runs"][arm]["wall_s"]
+                for t in runs]
+        full = rows["full"]
+        for arm, row in rows.items():
+            row["speedup_wall"] = full["wall_s"] / row["wall_s"]
+            row["speedup_steps"] = full["steps_s"] / row["steps_s"]
+            row["equal_quality"] = _equal_quality(row["quality"],
+                                                  full["quality"], hib)
+        targets = {}
+        for arm, target in TARGETS.items():
+            row = rows[arm]
+            targets[f"{arm} >= {target}x at equal quality"] = {
+                "met": row["equal_quality"] and row["speedup_wall"] >= target,
+                "speedup": row["speedup_wall"],
+                "equal_quality": row["equal_quality"]}
+        a, s = rows["adaptive"], rows["static"]
+        targets["adaptive faster than static at equal quality"] = {
+            "met": (a["equal_quality"] and a["wall_s"] < s["wall_s"]),
+            "adaptive_wall_s": a["wall_s"], "static_wall_s": s["wall_s"],
+            "static_equal_quality": s["equal_quality"]}
+        summary[name] = {"seeds": [t["seed"] for t in runs], "arms": rows,
+                         "targets": targets,
+                         "settings": runs[0]["settings"],
+                         "load": [[t["runs"][arm]["load_before"]
+                                   for arm in t["order"]] for t in runs]}
+        unit = "accuracy %" if hib else "held-out loss (nats/byte)"
+        scale = 100 if hib else 1
+        fmt = ".2f" if hib else ".4f"
+        lines += [f"## {name} (seeds {summary[name]['seeds']})", "",
+                  f"| arm | setting | {unit} (mean, min-max) | equal quality | "
+                  "fit s | speed-up (wall) | per seed | first step s | "
+                  "other steps s | speed-up (steps) | peak MiB |",
+                  "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
+        for arm, row in rows.items():
+            lo, hi = row["quality_range"]
+            peak = ("" if row["peak_mib"] is None
+                    else f"{row['peak_mib']:.0f}")
+            lines.append(
+                f"| {arm} | {runs[0]['settings'][arm]} | "
+                f"{scale * row['quality']:{fmt}} ({scale * lo:{fmt}}-"
+                f"{scale * hi:{fmt}}) | {'yes' if row['equal_quality'] else 'no'} | "
+                f"{row['wall_s']:.1f} | {row['speedup_wall']:.2f}x | "
+                + ", ".join(f"{x:.2f}" for x in row["per_seed_speedup"])
+                + f" | {row['first_step_s']:.1f} | {row['steps_s']:.1f} | {row['speedup_steps']:.2f}x | "
+                f"{peak} |")
+        lines += ["", "| target | met | figure |", "|---|---|---|"]
+        for target, t in targets.items():
+            figure = (f"{t['speedup']:.2f}x" if "speedup" in t else
+                      f"{t['adaptive_wall_s']:.1f} s vs {t['static_wall_s']:.1f} s")
+            lines.append(f"| {target} | {'yes' if t['met'] else 'no'} | "
+                         f"{figure} |")
+        lines.append("")
+    return summary, lines
