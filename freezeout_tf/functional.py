@@ -58,7 +58,8 @@ import types
 
 import keras
 
-from freezeout_tf import ownership, schedule, side_inputs, speedup
+from freezeout_tf import (keras_internals, ownership, schedule, side_inputs,
+                          speedup)
 
 __all__ = ["cut_points", "split_model"]
 
@@ -549,11 +550,14 @@ def records_tensors_only(layer):
 
 def _tensors_only_call(layer, *args, **kwargs):
     # keras Layer.symbolic_call is its output spec; Layer.__call__ then
-    # records the call (`symbolic_call` is listed in keras_internals).
-    return keras.tree.map_structure(
+    # records the call (`symbolic_call` is listed in keras_internals;
+    # before Keras 3.10 the replacement records it).
+    outputs = keras.tree.map_structure(
         lambda x: x if isinstance(x, keras.KerasTensor)
         else keras.KerasTensor((), dtype="float32"),
         layer.compute_output_spec(*args, **kwargs))
+    keras_internals.record_symbolic_call(layer, args, kwargs, outputs)
+    return outputs
 
 
 def _check_model(model):

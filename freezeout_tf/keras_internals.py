@@ -50,7 +50,7 @@ import tensorflow as tf
 
 __all__ = ["PRIVATE_NAMES", "SUPPORTED_KERAS", "SUPPORTED_TENSORFLOW",
            "TESTED_KERAS", "KerasInternalsError", "check", "problems",
-           "update_routing_problems"]
+           "record_symbolic_call", "update_routing_problems"]
 
 # The supported ranges: pyproject.toml's dependency specifiers must say the
 # same (tests/test_internals_guard.py checks it).
@@ -94,7 +94,9 @@ PRIVATE_NAMES = {
     "_moments": (("unit_mode",), "BatchNormalization's batch moments"),
     "_reduction_axes": (("unit_mode",), "BatchNormalization's moment axes"),
     "_maybe_symbolic_build": (
-        ("model",), "building the optimizer's slots before the first step"),
+        ("model",), "building the optimizer's slots before the first step "
+        "(the cache's first batch: its iterator yields (step, iterator) "
+        "before Keras 3.11, (begin, end, iterator) since)"),
     "_loss_tracker": (("model",), "the loss reported by the train step"),
     "_compute_attention": (
         ("speedup",), "counting attention's QK^T and AV MACs"),
@@ -103,6 +105,10 @@ PRIVATE_NAMES = {
         ("functional",), "cutting a functional model into units"),
     "_functional": (
         ("functional",), "cutting a Sequential model into units"),
+    "(Node)": (
+        ("keras_internals",), "record_symbolic_call records a layer's "
+        "symbolic call where Keras before 3.10 did so in symbolic_call "
+        "itself: without it, containers of blocks stay whole there"),
     "(Node.arguments)": (
         ("functional",), "a node's input tensors and call arguments (the "
         "class is keras.src.ops.node.Node, not public)"),
@@ -150,6 +156,10 @@ _ATTRIBUTES = [
 ]
 
 _checked = False
+# Keras 3.10 moved recording a symbolic call's node from
+# Operation.symbolic_call to the end of Layer.__call__ (Layer then
+# overrides symbolic_call to return the output spec only).
+_LAYER_CALL_RECORDS_NODE = "symbolic_call" in vars(keras.layers.Layer)
 # The probe's gradient and the weight decay, momentum and learning rate it
 # uses: any of the three would move a frozen variable that is not skipped.
 _PROBE = {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.5}
@@ -274,3 +284,34 @@ def check():
             f"a supported version, e.g. pip install 'keras{SUPPORTED_KERAS}'."
         )
     _checked = True
+
+
+def record_symbolic_call(layer, args, kwargs, outputs):
+    """Records a symbolic call of `layer` as a node of the Keras graph, for
+    a replacement of `layer.symbolic_call` that returns `outputs`: since
+    Keras 3.10 `Layer.__call__` records it after `symbolic_call` returns,
+    before that `symbolic_call` itself did, so a replacement must.
+
+    Args:
+        layer: the `keras.layers.Layer` called.
+        args: the call's positional arguments (symbolic tensors among them).
+        kwargs: its keyword arguments.
+        outputs: the `keras.KerasTensor`s the call returns.
+
+    Example:
+
+    >>> layer = keras.layers.Dense(2)
+    >>> def output_spec_only(*args, **kwargs):  # a replacement
+    ...     outputs = layer.compute_output_spec(*args, **kwargs)
+    ...     record_symbolic_call(layer, args, kwargs, outputs)
+    ...     return outputs
+    >>> layer.symbolic_call = output_spec_only
+    >>> x = keras.Input((3,))
+    >>> keras.Model(x, layer(x)).layers[-1] is layer
+    True
+    """
+    if not _LAYER_CALL_RECORDS_NODE:
+        from keras.src.ops.node import Node
+
+        Node(operation=layer, call_args=args, call_kwargs=kwargs,
+             outputs=outputs)

@@ -515,7 +515,8 @@ class FreezeOutModel(keras.Model):
         if self.prefix_cache is not None and self.prefix_cache.pending:
             # Before training: the cache's checks and size, from one batch.
             if data_batch is None:
-                for _, _, it in iterator:
+                # Keras < 3.11 yields (step, it), later (begin, end, it).
+                for *_, it in iterator:
                     data_batch = next(it)
                     break
             self.prefix_cache.prepare(self, data_batch)

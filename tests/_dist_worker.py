@@ -71,11 +71,22 @@ def no_bn_model():
     return model
 
 
+def inner_optimizer(model):
+    """The optimizer that applies the updates: a LossScaleOptimizer (mixed
+    float16) keeps the slots and the count of applied steps in its inner
+    one (Keras 3.8's wrapper has an `iterations` of its own that never
+    advances; 3.9 made it the inner one's)."""
+    return getattr(model.optimizer, "inner_optimizer", model.optimizer)
+
+
+def applied_steps(model):
+    return int(keras.ops.convert_to_numpy(inner_optimizer(model).iterations))
+
+
 def unit_state(model, i):
     """Weights (incl. BN moving statistics) and optimizer slots of unit i."""
     unit = model.freeze_units[i]
-    # A LossScaleOptimizer (mixed float16) keeps the slots in its inner one.
-    opt = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    opt = inner_optimizer(model)
     values = [np.array(v.numpy()) for v in unit.weights]
     for layer in unit._flatten_layers():
         for w in layer._trainable_variables:
@@ -92,8 +103,7 @@ class Snapshot(keras.callbacks.Callback):
         self.at_step, self.values = at_step, None
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(keras.ops.convert_to_numpy(
-                self.model.optimizer.iterations)) == self.at_step:
+        if applied_steps(self.model) == self.at_step:
             self.values = unit_state(self.model, 0)
 
 
@@ -183,8 +193,7 @@ def mirrored_float16():
     out = {"num_weights": len(one.weights),
            "optimizer": type(two.optimizer).__name__,
            "compute_dtype": two.freeze_units[0].layers[0].compute_dtype,
-           "iterations": [int(keras.ops.convert_to_numpy(m.optimizer.iterations))
-                          for m in (one, two)],
+           "iterations": [applied_steps(m) for m in (one, two)],
            "tracing_count": tracing_count(two),
            "snapshot_taken": snap.values is not None,
            "num_state": len(snap.values or [])}
@@ -206,8 +215,7 @@ def multi_worker():
     out["num_trainable"] = len(model.trainable_variables)
     out["replicas"] = strategy.num_replicas_in_sync
     out["freeze_steps"] = freeze_steps(model)
-    out["iterations"] = int(keras.ops.convert_to_numpy(
-        model.optimizer.iterations))
+    out["iterations"] = applied_steps(model)
     out["tracing_count"] = tracing_count(model)
     out["snapshot_taken"] = snap.values is not None
     for i, (a, b) in enumerate(zip(snap.values or [], unit_state(model, 0))):

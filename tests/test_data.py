@@ -307,10 +307,12 @@ def test_prepare_downloads_with_progress_lines(tmp_path, monkeypatch, no_proxy):
         os.makedirs(os.path.dirname(target))
         with open(target, "wb") as f:
             for _ in range(3):
+                # Counted before the write: the watcher may print this
+                # chunk's line before the count would be taken after it.
+                lines = out.getvalue().count("MiB downloaded")
                 f.write(b"x" * (1 << 20))
                 f.flush()
                 deadline = time.monotonic() + 30
-                lines = out.getvalue().count("MiB downloaded")
                 while out.getvalue().count("MiB downloaded") == lines:
                     assert time.monotonic() < deadline, "no progress line"
                     time.sleep(0.01)

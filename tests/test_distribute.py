@@ -132,11 +132,16 @@ def test_mirrored_float16_two_devices_matches_one_device(tmp_path):
     assert list(r["iterations"]) == [STEPS, STEPS]  # no step skipped
     assert int(r["tracing_count"]) == 1
     # Same global batch on one device and on two replicas: float16 compute
-    # sums the batch in another order, hence the looser tolerance.
+    # sums the batch in another order, hence the looser tolerance. Its
+    # scale: TensorFlow 2.16 (CI's oldest lane) puts two replicas up to
+    # 2.7e-4 from one device (unit 3's bias; 2.21: 1.1e-4), where float16
+    # itself moves the one-device run up to 6.2e-4 from float32's. A wrong
+    # update is far outside it: a learning rate 10 % too high on the two
+    # replicas puts them up to 2e-2 apart (measured, same run).
     for i in range(int(r["num_weights"])):
         assert r[f"two_{i}"].dtype in (np.float32, np.int64)  # + counter
         np.testing.assert_allclose(r[f"two_{i}"], r[f"one_{i}"],
-                                   rtol=1e-3, atol=1e-4)
+                                   rtol=1e-3, atol=5e-4)
     # Unit 0 (kernel, bias, their momentum) bit-identical once frozen.
     assert bool(r["snapshot_taken"]) and int(r["num_state"]) == 4
     for i in range(int(r["num_state"])):

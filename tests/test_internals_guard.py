@@ -95,6 +95,13 @@ def test_supported_ranges_are_pyprojects():
         keras_internals.SUPPORTED_KERAS + " ")
 
 
+def _keras_hub_specifiers():
+    # keras-hub in each extra of pyproject.toml that asks for it.
+    text = (ROOT / "pyproject.toml").read_text()
+    return {extra: Requirement(req).specifier for extra, req in re.findall(
+        r'^(\w+) = \[.*"(keras-hub[^"]*)"', text, re.M)}
+
+
 def test_oldest_ci_lane_installs_the_lower_bounds():
     pins = {}
     for line in (ROOT / ".ci" / "constraints-oldest.txt").read_text(
@@ -103,9 +110,21 @@ def test_oldest_ci_lane_installs_the_lower_bounds():
             req = Requirement(line)
             pins[req.name] = next(iter(req.specifier)).version
     specs = _pyproject_specifiers()
-    for name in ("keras", "tensorflow"):
+    hub = _keras_hub_specifiers()
+    assert set(hub) == {"test", "hub", "notebooks"}
+    assert len(set(hub.values())) == 1, hub  # one keras-hub range
+    specs["keras-hub"] = hub["hub"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    shown = {"tensorflow": "TensorFlow", "keras": "Keras",
+             "keras-hub": "keras-hub"}
+    for name in ("keras", "tensorflow", "keras-hub"):
         lower = next(s.version for s in specs[name] if s.operator == ">=")
         assert pins[name].startswith(lower), (name, pins[name], lower)
+        # The README names the oldest releases CI tests, and the ranges.
+        assert f"{shown[name]} {pins[name]}" in readme, name
+    assert "`tensorflow" + keras_internals.SUPPORTED_TENSORFLOW + "`" in readme
+    assert "`keras" + keras_internals.SUPPORTED_KERAS + "`" in readme
+    assert f"`keras-hub{hub['hub']}`" in readme
     assert pins["keras"] in keras_internals.TESTED_KERAS
 
 
