@@ -251,11 +251,12 @@ def criterion_step(step, norms, active, scheduled, ema, reference, change,
         norms: float32 `[n]`, each unit's gradient norm at `step`.
         active: bool `[n]`, units that trained at `step`.
         scheduled: int64 `[n]`, each unit's freeze step so far.
-        ema, reference: float32 `[n]`, the moving average and its value at
-            the last check.
+        ema: float32 `[n]`, the moving average of each unit's norm.
+        reference: float32 `[n]`, the moving average at the last check.
         change: float32 `[n]`, each unit's last relative change
             (`NOT_YET` before its first).
-        seen, checks: int64 scalars, steps averaged and checks done.
+        seen: int64 scalar, steps averaged.
+        checks: int64 scalar, checks done.
         config: an `AdaptiveFreeze`.
 
     Returns:
@@ -406,9 +407,10 @@ def pace_step(step, norms, active, scheduled, target, interval_sum,
               percentile):
     """One step of the pace criterion, as a pure function.
 
+    The arguments other than `target` are those of `rank_step`.
+
     Args:
         target: int64 `[n]`, each unit's target freeze step.
-        others: as for `rank_step`.
 
     Returns:
         As `rank_step`, plus the new `target`: at the end of an interval a

@@ -66,7 +66,8 @@ def fit_costs(model, x, y, epochs, batch_size, callbacks=()):
 
     Args:
         model: a compiled Keras model.
-        x, y: the training arrays.
+        x: the training inputs (arrays).
+        y: the training targets (arrays).
         epochs: epochs to run.
         batch_size: the batch size.
         callbacks: more callbacks for `fit` (e.g. `FreezeOut()`).
@@ -216,8 +217,9 @@ def ratio_spread(rounds_a, rounds_b, resamples=2000, seed=0):
     once per round it lasted.
 
     Args:
-        rounds_a, rounds_b: per-round step times of two arms measured in
-            the same rounds (`alternate_steps`), as lists of lists.
+        rounds_a: per-round step times of arm a, as a list of lists,
+            measured in the same rounds as arm b's (`alternate_steps`).
+        rounds_b: arm b's, likewise.
         resamples: bootstrap resamples of the rounds.
         seed: seed of the bootstrap.
 
@@ -481,7 +483,7 @@ def provenance(command=None):
 def write_report(path, results, command=None):
     """Writes `results` as JSON to `path`, with their `provenance`.
 
-    Every figure the README quotes comes from such a file (or from a test):
+    Every figure the documentation quotes comes from such a file (or from a test):
     it says which commit, versions, machine and command produced it, and
     when.
 

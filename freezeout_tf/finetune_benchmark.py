@@ -90,7 +90,8 @@ PRETRAIN_SEED = 0
 VALIDATION_SEED = 100
 # Equal quality: within 0.5 points of full fine-tuning's accuracy, or 1 %
 # of its held-out loss.
-MAX_DROP_POINTS, MAX_LOSS_RISE = 0.5, 0.01
+MAX_DROP_POINTS = 0.5
+MAX_LOSS_RISE = 0.01
 # Wall-clock speed-ups over full fine-tuning the defaults must reach.
 TARGETS = {"adaptive": 1.5, "adaptive_cached": 2.2}
 # Candidates tried on validation. static: frozen share of the freeze units

@@ -367,7 +367,11 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
     """Builds one family from a tiny config, splits it, and fits it.
 
     Args:
-        name, kind, task_cls, backbone_cls: one entry of `families()`.
+        name: the family's class name (an entry of `families()` gives
+            this and the next three arguments).
+        kind: the task kind, or `"backbone"`.
+        task_cls: the task class (the backbone class for a backbone).
+        backbone_cls: the backbone class.
         fit: whether to `fit` a task briefly with FreezeOut (backbones are
             only split: their outputs have no loss).
         timeout: seconds for the whole family (`SIGALRM`: main thread).

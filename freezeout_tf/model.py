@@ -65,7 +65,7 @@ XLA_AUTO_NOTE = (
     "step compiles under XLA (pass jit_compile=True to use it), but its "
     "steady step time under XLA has only been measured on CPU, where XLA "
     "runs the convolutions inside the per-unit branches on a slow path; "
-    "see the README's XLA section."
+    "see docs/guides/xla.md."
 )
 
 
@@ -82,7 +82,7 @@ XLA_CPU_NOTE = (
     f"a slow path: while units train, the compiled step measured "
     f"{XLA_CPU_FACTOR} the step without XLA (DenseNet-BC L=22, 2 CPU "
     "cores). On CPU use jit_compile=False (the default), which runs at "
-    "about plain Keras' speed; see the README's XLA section."
+    "about plain Keras' speed; see docs/guides/xla.md."
 )
 
 

@@ -29,7 +29,9 @@ class FreezeOutSummaries(keras.callbacks.Callback):
         log_dir: directory of the event files (e.g. ``<output>/tensorboard/freezeout``).
         num_units: freeze units of the model (the head not counted).
         total_steps: steps of the whole run (``epochs * steps_per_epoch``).
-        t_0, how_scale, scale_lr: the FreezeOut options of the run.
+        t_0: the run's FreezeOut `t_0`.
+        how_scale: the run's FreezeOut `how_scale`.
+        scale_lr: the run's FreezeOut `scale_lr`.
     """
 
     def __init__(

@@ -314,8 +314,9 @@ def byte_llama(num_layers, hidden_dim, num_heads, intermediate_dim=None,
     it takes ``{"token_ids", "padding_mask"}``).
 
     Args:
-        num_layers, hidden_dim, num_heads: decoder blocks, width, query
-            heads.
+        num_layers: decoder blocks.
+        hidden_dim: width.
+        num_heads: query heads.
         intermediate_dim: feed-forward width; default `2 * hidden_dim`.
         num_key_value_heads: default `num_heads`.
         tie_weights: tie the input embedding and the output projection.

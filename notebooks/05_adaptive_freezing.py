@@ -39,7 +39,7 @@
 # without freezing. It reports the freeze steps the criterion chose, the
 # share of unit backward passes they skipped and the test accuracy of both
 # runs, and plots the criterion's signal. It does not time anything: the
-# speed measurements are the benchmark's (README, "Adaptive freezing").
+# speed measurements are the benchmark's (docs/guides/adaptive.md).
 # With `FREEZEOUT_QUICK=1` the run is tiny.
 
 # %%
@@ -204,8 +204,8 @@ fig.tight_layout()
 
 # %% [markdown]
 # On the pre-registered digits benchmark (`scripts/benchmark_adaptive.py`,
-# README "Adaptive freezing", `benchmarks/adaptive.md`) the default is
+# docs/guides/adaptive.md, `benchmarks/adaptive.md`) the default is
 # compared with no freezing and with the FreezeOut schedule, 3 seeds, on
 # two fine-tuning tasks (a conv net and a small ViT) and DenseNet-BC from
-# scratch; the README gives its accuracy, wall-clock speed-up and freeze
+# scratch; that guide gives its accuracy, wall-clock speed-up and freeze
 # steps, and which targets it met.

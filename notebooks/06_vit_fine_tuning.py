@@ -36,7 +36,7 @@
 #
 # `FreezeOutModel.from_model` splits the ViT block by block although its
 # blocks sit inside one `ViTEncoder` layer: it looks into layers that hold a
-# list of blocks (see the README's "Transformers and KerasHub").
+# list of blocks (see docs/guides/transformers.md).
 # With `FREEZEOUT_QUICK=1` (set by the test suite) everything is shrunk to a
 # smoke test.
 
@@ -184,7 +184,7 @@ for name, rows in results.items():
           f"{secs.mean():.1f} | {base / secs.mean():.2f}x |")
 
 # To keep these figures with their commit, versions, machine and time (the
-# README's table comes from such a file), set FREEZEOUT_REPORT to a path.
+# documentation's table comes from such a file), set FREEZEOUT_REPORT to a path.
 if os.environ.get("FREEZEOUT_REPORT"):
     from freezeout_tf.benchmarking import write_report
 

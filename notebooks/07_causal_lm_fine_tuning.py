@@ -33,7 +33,7 @@
 # `FreezeOutModel.from_model` splits the causal LM block by block; its
 # token embedding is called twice (the lookup in the first unit, the output
 # projection in the head) and each call's variables belong to the part
-# that reads them (see the README's "Fine-tuning LLMs").
+# that reads them (see docs/guides/llms.md).
 # With `FREEZEOUT_QUICK=1` (set by the test suite) everything is shrunk to
 # a smoke test.
 
@@ -195,7 +195,7 @@ figures = {"quick": QUICK, "seeds": SEEDS, "pretrain_steps": PRETRAIN_STEPS,
 
 def keep(figures):
     """Writes the figures where `FREEZEOUT_REPORT` says, if it is set (the
-    README's figures come from such a file)."""
+    documentation's figures come from such a file)."""
     if os.environ.get("FREEZEOUT_REPORT"):
         benchmarking.write_report(
             os.environ["FREEZEOUT_REPORT"], figures,

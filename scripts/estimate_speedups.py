@@ -1,4 +1,4 @@
-"""The README's table of estimates: units, trainable parameters, the
+"""The table of estimates in docs/guides/speedup.md: units, trainable parameters, the
 FLOP-based `estimate_speedup`, the original's `calc_speedup` (DenseNet-BC),
 the saving in all-reduced gradient bytes and the forward
 multiply-accumulates per image, for the networks the paper reports and the

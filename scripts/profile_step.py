@@ -10,7 +10,7 @@ profiler's XSpace (the trace-viewer data, `*.xplane.pb`) and prints:
   many forward ops it executed per step. A frozen unit must show 0 backward
   ops: that is the evidence that its backward pass does not run at all.
 
-This is how the frozen path was checked (README, "Benchmarks"). The
+This is how the frozen path was checked (docs/measurements.md). The
 profiler records what the executor really ran, after Grappler's rewrites.
 
 Usage:

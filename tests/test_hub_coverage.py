@@ -168,7 +168,7 @@ def test_only_hub_coverage_imports_keras_hub():
     assert importers <= {"hub_coverage.py"}, importers
 
 
-def test_readme_summary_matches_benchmarks_hub_coverage_json():
+def test_guide_summary_matches_benchmarks_hub_coverage_json():
     root = pathlib.Path(hub_coverage.__file__).parent.parent
     report = json.loads((root / "benchmarks" / "hub_coverage.json")
                         .read_text())
@@ -176,8 +176,8 @@ def test_readme_summary_matches_benchmarks_hub_coverage_json():
                                          "command", "utc"}
     results = report["results"]
     assert hub_coverage.summary(results["families"]) == results["summary"]
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("#### KerasHub coverage"):]
+    guide = (root / "docs" / "guides" / "transformers.md").read_text()
+    section = guide[guide.index("## KerasHub coverage"):]
     section = section[:section.index("\n\n", section.index("| kind |"))]
     for kind, row in results["summary"].items():
         line = re.search(rf"^\| {re.escape(kind)} \|(.*)\|$", section,
