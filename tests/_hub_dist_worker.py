@@ -2,11 +2,13 @@
 (not a test module): two logical CPUs must be configured before TensorFlow
 initialises them.
 
-    python _hub_dist_worker.py OUT_DIR [gpt2]
+    python _hub_dist_worker.py OUT_DIR [bert|deit|gpt2|llama|lora]
 
-Fits the same BERT classifier (or, with `gpt2`, a tied GPT-2 causal LM with
-a padding sample weight) with FreezeOut on one device and on two replicas
-(same global batch) and writes OUT_DIR/hub_mirrored.npz.
+Fits the same model (default: a BERT classifier; `deit` a DeiT classifier;
+`gpt2` a tied GPT-2 causal LM, `llama` an untied Llama 3, `lora` that Llama
+after `enable_lora(2)`, each with a padding sample weight) with FreezeOut on
+one device and on two replicas (same global batch) and writes
+OUT_DIR/hub_mirrored.npz.
 """
 
 import os
@@ -24,19 +26,31 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hub_models import (bert_classifier, gpt2_causal_lm, lm_data,  # noqa: E402
-                        text_data)
+from hub_models import (bert_classifier, deit_classifier,  # noqa: E402
+                        gpt2_causal_lm, image_data, llama3_causal_lm,
+                        lm_data, text_data)
 from freezeout_tf import FreezeOut, FreezeOutModel  # noqa: E402
 
 
-LM = sys.argv[2:] == ["gpt2"]
+def lora_lm():
+    lm = llama3_causal_lm()
+    lm.backbone.enable_lora(2)
+    return lm
+
+
+# name: (the task model, its data, num_units for from_model)
+MODELS = {"bert": (bert_classifier, text_data, None),
+          "deit": (deit_classifier, image_data, None),
+          "gpt2": (gpt2_causal_lm, lm_data, 3),
+          "llama": (llama3_causal_lm, lm_data, 3),
+          "lora": (lora_lm, lm_data, 3)}
+MAKE, DATA, NUM_UNITS = MODELS[sys.argv[2] if len(sys.argv) > 2 else "bert"]
 
 
 def fit(strategy):
-    data = lm_data(32) if LM else text_data(32)
+    data = DATA(32)
     with strategy.scope():
-        model = (FreezeOutModel.from_model(gpt2_causal_lm(), num_units=3)
-                 if LM else FreezeOutModel.from_model(bert_classifier()))
+        model = FreezeOutModel.from_model(MAKE(), num_units=NUM_UNITS)
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                       keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True))

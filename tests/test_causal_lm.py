@@ -143,9 +143,11 @@ def fit_with_snapshot(model, unit, epochs=4):
     return snap.values
 
 
-@pytest.mark.parametrize("make,unit", [(gpt2_causal_lm, 0), (lora_lm, 1),
+@pytest.mark.parametrize("make,unit", [(gpt2_causal_lm, 0),
+                                       (llama3_causal_lm, 0), (lora_lm, 1),
                                        (gemma3_causal_lm, 1)],
-                         ids=["gpt2-tied", "lora", "gemma3-inputs-keyword"])
+                         ids=["gpt2-tied", "llama-untied", "lora",
+                              "gemma3-inputs-keyword"])
 def test_one_trace_and_frozen_state_bit_identical(make, unit):
     lm = make()
     model = split(lm)
@@ -253,8 +255,9 @@ def test_lora_resumes_exactly_from_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_mirrored_two_devices_matches_one_device(tmp_path):
-    assert_mirrored_matches_one_device(tmp_path, "gpt2")
+@pytest.mark.parametrize("name", ["gpt2", "llama", "lora"])
+def test_mirrored_two_devices_matches_one_device(name, tmp_path):
+    assert_mirrored_matches_one_device(tmp_path, name)
 
 
 def test_hand_made_units_reading_one_variable_are_refused():

@@ -27,8 +27,12 @@ def unit_state(model, i):
     """Unit i's weights and the AdamW slots of its trainable ones, as
     arrays (a frozen unit's `trainable_weights` is empty, so the variables
     come from the model's grouping)."""
-    values = [v.numpy().copy() for v in model.freeze_units[i].weights]
     variables = model.trainable_variables
+    owners = dict(zip(map(id, variables), model.variable_units(variables)))
+    # A layer's weights, less those another part owns (an untied reversible
+    # embedding's output projection belongs to the head).
+    values = [v.numpy().copy() for v in model.freeze_units[i].weights
+              if owners.get(id(v), i) == i]
     for v, unit in zip(variables, model.variable_units(variables)):
         if unit == i:
             values += [s.numpy().copy()
@@ -267,12 +271,14 @@ def test_one_trace_and_frozen_units_bit_identical(make, data, unit):
     (deberta_classifier, deberta_data, 0),
     (deberta_classifier, deberta_data, 2),
     (deberta_classifier, deberta_data, 3),
-], ids=["bert-0", "bert-3", "deberta-0", "deberta-2", "deberta-3"])
+    (deit_classifier, image_data, 0), (deit_classifier, image_data, 2),
+], ids=["bert-0", "bert-3", "deberta-0", "deberta-2", "deberta-3", "deit-0",
+        "deit-2"])
 def test_gradients_equal_plain_tape_with_k_frozen(make, data, k):
     original = make()
     model = FreezeOutModel.from_model(original)
     x, y = data(8)
-    x = {n: tf.constant(v) for n, v in x.items()}
+    x = tf.nest.map_structure(tf.constant, x)
     y = tf.constant(y)
     model.compile(keras.optimizers.SGD(0.1), LOSS)
     fractions = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
@@ -347,8 +353,9 @@ def test_original_classifier_predicts_with_trained_weights_and_saves(
 
 
 @pytest.mark.slow
-def test_bert_mirrored_two_devices_matches_one_device(tmp_path):
-    assert_mirrored_matches_one_device(tmp_path)
+@pytest.mark.parametrize("name", ["bert", "deit"])
+def test_mirrored_two_devices_matches_one_device(name, tmp_path):
+    assert_mirrored_matches_one_device(tmp_path, name)
 
 
 def test_bad_inputs_and_shared_blocks_get_clear_errors():
