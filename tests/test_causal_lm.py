@@ -119,21 +119,24 @@ def test_gradients_equal_plain_tape_with_k_frozen(make, tied_owner, k):
 
 
 class Snapshot(keras.callbacks.Callback):
-    """A unit's state right after the last step before it freezes."""
+    """A unit's state (`state(model, unit)`, by default `unit_state`) right
+    after the last step before it freezes."""
 
-    def __init__(self, unit, at_step):
+    def __init__(self, unit, at_step, state=unit_state):
         super().__init__()
         self.unit, self.at_step, self.values = unit, at_step, None
+        self.state = state
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.batches_taken) == self.at_step:
-            self.values = unit_state(self.model, self.unit)
+            self.values = self.state(self.model, self.unit)
 
 
-def fit_with_snapshot(model, unit, epochs=4):
+def fit_with_snapshot(model, unit, epochs=4, state=unit_state):
     x, y, w = lm_data(16)
     fractions = schedule.freeze_fractions(UNITS, 0.3, "cubic")
-    snap = Snapshot(unit, schedule.freeze_steps(2 * epochs, fractions)[unit])
+    snap = Snapshot(unit, schedule.freeze_steps(2 * epochs, fractions)[unit],
+                    state)
     model.optimizer.build(model.trainable_variables)
     history = model.fit(x, y, sample_weight=w, batch_size=8, epochs=epochs,
                         verbose=0, callbacks=[FreezeOut(t_0=0.3), snap])
@@ -171,8 +174,12 @@ def test_head_owned_tied_embedding_trains_after_unit_0_froze():
     lm = gpt2_causal_lm()
     model = split(lm, tied_owner="head")
     embeddings = lm.backbone.token_embedding.embeddings
-    at_freeze = fit_with_snapshot(model, 0)
-    # unit_state(model, 0): its weights, the tied embedding among them.
+    # The head owns it, so it is not part of unit 0's state ...
+    assert not any(np.array_equal(v, embeddings.numpy())
+                   for v in unit_state(model, 0))
+    # ... and it moves after unit 0 froze.
+    at_freeze = fit_with_snapshot(
+        model, 0, state=lambda m, u: [embeddings.numpy().copy()])
     assert not np.array_equal(at_freeze[0], embeddings.numpy())
 
 
