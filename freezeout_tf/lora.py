@@ -19,8 +19,10 @@ A LoRA model loaded otherwise predicts correctly, and `fit` refuses it
 before training (`check_trainable`).
 """
 
+import inspect
 import io
 
+import keras
 import numpy as np
 
 __all__ = ["LORA_MEMBER", "check_trainable", "config", "enable", "layers",
@@ -67,7 +69,13 @@ def config(parts):
     [(1, 1)]
     """
     return [{"path": layer.path, "rank": int(layer.lora_rank),
-             "alpha": layer.lora_alpha} for layer in layers(parts)]
+             "alpha": _alpha(layer)} for layer in layers(parts)]
+
+
+def _alpha(layer):
+    # Keras before 3.9 has no `lora_alpha`: its LoRA update is unscaled,
+    # which is `lora_alpha == lora_rank` in later releases.
+    return getattr(layer, "lora_alpha", int(layer.lora_rank))
 
 
 def enable(parts, lora_config):
@@ -99,7 +107,17 @@ def enable(parts, lora_config):
                 f"The saved model has LoRA on layer {entry['path']!r}, which "
                 "the loaded parts do not have.")
         if not layer.lora_enabled:
-            layer.enable_lora(entry["rank"], lora_alpha=entry["alpha"])
+            if "lora_alpha" in inspect.signature(layer.enable_lora).parameters:
+                layer.enable_lora(entry["rank"], lora_alpha=entry["alpha"])
+            elif entry["alpha"] != entry["rank"]:
+                raise ValueError(
+                    f"Layer {entry['path']!r} was saved with LoRA alpha "
+                    f"{entry['alpha']} and rank {entry['rank']}; this Keras "
+                    f"{keras.__version__} has no `lora_alpha` (its LoRA "
+                    "scale is 1, alpha == rank): load it with Keras 3.9 or "
+                    "newer.")
+            else:
+                layer.enable_lora(entry["rank"])
 
 
 def _variables(layer):

@@ -2,6 +2,7 @@
 and segment ids) and containers of blocks (ViT's encoder)."""
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -179,7 +180,10 @@ def test_deberta_relative_embeddings_are_carried_to_every_block():
     assert [t.name for t in model.head.inputs] == [HIDDEN]  # last read: 4
     # Its variables belong to the unit that computes them; later units
     # read the tensor, not the variables.
-    rel = original.get_layer("deberta_v3_backbone").get_layer("rel_embedding")
+    # (The backbone is found by type: Keras 3.8 names it with a suffix.)
+    backbone = next(layer for layer in original.layers
+                    if isinstance(layer, keras_hub.models.DebertaV3Backbone))
+    rel = backbone.get_layer("rel_embedding")
     assert model.variable_units(rel.trainable_weights) == [2] * len(
         rel.trainable_weights)
     x, _ = deberta_data(8)
