@@ -48,7 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from freezeout_tf import schedule
+from freezeout_tf import schedule, validation
 from freezeout_tf.schedule_state import HOST, NEVER
 
 __all__ = [
@@ -80,22 +80,6 @@ _DEFAULTS = {
              "interval": None},
     "threshold": {"window": 20, "threshold": 0.05, "interval": 20},
 }
-
-
-def _check(name, value, kind, low, low_open, high=None):
-    ok_type = (isinstance(value, (int, np.integer)) if kind == "int"
-               else isinstance(value, (int, float, np.integer, np.floating)))
-    ok = (not isinstance(value, bool) and ok_type and np.isfinite(value)
-          and (value > low if low_open else value >= low)
-          and (high is None or value <= high))
-    if not ok:
-        if kind == "int":
-            allowed = f"an integer >= {low}"
-        elif high is None:
-            allowed = f"a finite number > {low}"
-        else:
-            allowed = f"a number in {'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"AdaptiveFreeze({name}={value!r}): must be {allowed}.")
 
 
 @keras.saving.register_keras_serializable(package="freezeout_tf")
@@ -153,10 +137,8 @@ class AdaptiveFreeze:
         if criterion is None:
             criterion = ("threshold" if "window" in given
                          or "threshold" in given else DEFAULT_CRITERION)
-        if criterion not in CRITERIA:
-            raise ValueError(
-                f"AdaptiveFreeze(criterion={criterion!r}): must be one of "
-                f"{', '.join(map(repr, CRITERIA))}.")
+        validation.check_choice("criterion", criterion, CRITERIA,
+                                call="AdaptiveFreeze")
         defaults = _DEFAULTS[criterion]
         for name, value in given.items():
             if name not in defaults:
@@ -168,16 +150,19 @@ class AdaptiveFreeze:
         for name, value in settings.items():
             if value is None:
                 continue
+            check = dict(name=name, value=value, call="AdaptiveFreeze")
             if name in ("window", "interval"):
-                _check(name, value, "int", 1, False)
+                validation.check_int(low=1, **check)
             elif name == "intervals":
-                _check(name, value, "int", 2, False)
+                validation.check_int(low=2, **check)
             elif name == "threshold":
-                _check(name, value, "float", 0, True)
+                validation.check_number(low=0, low_open=True, **check)
             elif name == "percentile":
-                _check(name, value, "float", 0, True, 100)
+                validation.check_number(low=0, high=100, low_open=True,
+                                        **check)
             elif name == "t_0":
-                _check(name, value, "float", 0, True, 1)
+                validation.check_number(low=0, high=1, low_open=True,
+                                        **check)
         self.criterion = criterion
         self._settings = {
             k: (None if v is None else int(v) if k in (

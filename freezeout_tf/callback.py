@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from freezeout_tf import adaptive as fo_adaptive
-from freezeout_tf import schedule
+from freezeout_tf import schedule, validation
 from freezeout_tf.schedule_state import NEVER
 
 __all__ = ["FreezeOut"]
@@ -116,21 +116,19 @@ class FreezeOut(keras.callbacks.Callback):
                 "units. Pass a t_0 in (0, 1], or an adaptive criterion."
             )
         if t_0 is not None:
-            schedule.check_t_0(t_0)
-        schedule.check_how_scale(how_scale)
+            validation.check_t_0(t_0)
+        validation.check_how_scale(how_scale)
         if total_steps is not None:
-            schedule.check_total_steps(total_steps)
-        schedule.check_frozen_from_start(frozen_from_start)
+            validation.check_total_steps(total_steps)
+        validation.check_frozen_from_start(frozen_from_start)
         self.frozen_from_start = int(frozen_from_start)
         self.t_0 = t_0
         self.how_scale = how_scale
         self.scale_lr = bool(scale_lr)
         self.total_steps = total_steps
         self.adaptive = adaptive
-        if not isinstance(adaptive_batch_logs, bool):
-            raise ValueError(
-                f"FreezeOut(adaptive_batch_logs={adaptive_batch_logs!r}): "
-                "must be True or False.")
+        validation.check_bool("adaptive_batch_logs", adaptive_batch_logs,
+                              call="FreezeOut")
         self.adaptive_batch_logs = adaptive_batch_logs
         self._observer = None
         self._configured = False
@@ -165,7 +163,7 @@ class FreezeOut(keras.callbacks.Callback):
                 "with FreezeOutModel(units, head) or "
                 "FreezeOutModel.from_sequential(...)."
             )
-        schedule.check_frozen_from_start(self.frozen_from_start,
+        validation.check_frozen_from_start(self.frozen_from_start,
                                          self.model.num_units)
         steps = self.params.get("steps")
         if self.t_0 is not None and self.total_steps is None and not steps:

@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+# `validation` is an argument of load_data here.
+from freezeout_tf import validation as checks
 from freezeout_tf.download import default_data_dir
 
 __all__ = [
@@ -280,25 +282,15 @@ def load_data(
     Raises ``ValueError`` for bad arguments and ``DatasetNotFoundError`` (a
     ``ValueError``) when a tfds data set is not prepared under ``data_dir``.
     """
-    if dataset not in DATASETS:
-        raise ValueError(
-            f"unknown data set {dataset!r}; allowed: {', '.join(DATASETS)}"
-        )
-    if validation not in VALIDATION_MODES:
-        raise ValueError(
-            f"unknown validation mode {validation!r}; allowed: "
-            f"{', '.join(VALIDATION_MODES)}"
-        )
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    checks.check_choice("dataset", dataset, DATASETS)
+    checks.check_choice("validation", validation, VALIDATION_MODES)
+    checks.check_positive_int("batch_size", batch_size)
 
     val_images = val_labels = None
     if dataset == "synthetic":
-        if synthetic_train_size < 1 or synthetic_validation_size < 0:
-            raise ValueError(
-                f"synthetic sizes must be positive, got train={synthetic_train_size}, "
-                f"validation={synthetic_validation_size}"
-            )
+        checks.check_positive_int("synthetic_train_size", synthetic_train_size)
+        checks.check_int("synthetic_validation_size",
+                         synthetic_validation_size, low=0)
         train_images, train_labels = make_synthetic_arrays(
             synthetic_train_size, NUM_CLASSES[dataset], seed=1
         )

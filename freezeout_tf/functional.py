@@ -58,8 +58,8 @@ import types
 
 import keras
 
-from freezeout_tf import (keras_internals, ownership, schedule, side_inputs,
-                          speedup)
+from freezeout_tf import (keras_internals, ownership, side_inputs, speedup,
+                          validation)
 
 __all__ = ["cut_points", "split_model"]
 
@@ -738,7 +738,7 @@ def _merge_weightless(graph, segments):
 def _group(graph, segments, num_units):
     """Groups consecutive segments into `num_units` of about equal cost:
     the partition with the least sum of squared group costs."""
-    schedule.check_positive_int(
+    validation.check_positive_int(
         "num_units", num_units,
         f"a positive integer of at most {len(segments)} (the segments of "
         f"this model)",

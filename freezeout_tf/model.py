@@ -31,6 +31,7 @@ import tensorflow as tf
 from freezeout_tf import keras_internals, layer_configs, lora
 from freezeout_tf import optimizer as fo_optimizer
 from freezeout_tf import ownership, prefix_cache, side_inputs, tf_internals
+from freezeout_tf import validation
 from freezeout_tf.adaptive import AdaptiveState
 from freezeout_tf.schedule_state import HOST, ScheduleState
 from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
@@ -205,7 +206,7 @@ class FreezeOutModel(keras.Model):
 
     def __init__(self, freeze_units, head, input_names=None,
                  tied_owner="first", **kwargs):
-        ownership.check_tied_owner(tied_owner)
+        validation.check_tied_owner(tied_owner)
         super().__init__(**kwargs)
         freeze_units = list(freeze_units)
         if not freeze_units:
@@ -314,7 +315,7 @@ class FreezeOutModel(keras.Model):
         """
         from freezeout_tf.functional import split_model
 
-        ownership.check_tied_owner(tied_owner)  # before the split's work
+        validation.check_tied_owner(tied_owner)  # before the split's work
         units, head = split_model(model, num_units=num_units,
                                   boundaries=boundaries)
         kwargs.setdefault("input_names", _split_input_names(model, head))

@@ -31,31 +31,11 @@ read) is added to the owner's gradient by `FreezeOutModel`'s train step.
 import keras
 import tensorflow as tf
 
-from freezeout_tf import speedup
+from freezeout_tf import speedup, validation
+from freezeout_tf.validation import TIED_OWNERS  # variable_owners' choices
 
-__all__ = ["TIED_OWNERS", "check_tied_owner", "part_variables",
-           "read_by", "set_trained", "trained_flags", "variable_owners"]
-
-TIED_OWNERS = ("first", "head")
-
-
-def check_tied_owner(tied_owner):
-    """Raises ValueError unless `tied_owner` is one of `TIED_OWNERS`.
-
-    Example:
-
-    >>> ownership.check_tied_owner("head")
-    >>> ownership.check_tied_owner("last")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: tied_owner must be one of ('first', 'head') ...; got 'last'.
-    """
-    if tied_owner not in TIED_OWNERS:
-        raise ValueError(
-            f"tied_owner must be one of {TIED_OWNERS} (the first freeze "
-            f"unit that reads a tied variable, or the head); got "
-            f"{tied_owner!r}."
-        )
+__all__ = ["TIED_OWNERS", "part_variables", "read_by", "set_trained",
+           "trained_flags", "variable_owners"]
 
 
 def part_variables(part):
@@ -188,7 +168,7 @@ def variable_owners(parts, trained, tied_owner="first"):
     >>> [len(o) for o in owned], [len(f) for f in foreign]
     ([2, 2], [0, 2])
     """
-    check_tied_owner(tied_owner)
+    validation.check_tied_owner(tied_owner)
     head = len(parts) - 1
     held = [[v for v in part_variables(p) if id(v) in trained]
             for p in parts]

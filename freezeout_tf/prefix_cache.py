@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from freezeout_tf import side_inputs
+from freezeout_tf import side_inputs, validation
 from freezeout_tf.schedule_state import HOST
 
 __all__ = ["EXAMPLE_ID", "INPUTS", "PrefixCache", "split_example_ids",
@@ -116,21 +116,12 @@ class PrefixCache:
     """
 
     def __init__(self, num_examples, max_bytes, max_units=None):
-        for name, value in (("num_examples", num_examples),
-                            ("max_bytes", max_bytes)):
-            if (isinstance(value, bool)
-                    or not isinstance(value, (int, np.integer))
-                    or value < 1):
-                raise ValueError(
-                    f"cache_frozen_prefix({name}={value!r}): must be a "
-                    "positive integer.")
-        if max_units is not None and (
-                isinstance(max_units, bool)
-                or not isinstance(max_units, (int, np.integer))
-                or max_units < 1):
-            raise ValueError(
-                f"cache_frozen_prefix(max_units={max_units!r}): must be None "
-                "or a positive integer.")
+        call = "cache_frozen_prefix"
+        validation.check_positive_int("num_examples", num_examples, call=call)
+        validation.check_positive_int("max_bytes", max_bytes, call=call)
+        if max_units is not None:
+            validation.check_positive_int(
+                "max_units", max_units, "None or a positive integer", call)
         self.num_examples = int(num_examples)
         self.max_bytes = int(max_bytes)
         self.max_units = max_units

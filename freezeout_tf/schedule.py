@@ -9,17 +9,20 @@ Units are numbered 0..n-1 in forward order; the head is unit n and never
 freezes (its fraction is 1).
 """
 
-import numbers
-
 import numpy as np
+
+# The argument checks live in `freezeout_tf.validation` (shared by every
+# layer); imported here for the functions below, not exported.
+from freezeout_tf.validation import (
+    check_frozen_from_start,
+    check_how_scale,
+    check_positive_int,
+    check_t_0,
+    check_total_steps,
+)
 
 __all__ = [
     "SCALINGS",
-    "check_frozen_from_start",
-    "check_how_scale",
-    "check_positive_int",
-    "check_t_0",
-    "check_total_steps",
     "freeze_fractions",
     "freeze_steps",
     "lr_multipliers",
@@ -27,6 +30,7 @@ __all__ = [
     "scale",
 ]
 
+# Named as `validation.HOW_SCALES` lists them (tests/test_validation.py).
 SCALINGS = {
     "linear": lambda x: x,
     "squared": lambda x: x**2,
@@ -34,61 +38,10 @@ SCALINGS = {
 }
 
 
-def check_positive_int(name, value, allowed="a positive integer"):
-    """Raises `ValueError` unless `value` is a positive int (not a bool)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}.")
-
-
-def check_t_0(t_0):
-    """Raises `ValueError` unless `0 < t_0 <= 1`."""
-    if not isinstance(t_0, (int, float, np.floating, np.integer)) or not (
-        0.0 < float(t_0) <= 1.0
-    ):
-        raise ValueError(
-            f"t_0 must be a number in (0, 1] (the fraction of training, before "
-            f"scaling, after which the first unit freezes); got {t_0!r}."
-        )
-
-
-def check_how_scale(how_scale):
-    """Raises `ValueError` unless `how_scale` names a known scaling."""
-    if how_scale not in SCALINGS:
-        raise ValueError(
-            f"how_scale must be one of {sorted(SCALINGS)}; got {how_scale!r}."
-        )
-
-
-def check_total_steps(total_steps):
-    """Raises `ValueError` unless `total_steps` is a positive integer."""
-    check_positive_int(
-        "total_steps", total_steps,
-        "a positive integer (the number of training steps of the whole run)",
-    )
-
-
 def scale(x, how_scale="cubic"):
     """Applies the named scaling (`linear`, `squared` or `cubic`) to `x`."""
     check_how_scale(how_scale)
     return SCALINGS[how_scale](np.asarray(x, dtype=np.float64))
-
-
-def check_frozen_from_start(frozen_from_start, num_units=None):
-    """Raises `ValueError` unless `0 <= frozen_from_start <= num_units`."""
-    if (isinstance(frozen_from_start, bool)
-            or not isinstance(frozen_from_start, numbers.Integral)
-            or frozen_from_start < 0
-            or num_units is not None and frozen_from_start > num_units):
-        limit = "" if num_units is None else f" of at most {num_units}"
-        raise ValueError(
-            f"frozen_from_start must be an integer >= 0{limit} (how many "
-            f"freeze units, from the first, stay frozen from step 0); got "
-            f"{frozen_from_start!r}."
-        )
 
 
 def freeze_fractions(num_units, t_0=0.8, how_scale="cubic",

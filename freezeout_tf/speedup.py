@@ -22,7 +22,6 @@ import contextlib
 import functools
 import inspect
 import math
-import numbers
 import re
 import sys
 
@@ -30,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from freezeout_tf import keras_internals, schedule, side_inputs
+from freezeout_tf import keras_internals, schedule, side_inputs, validation
 
 __all__ = [
     "calc_speedup",
@@ -62,8 +61,8 @@ def densenet_costs(growth_rate, n_dense_blocks):
     Returns:
         list of `3 * m + 1` ints.
     """
-    schedule.check_positive_int("growth_rate", growth_rate)
-    schedule.check_positive_int("n_dense_blocks", n_dense_blocks)
+    validation.check_positive_int("growth_rate", growth_rate)
+    validation.check_positive_int("n_dense_blocks", n_dense_blocks)
     k = int(growth_rate)
     costs = [3 * (2 * k) * 32**2 * 9]
     q = 2
@@ -113,8 +112,8 @@ def calc_speedup(growth_rate, n_dense_blocks, t_0=0.8, how_scale="cubic"):
     >>> round(calc_speedup(12, 12, 0.8, "cubic"), 4)
     0.1778
     """
-    schedule.check_t_0(t_0)
-    schedule.check_how_scale(how_scale)
+    validation.check_t_0(t_0)
+    validation.check_how_scale(how_scale)
     costs = densenet_costs(growth_rate, n_dense_blocks)
     total = 2 * sum(costs)
     with_freezeout = sum(costs) + sum(
@@ -677,16 +676,10 @@ def t0_for_speedup(model, target, how_scale="cubic", input_shape=None,
     >>> round(estimate_speedup(model, t_0), 6)
     0.2
     """
-    schedule.check_how_scale(how_scale)
-    if isinstance(target, bool) or not isinstance(target, numbers.Real) or (
-        not np.isfinite(target)
-    ):
-        raise ValueError(f"target must be a number; got {target!r}.")
-    if target < 0:
-        raise ValueError(
-            f"target must be a fraction of compute saved, >= 0; got "
-            f"{target!r}."
-        )
+    validation.check_how_scale(how_scale)
+    validation.check_number(
+        "target", target, 0,
+        allowed="a finite number >= 0 (the fraction of compute saved)")
     costs = unit_flops(model, input_shape)
     n = model.num_units
 

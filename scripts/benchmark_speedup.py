@@ -37,7 +37,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from freezeout_tf import FreezeOut, models, schedule  # noqa: E402
+from freezeout_tf import FreezeOut, models, schedule, validation  # noqa: E402
 from freezeout_tf.benchmarking import StepTimer  # noqa: E402
 from freezeout_tf.optimizer import SGDWithL2  # noqa: E402
 from freezeout_tf.speedup import estimate_speedup  # noqa: E402
@@ -182,7 +182,7 @@ def main(argv=None):
         with open(args.from_json) as f:
             report = json.load(f)
         return finish(report, args.out)
-    schedule.check_t_0(args.t_0)
+    validation.check_t_0(args.t_0)
     for name in ("batch_size", "steps_per_epoch", "epochs", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1; got "

@@ -471,44 +471,47 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         args.growth_rate = DEFAULT_WIDTH[args.model]
     if args.learning_rate is None:
         args.learning_rate = DEFAULT_LR[args.optimizer]
-    if not 0.0 < args.t_0 <= 1.0:  # also refuses nan
-        raise UsageError(f"--t_0 {args.t_0:g} is not allowed: it must be in (0, 1]")
-    if args.epochs < 1:
-        raise UsageError(f"--epochs {args.epochs} is not allowed: it must be 1 or more")
-    if args.batch_size < 1:
-        raise UsageError(
-            f"--batch_size {args.batch_size} is not allowed: it must be 1 or more"
-        )
-    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        raise UsageError(
-            f"--learning-rate {args.learning_rate:g} is not allowed: it must be > 0"
-        )
-    if not 0.0 <= args.dropout < 1.0:
-        raise UsageError(
-            f"--dropout {args.dropout:g} is not allowed: it must be in [0, 1)"
-        )
-    if args.steps_per_execution < 1:
-        raise UsageError(
-            f"--steps-per-execution {args.steps_per_execution} is not allowed: "
-            "it must be 1 or more"
-        )
-    if args.synthetic_train_size < 1 or args.synthetic_val_size < 0:
-        raise UsageError(
-            f"--synthetic-train-size {args.synthetic_train_size} / "
-            f"--synthetic-val-size "
-            f"{args.synthetic_val_size} are not allowed: need >= 1 and >= 0"
-        )
+    # The library's own checks (freezeout_tf.validation loads no TensorFlow),
+    # each refusal said as the option it came from.
+    from freezeout_tf import validation
+
+    def refuse_unless(shown, rule, check, *check_args, **check_kwargs):
+        try:
+            check(*check_args, **check_kwargs)
+        except ValueError:
+            raise UsageError(f"{shown} is not allowed: it must be {rule}") from None
+
+    refuse_unless(f"--t_0 {args.t_0:g}", "in (0, 1]",  # also refuses nan
+                  validation.check_t_0, args.t_0)
+    refuse_unless(f"--epochs {args.epochs}", "1 or more",
+                  validation.check_positive_int, "epochs", args.epochs)
+    refuse_unless(f"--batch_size {args.batch_size}", "1 or more",
+                  validation.check_positive_int, "batch_size", args.batch_size)
+    refuse_unless(f"--learning-rate {args.learning_rate:g}", "> 0",
+                  validation.check_number, "learning_rate", args.learning_rate,
+                  0, low_open=True)
+    refuse_unless(f"--dropout {args.dropout:g}", "in [0, 1)",
+                  validation.check_rate, "dropout", args.dropout)
+    refuse_unless(f"--steps-per-execution {args.steps_per_execution}",
+                  "1 or more", validation.check_positive_int,
+                  "steps_per_execution", args.steps_per_execution)
+    refuse_unless(f"--synthetic-train-size {args.synthetic_train_size}",
+                  "1 or more", validation.check_positive_int,
+                  "synthetic_train_size", args.synthetic_train_size)
+    refuse_unless(f"--synthetic-val-size {args.synthetic_val_size}",
+                  "0 or more", validation.check_int, "synthetic_val_size",
+                  args.synthetic_val_size, low=0)
     depth_error = _depth_error(args.model, args.depth)
     if depth_error:
         raise UsageError(f"--depth {args.depth} is not allowed: {depth_error}")
-    if args.model != "vgg" and (args.growth_rate is None or args.growth_rate < 1):
-        raise UsageError(
-            f"--growth-rate {args.growth_rate} is not allowed: it must be 1 or more"
-        )
-    if args.stop_after is not None and args.stop_after < 1:
-        raise UsageError(
-            f"--stop-after {args.stop_after} is not allowed: it must be 1 or more"
-        )
+    if args.model != "vgg":
+        refuse_unless(f"--growth-rate {args.growth_rate}", "1 or more",
+                      validation.check_positive_int, "growth_rate",
+                      args.growth_rate)
+    if args.stop_after is not None:
+        refuse_unless(f"--stop-after {args.stop_after}", "1 or more",
+                      validation.check_positive_int, "stop_after",
+                      args.stop_after)
     args.verbose = fit_verbosity(args.verbose, sys.stdout)
     if args.save_weights is not None and (
         not args.save_weights

@@ -5,10 +5,10 @@ FreezeOut DenseNet was adapted from (docs/algorithm.md §1, §7).
 """
 
 import math
-import numbers
 
 import keras
 
+from freezeout_tf import validation
 from freezeout_tf.model import FreezeOutModel
 from freezeout_tf.models import initializers as init
 
@@ -44,8 +44,8 @@ class DenseLayer(keras.layers.Layer):
 
     def __init__(self, growth_rate, bottleneck=True, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        init.check_positive_int("growth_rate", growth_rate)
-        init.check_rate("dropout", dropout)
+        validation.check_positive_int("growth_rate", growth_rate)
+        validation.check_rate("dropout", dropout)
         self.growth_rate = int(growth_rate)
         self.bottleneck = bool(bottleneck)
         self.dropout = float(dropout)
@@ -103,8 +103,7 @@ def _check_depth(depth, bottleneck):
     per_layer = 6 if bottleneck else 3
     kind = "with" if bottleneck else "without"
     if (
-        isinstance(depth, bool)
-        or not isinstance(depth, numbers.Integral)
+        not validation.is_int(depth)
         or depth < 4 + per_layer
         or (depth - 4) % per_layer
     ):
@@ -180,15 +179,10 @@ def densenet_bc(depth=76, growth_rate=12, num_classes=100, dropout=0.0,
     800032
     """
     m = _check_depth(depth, bottleneck)
-    init.check_positive_int("growth_rate", growth_rate)
-    init.check_positive_int("num_classes", num_classes)
-    init.check_rate("dropout", dropout)
-    if isinstance(reduction, bool) or not isinstance(
-        reduction, numbers.Real
-    ) or not 0.0 < float(reduction) <= 1.0:
-        raise ValueError(
-            f"reduction must be a number in (0, 1]; got {reduction!r}."
-        )
+    validation.check_positive_int("growth_rate", growth_rate)
+    validation.check_positive_int("num_classes", num_classes)
+    validation.check_rate("dropout", dropout)
+    validation.check_number("reduction", reduction, 0, 1, low_open=True)
     k = int(growth_rate)
 
     channels = 2 * k

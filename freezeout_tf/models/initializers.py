@@ -16,15 +16,10 @@ Each function returns a new object, so that no initializer instance (and its
 seed) is shared between layers.
 """
 
-import numbers
-
 import keras
-
-from freezeout_tf.schedule import check_positive_int  # noqa: F401 (re-export)
 
 __all__ = [
     "batch_norm",
-    "check_rate",
     "conv2d",
     "conv_kernel_initializer",
     "dense",
@@ -105,10 +100,3 @@ def dense(units, kernel_initializer=None, activation=None, name=None):
         name=name,
     )
 
-
-def check_rate(name, value):
-    """Raises `ValueError` unless `0 <= value < 1`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        0.0 <= float(value) < 1.0
-    ):
-        raise ValueError(f"{name} must be a number in [0, 1); got {value!r}.")

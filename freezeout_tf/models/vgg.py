@@ -2,6 +2,7 @@
 
 import keras
 
+from freezeout_tf import validation
 from freezeout_tf.model import FreezeOutModel
 from freezeout_tf.models import initializers as init
 
@@ -24,11 +25,9 @@ CONFIGS = {
 
 
 def _check_config(config):
-    if not isinstance(config, str) or config not in CONFIGS:
-        raise ValueError(
-            f"config must be one of {sorted(CONFIGS)} (the torchvision VGG "
-            f"configurations: 11, 13, 16 and 19 layers); got {config!r}."
-        )
+    validation.check_choice(
+        "config", config, sorted(CONFIGS),
+        " (the torchvision VGG configurations: 11, 13, 16 and 19 layers)")
     return CONFIGS[config]
 
 
@@ -82,10 +81,8 @@ def vgg(config="E", num_classes=100, batch_norm=True,
     16
     """
     cfg = _check_config(config)
-    init.check_positive_int("num_classes", num_classes)
-    if not isinstance(batch_norm, bool):
-        raise ValueError(f"batch_norm must be True or False; got "
-                         f"{batch_norm!r}.")
+    validation.check_positive_int("num_classes", num_classes)
+    validation.check_bool("batch_norm", batch_norm)
 
     units = []
     for v in cfg:

@@ -4,10 +4,9 @@ The architecture follows xternalz/WideResNet-pytorch, which the original
 FreezeOut WRN was adapted from (docs/algorithm.md §1, §7).
 """
 
-import numbers
-
 import keras
 
+from freezeout_tf import validation
 from freezeout_tf.model import FreezeOutModel
 from freezeout_tf.models import initializers as init
 
@@ -44,9 +43,9 @@ class WideBasicBlock(keras.layers.Layer):
 
     def __init__(self, filters, strides=1, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        init.check_positive_int("filters", filters)
-        init.check_positive_int("strides", strides)
-        init.check_rate("dropout", dropout)
+        validation.check_positive_int("filters", filters)
+        validation.check_positive_int("strides", strides)
+        validation.check_rate("dropout", dropout)
         self.filters = int(filters)
         self.strides = int(strides)
         self.dropout = float(dropout)
@@ -110,8 +109,7 @@ class WideBasicBlock(keras.layers.Layer):
 
 def _check_depth(depth):
     if (
-        isinstance(depth, bool)
-        or not isinstance(depth, numbers.Integral)
+        not validation.is_int(depth)
         or depth < 10
         or (depth - 4) % 6
     ):
@@ -171,9 +169,9 @@ def wide_resnet(depth=28, widen_factor=10, num_classes=100, dropout=0.0,
     2772020
     """
     n = _check_depth(depth)
-    init.check_positive_int("widen_factor", widen_factor)
-    init.check_positive_int("num_classes", num_classes)
-    init.check_rate("dropout", dropout)
+    validation.check_positive_int("widen_factor", widen_factor)
+    validation.check_positive_int("num_classes", num_classes)
+    validation.check_rate("dropout", dropout)
     w = int(widen_factor)
 
     units = [keras.Sequential([init.conv2d(16, 3, name="conv")], name="stem")]
