@@ -39,10 +39,14 @@ with the weights, so a resumed run freezes at the same steps as an
 uninterrupted one.
 
 The step math (`criterion_step`, `rank_step`, `pace_step`) is pure
-functions of tensors, separate from the variables that hold the state.
+functions of tensors, separate from the variables that hold the state: an
+`Observation` of the step and the criterion's state (`ThresholdState` or
+`IntervalState`) in, a `CriterionStep` (the new state, the units to
+freeze) out.
 """
 
 import contextlib
+from typing import NamedTuple, Optional, Union
 
 import keras
 import numpy as np
@@ -55,8 +59,13 @@ __all__ = [
     "AdaptiveFreeze",
     "AdaptiveState",
     "CRITERIA",
+    "CriterionStep",
     "DEFAULT_CRITERION",
+    "HostValues",
+    "IntervalState",
     "NOT_YET",
+    "Observation",
+    "ThresholdState",
     "active_percentile",
     "criterion_step",
     "merge_freeze_steps",
@@ -227,67 +236,129 @@ class AdaptiveFreeze:
                                      frozen_from_start)[:num_units]
 
 
-def criterion_step(step, norms, active, scheduled, ema, reference, change,
-                   seen, checks, config):
-    """One step of the threshold criterion, as a pure function of tensors.
+class Observation(NamedTuple):
+    """What a criterion sees at a step: the step and each unit's signal.
 
-    Args:
+    A tuple of tensors, so a `tf.function` takes it as one argument.
+
+    Attributes:
         step: the 0-based step just taken (int64 scalar).
         norms: float32 `[n]`, each unit's gradient norm at `step`.
         active: bool `[n]`, units that trained at `step`.
         scheduled: int64 `[n]`, each unit's freeze step so far.
+    """
+
+    step: tf.Tensor
+    norms: tf.Tensor
+    active: tf.Tensor
+    scheduled: tf.Tensor
+
+
+class ThresholdState(NamedTuple):
+    """The threshold criterion's state (`criterion_step`), as tensors.
+
+    Attributes:
         ema: float32 `[n]`, the moving average of each unit's norm.
         reference: float32 `[n]`, the moving average at the last check.
-        change: float32 `[n]`, each unit's last relative change
-            (`NOT_YET` before its first).
+        change: float32 `[n]`, each unit's last relative change (`NOT_YET`
+            before its first).
         seen: int64 scalar, steps averaged.
         checks: int64 scalar, checks done.
+    """
+
+    ema: tf.Tensor
+    reference: tf.Tensor
+    change: tf.Tensor
+    seen: tf.Tensor
+    checks: tf.Tensor
+
+
+class IntervalState(NamedTuple):
+    """The rank and pace criteria's state (`rank_step`, `pace_step`).
+
+    Attributes:
+        interval_sum: float32 `[n]`, norms summed over the current interval.
+        interval_steps: int64 scalar, steps in it so far.
+        reference: float32 `[n]`, each unit's mean over the last interval.
+        change: float32 `[n]`, each unit's last relative change (`NOT_YET`
+            before its first).
+        checks: int64 scalar, intervals ended so far.
+        target: pace: int64 `[n]`, each unit's target freeze step; rank:
+            None.
+    """
+
+    interval_sum: tf.Tensor
+    interval_steps: tf.Tensor
+    reference: tf.Tensor
+    change: tf.Tensor
+    checks: tf.Tensor
+    target: Optional[tf.Tensor] = None
+
+
+class CriterionStep(NamedTuple):
+    """A criterion's step: its new state and the units it freezes.
+
+    Attributes:
+        state: the new state, of the type the step was given.
+        freeze: bool `[n]`, units that freeze from `step + 1` by the
+            criterion.
+    """
+
+    state: Union[ThresholdState, IntervalState]
+    freeze: tf.Tensor
+
+
+def criterion_step(observed, state, config):
+    """One step of the threshold criterion, as a pure function of tensors.
+
+    Args:
+        observed: an `Observation`.
+        state: the `ThresholdState` before the step.
         config: an `AdaptiveFreeze`.
 
     Returns:
-        A dict of the new `ema`, `reference`, `change`, `seen`, `checks`,
-        and `freeze` (bool `[n]`: units that freeze from `step + 1` by the
-        criterion).
+        A `CriterionStep` with the new `ThresholdState`.
 
     Example:
 
     >>> import tensorflow as tf
     >>> out = criterion_step(
-    ...     tf.constant(3, tf.int64), tf.constant([1.0, 1.0]),
-    ...     tf.constant([True, True]), tf.constant([10, 10], tf.int64),
-    ...     tf.constant([1.01, 1.5]), tf.constant([1.0, 1.0]),
-    ...     tf.constant([-1.0, -1.0]), tf.constant(3, tf.int64), tf.constant(1, tf.int64),
+    ...     Observation(tf.constant(3, tf.int64), tf.constant([1.0, 1.0]),
+    ...                 tf.constant([True, True]),
+    ...                 tf.constant([10, 10], tf.int64)),
+    ...     ThresholdState(ema=tf.constant([1.01, 1.5]),
+    ...                    reference=tf.constant([1.0, 1.0]),
+    ...                    change=tf.constant([-1.0, -1.0]),
+    ...                    seen=tf.constant(3, tf.int64),
+    ...                    checks=tf.constant(1, tf.int64)),
     ...     AdaptiveFreeze(window=2, threshold=0.1, interval=2))
-    >>> out["change"].numpy().round(3), out["freeze"].numpy()
+    >>> out.state.change.numpy().round(3), out.freeze.numpy()
     (array([0.005, 0.25 ], dtype=float32), array([ True, False]))
     """
-    step = tf.cast(step, tf.int64)
-    first = tf.equal(seen, 0)
+    step = tf.cast(observed.step, tf.int64)
+    norms, active = observed.norms, observed.active
+    ema, reference = state.ema, state.reference
+    first = tf.equal(state.seen, 0)
     smoothed = ema + (norms - ema) / float(config.window)
     # Frozen units keep their last average (their gradient is a zero stand-in).
     new_ema = tf.where(active, tf.where(first, norms, smoothed), ema)
-    new_seen = seen + 1
+    new_seen = state.seen + 1
     is_check = tf.equal((step + 1) % config.interval, 0)
-    has_reference = checks > 0
+    has_reference = state.checks > 0
     checked = is_check & has_reference & active
     ratio = tf.abs(new_ema - reference) / tf.maximum(reference, 1e-30)
     trigger = (checked & (new_seen >= config.window)
                & (ratio < config.threshold))
-    # Prefix rule: unit i may freeze at step + 1 only if units 0..i-1 are
-    # frozen by then (already, by the schedule, or by this same decision).
-    frozen_next = scheduled <= step + 1
-    allowed = tf.math.cumprod(
-        tf.cast(frozen_next | trigger, tf.int32), exclusive=False) > 0
-    freeze = allowed & ~frozen_next
-    return {
-        "ema": new_ema,
-        "reference": tf.where(is_check, new_ema, reference),
-        "seen": new_seen,
-        "checks": checks + tf.cast(is_check, tf.int64),
-        # Frozen units keep their last value, for the logs.
-        "change": tf.where(checked, ratio, change),
-        "freeze": freeze,
-    }
+    return CriterionStep(
+        ThresholdState(
+            ema=new_ema,
+            reference=tf.where(is_check, new_ema, reference),
+            # Frozen units keep their last value, for the logs.
+            change=tf.where(checked, ratio, state.change),
+            seen=new_seen,
+            checks=state.checks + tf.cast(is_check, tf.int64),
+        ),
+        _prefix(observed.scheduled, step, trigger))
 
 
 def active_percentile(values, mask, q):
@@ -312,23 +383,25 @@ def active_percentile(values, mask, q):
     return tf.where(k > 0, value, 0.0)
 
 
-def _interval_signal(step, norms, active, interval_sum, interval_steps,
-                     reference, change, checks, interval):
+def _interval_signal(step, observed, state, interval):
     """The rank and pace signal: each unit's mean gradient norm over an
-    interval and its relative change from the previous interval's."""
+    interval and its relative change from the previous interval's.
+    Returns `(checked, ratio, new_state)`, the target as it was."""
+    norms, active = observed.norms, observed.active
     is_check = tf.equal((step + 1) % interval, 0)
-    total = tf.where(active, interval_sum + norms, interval_sum)
-    count = interval_steps + 1
+    total = tf.where(active, state.interval_sum + norms, state.interval_sum)
+    count = state.interval_steps + 1
     mean = total / tf.cast(count, tf.float32)
-    checked = is_check & (checks > 0) & active
-    ratio = tf.abs(mean - reference) / tf.maximum(reference, 1e-30)
-    return checked, ratio, {
-        "interval_sum": tf.where(is_check, tf.zeros_like(total), total),
-        "interval_steps": tf.where(is_check, tf.zeros_like(count), count),
-        "reference": tf.where(is_check & active, mean, reference),
-        "change": tf.where(checked, ratio, change),
-        "checks": checks + tf.cast(is_check, tf.int64),
-    }
+    checked = is_check & (state.checks > 0) & active
+    ratio = (tf.abs(mean - state.reference)
+             / tf.maximum(state.reference, 1e-30))
+    return checked, ratio, state._replace(
+        interval_sum=tf.where(is_check, tf.zeros_like(total), total),
+        interval_steps=tf.where(is_check, tf.zeros_like(count), count),
+        reference=tf.where(is_check & active, mean, state.reference),
+        change=tf.where(checked, ratio, state.change),
+        checks=state.checks + tf.cast(is_check, tf.int64),
+    )
 
 
 def _prefix(scheduled, step, wants):
@@ -340,94 +413,88 @@ def _prefix(scheduled, step, wants):
     return allowed & ~frozen_next
 
 
-def rank_step(step, norms, active, scheduled, interval_sum, interval_steps,
-              reference, change, checks, interval, percentile):
+def rank_step(observed, state, interval, percentile):
     """One step of the rank criterion (AutoFreeze), as a pure function.
 
     Args:
-        step: the 0-based step just taken (int64 scalar).
-        norms: float32 `[n]`, each unit's gradient norm at `step`.
-        active: bool `[n]`, units that trained at `step`.
-        scheduled: int64 `[n]`, each unit's freeze step so far.
-        interval_sum: float32 `[n]`, norms summed over the current interval.
-        interval_steps: int64 scalar, steps in it so far.
-        reference: float32 `[n]`, each unit's mean over the last interval.
-        change: float32 `[n]`, each unit's last relative change
-            (`NOT_YET` before its first).
-        checks: int64 scalar, intervals ended so far.
+        observed: an `Observation`.
+        state: the `IntervalState` before the step (its `target` unused).
         interval: steps per interval (int or int64 scalar).
         percentile: a unit below this percentile of the training units'
             changes counts as settled.
 
     Returns:
-        A dict of the new `interval_sum`, `interval_steps`, `reference`,
-        `change`, `checks`, and `freeze` (bool `[n]`: units that freeze
-        from `step + 1`).
+        A `CriterionStep` with the new `IntervalState`.
 
     Example: at the end of the second interval, unit 0 changed least, and
     unit 2 (below the median too) must wait for unit 1:
 
     >>> import tensorflow as tf
     >>> out = rank_step(
-    ...     tf.constant(3, tf.int64), tf.constant([1.0, 1.0, 1.0, 1.0]),
-    ...     tf.fill([4], True), tf.fill([4], tf.int64.max),
-    ...     tf.constant([1.0, 2.0, 1.0, 3.0]), tf.constant(1, tf.int64),
-    ...     tf.constant([1.0, 1.0, 1.0, 1.0]), tf.fill([4], -1.0),
-    ...     tf.constant(1, tf.int64), 2, 50)
-    >>> out["change"].numpy(), out["freeze"].numpy()
+    ...     Observation(tf.constant(3, tf.int64), tf.fill([4], 1.0),
+    ...                 tf.fill([4], True), tf.fill([4], tf.int64.max)),
+    ...     IntervalState(interval_sum=tf.constant([1.0, 2.0, 1.0, 3.0]),
+    ...                   interval_steps=tf.constant(1, tf.int64),
+    ...                   reference=tf.fill([4], 1.0),
+    ...                   change=tf.fill([4], -1.0),
+    ...                   checks=tf.constant(1, tf.int64)),
+    ...     interval=2, percentile=50)
+    >>> out.state.change.numpy(), out.freeze.numpy()
     (array([0. , 0.5, 0. , 1. ], dtype=float32), array([ True, False, False, False]))
     """
-    step = tf.cast(step, tf.int64)
+    step = tf.cast(observed.step, tf.int64)
     interval = tf.cast(interval, tf.int64)
-    checked, ratio, out = _interval_signal(
-        step, norms, active, interval_sum, interval_steps, reference, change,
-        checks, interval)
+    checked, ratio, new_state = _interval_signal(step, observed, state,
+                                                 interval)
     threshold = active_percentile(ratio, checked, percentile)
-    out["freeze"] = _prefix(scheduled, step, checked & (ratio < threshold))
-    return out
+    return CriterionStep(new_state, _prefix(
+        observed.scheduled, step, checked & (ratio < threshold)))
 
 
-def pace_step(step, norms, active, scheduled, target, interval_sum,
-              interval_steps, reference, change, checks, interval,
-              percentile):
+def pace_step(observed, state, interval, percentile):
     """One step of the pace criterion, as a pure function.
 
-    The arguments other than `target` are those of `rank_step`.
-
     Args:
-        target: int64 `[n]`, each unit's target freeze step.
+        observed: an `Observation`.
+        state: the `IntervalState` before the step, with each unit's
+            `target` freeze step.
+        interval: steps per interval (int or int64 scalar).
+        percentile: as in `rank_step`.
 
     Returns:
-        As `rank_step`, plus the new `target`: at the end of an interval a
-        training unit's target moves `interval` steps earlier if its change
-        is below the percentile, later if not; a unit freezes (in prefix
-        order) once its target is reached.
+        A `CriterionStep` with the new `IntervalState`: at the end of an
+        interval a training unit's target moves `interval` steps earlier if
+        its change is below the percentile, later if not; a unit freezes
+        (in prefix order) once its target is reached.
 
     Example:
 
     >>> import tensorflow as tf
     >>> out = pace_step(
-    ...     tf.constant(3, tf.int64), tf.constant([1.0, 1.0, 1.0]),
-    ...     tf.fill([3], True), tf.fill([3], tf.int64.max),
-    ...     tf.constant([5, 8, 9], tf.int64),
-    ...     tf.constant([1.0, 2.0, 3.0]), tf.constant(1, tf.int64),
-    ...     tf.constant([1.0, 1.0, 1.0]), tf.fill([3], -1.0),
-    ...     tf.constant(1, tf.int64), 2, 50)
-    >>> out["target"].numpy(), out["freeze"].numpy()
+    ...     Observation(tf.constant(3, tf.int64), tf.fill([3], 1.0),
+    ...                 tf.fill([3], True), tf.fill([3], tf.int64.max)),
+    ...     IntervalState(interval_sum=tf.constant([1.0, 2.0, 3.0]),
+    ...                   interval_steps=tf.constant(1, tf.int64),
+    ...                   reference=tf.fill([3], 1.0),
+    ...                   change=tf.fill([3], -1.0),
+    ...                   checks=tf.constant(1, tf.int64),
+    ...                   target=tf.constant([5, 8, 9], tf.int64)),
+    ...     interval=2, percentile=50)
+    >>> out.state.target.numpy(), out.freeze.numpy()
     (array([ 3, 10, 11]), array([ True, False, False]))
     """
-    step = tf.cast(step, tf.int64)
+    step = tf.cast(observed.step, tf.int64)
     interval = tf.cast(interval, tf.int64)
-    checked, ratio, out = _interval_signal(
-        step, norms, active, interval_sum, interval_steps, reference, change,
-        checks, interval)
+    checked, ratio, new_state = _interval_signal(step, observed, state,
+                                                 interval)
     threshold = active_percentile(ratio, checked, percentile)
     move = tf.where(ratio < threshold, -interval, interval)
+    target = state.target
     placed = target < NEVER // 2
     target = tf.where(checked & placed, target + move, target)
-    out["target"] = target
-    out["freeze"] = _prefix(scheduled, step, target <= step + 1)
-    return out
+    return CriterionStep(new_state._replace(target=target),
+                         _prefix(observed.scheduled, step,
+                                 target <= step + 1))
 
 
 def unit_norms(unit_grads, frozen):
@@ -470,6 +537,25 @@ def merge_freeze_steps(scheduled, decided):
     scheduled = np.asarray(scheduled)
     decided = np.asarray(decided)
     return np.where(decided >= 0, np.minimum(scheduled, decided), scheduled)
+
+
+def _fields(state, names):
+    """`{name: state.name}` for `names`, in that order."""
+    return {name: getattr(state, name) for name in names}
+
+
+class HostValues(NamedTuple):
+    """`AdaptiveState.host_values()`: the criterion's decisions so far.
+
+    Attributes:
+        decided: int64 `[n]`, the step each unit was frozen from by the
+            criterion, `NOT_YET` if not.
+        change: float32 `[n]`, each unit's last relative change, `NOT_YET`
+            before its first.
+    """
+
+    decided: np.ndarray
+    change: np.ndarray
 
 
 @keras.saving.register_keras_serializable(package="freezeout_tf")
@@ -541,27 +627,27 @@ class AdaptiveState(keras.layers.Layer):
             self.target.assign(config.initial_targets(
                 self.num_units, total_steps or 1, frozen_from_start))
 
-    def _run(self, config, step, norms, active, scheduled):
-        """The threshold criterion's step on the current state; returns its
-        outputs and the names of the state variables they update."""
-        out = criterion_step(
-            step, norms, active, scheduled, self.ema.value,
-            self.reference.value, self.change.value, self.seen.value,
-            self.checks.value, config)
-        out.pop("seen")
-        return out, ["reference", "change", "checks", "ema"]
+    def _threshold_observe(self, config, observed, steps):
+        """The threshold criterion's step on the current state, written."""
+        out = criterion_step(observed, ThresholdState(
+            ema=self.ema.value, reference=self.reference.value,
+            change=self.change.value, seen=self.seen.value,
+            checks=self.checks.value), config)
+        # `seen` is counted by the observer, for every criterion.
+        self._write(_fields(out.state, ["reference", "change", "checks",
+                                        "ema"]),
+                    out.freeze, observed.step, steps)
 
-    def _write(self, out, names, step, steps):
-        """Writes a step's outputs: the state variables `names` and the
-        decisions, into `decided` and the schedule's freeze steps
-        (`steps`)."""
+    def _write(self, updates, freeze, step, steps):
+        """Writes a step's outputs: the state variables named in `updates`
+        (name -> value) and the decisions `freeze`, into `decided` and the
+        schedule's freeze steps (`steps`)."""
         n = self.num_units
-        for name in names:
-            getattr(self, name).assign(out[name])
-        self.decided.assign(
-            tf.where(out["freeze"], step + 1, self.decided.value))
+        for name, value in updates.items():
+            getattr(self, name).assign(value)
+        self.decided.assign(tf.where(freeze, step + 1, self.decided.value))
         # Only freeze steps change; the head's entry stays as it is.
-        new_steps = tf.where(out["freeze"], step + 1, steps[:n])
+        new_steps = tf.where(freeze, step + 1, steps[:n])
         steps.assign(tf.concat([new_steps, steps[n:]], 0))
 
     def _interval_observe(self, config, step, norms, active, steps):
@@ -571,52 +657,53 @@ class AdaptiveState(keras.layers.Layer):
         interval's running sum and count, and a cheap branch does just that,
         for a fraction of the ops and writes (benchmarks/adaptive.md,
         cost)."""
+        pace = config.criterion == "pace"
         names = ["reference", "change", "checks", "interval_sum",
-                 "interval_steps"]
-        if config.criterion == "pace":
-            names.append("target")
+                 "interval_steps"] + (["target"] if pace else [])
         # Read here what every step needs; the rest only in the branches.
-        state = {name: getattr(self, name).value
-                 for name in ("interval_sum", "interval_steps", "interval")}
+        current = {name: getattr(self, name).value
+                   for name in ("interval_sum", "interval_steps", "interval")}
         with tf.device(HOST):  # the cond's predicate (schedule_state)
             scheduled = steps[:self.num_units]
-            decides = tf.equal((step + 1) % state["interval"], 0)
-            if config.criterion == "pace":
+            decides = tf.equal((step + 1) % current["interval"], 0)
+            if pace:
                 decides |= tf.reduce_any(
                     (self.target.value <= step + 1) & (scheduled > step + 1))
+        observed = Observation(step, norms, active, scheduled)
 
         def full():
-            args = [state["interval_sum"], state["interval_steps"],
-                    self.reference.value, self.change.value,
-                    self.checks.value, state["interval"], config.percentile]
-            if config.criterion == "rank":
-                return rank_step(step, norms, active, scheduled, *args)
-            return pace_step(step, norms, active, scheduled,
-                             self.target.value, *args)
+            state = IntervalState(
+                interval_sum=current["interval_sum"],
+                interval_steps=current["interval_steps"],
+                reference=self.reference.value, change=self.change.value,
+                checks=self.checks.value,
+                target=self.target.value if pace else None)
+            out = (pace_step if pace else rank_step)(
+                observed, state, current["interval"], config.percentile)
+            return _fields(out.state, names), out.freeze
 
         def accumulate():
             return {"interval_sum": tf.where(
-                        active, state["interval_sum"] + norms,
-                        state["interval_sum"]),
-                    "interval_steps": state["interval_steps"] + 1}
+                        active, current["interval_sum"] + norms,
+                        current["interval_sum"]),
+                    "interval_steps": current["interval_steps"] + 1}
 
         if tf.distribute.has_strategy():
             # A replica's variable write synchronises the replicas, which
             # a tf.cond branch cannot hold: the branches compute, the
             # writes follow.
             def unchanged():
-                out = {k: tf.identity(getattr(self, k).value) for k in names}
-                out.update(accumulate(), freeze=tf.zeros_like(active))
-                return out
+                updates = {k: tf.identity(getattr(self, k).value)
+                           for k in names}
+                updates.update(accumulate())
+                return updates, tf.zeros_like(active)
 
-            out = tf.cond(decides, lambda: {
-                k: v for k, v in full().items() if k in (*names, "freeze")},
-                unchanged)
-            self._write(out, names, step, steps)
+            updates, freeze = tf.cond(decides, full, unchanged)
+            self._write(updates, freeze, step, steps)
             return
 
         def decide():
-            self._write(full(), names, step, steps)
+            self._write(*full(), step, steps)
             return tf.constant(True)
 
         def add():
@@ -639,8 +726,9 @@ class AdaptiveState(keras.layers.Layer):
             norms = unit_norms(unit_grads[:n], frozen)
             active = tf.logical_not(tf.stack(frozen))
             if config.criterion == "threshold":
-                out, names = self._run(config, step, norms, active, steps[:n])
-                self._write(out, names, step, steps)
+                self._threshold_observe(
+                    config, Observation(step, norms, active, steps[:n]),
+                    steps)
             else:
                 self._interval_observe(config, step, norms, active, steps)
             self.seen.assign(self.seen.value + 1)
@@ -648,6 +736,10 @@ class AdaptiveState(keras.layers.Layer):
         return observe
 
     def host_values(self):
-        """`(decided, change)` as NumPy arrays, for callbacks and logs."""
-        return (keras.ops.convert_to_numpy(self.decided),
-                keras.ops.convert_to_numpy(self.change))
+        """The criterion's decisions so far, for callbacks and logs.
+
+        Returns:
+            A `HostValues` of NumPy arrays.
+        """
+        return HostValues(decided=keras.ops.convert_to_numpy(self.decided),
+                          change=keras.ops.convert_to_numpy(self.change))

@@ -10,7 +10,7 @@ from freezeout_tf.schedule_state import NEVER
 __all__ = ["FreezeOut"]
 
 
-class _Count(float):
+class _LoggedCount(float):
     """A count in `logs` that Keras' progress bar prints as an integer.
 
     The bar divides every value by a count of 1 and formats it with `.4f`
@@ -19,7 +19,7 @@ class _Count(float):
     """
 
     def __truediv__(self, other):
-        return _Count(float(self) / other)
+        return _LoggedCount(float(self) / other)
 
     def __format__(self, spec):
         return str(int(self))
@@ -252,7 +252,7 @@ class FreezeOut(keras.callbacks.Callback):
     def _finish_placing(self, freeze_steps, done):
         if self.adaptive is not None:
             # Decisions of earlier steps (this run before a resume) stand.
-            decided, _ = self.model.adaptive_state.host_values()
+            decided = self.model.adaptive_state.host_values().decided
             freeze_steps[:-1] = fo_adaptive.merge_freeze_steps(
                 freeze_steps[:-1], decided)
             self.model.schedule_state.freeze_steps.assign(freeze_steps)
@@ -267,14 +267,14 @@ class FreezeOut(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._sync_trainable(self._iterations(), logs, read=True)
         if self.adaptive is not None and logs is not None:
-            _, change = self.model.adaptive_state.host_values()
+            change = self.model.adaptive_state.host_values().change
             for i, (at, value) in enumerate(zip(self._freeze_steps, change)):
-                logs[f"unit{i}_freeze_step"] = _Count(
+                logs[f"unit{i}_freeze_step"] = _LoggedCount(
                     at if at != NEVER else fo_adaptive.NOT_YET)
                 logs[f"unit{i}_change"] = float(value)
 
     def _log_adaptive(self, logs, frozen):
-        _, change = self.model.adaptive_state.host_values()
+        change = self.model.adaptive_state.host_values().change
         logs["first_active_change"] = (
             float(change[frozen]) if frozen < len(change)
             else float(fo_adaptive.NOT_YET))
@@ -311,6 +311,6 @@ class FreezeOut(keras.callbacks.Callback):
                 )[frozen]
             if self.adaptive is not None and self.adaptive_batch_logs:
                 self._log_adaptive(logs, frozen)
-            logs["active_units"] = _Count(self.model.num_units - frozen)
+            logs["active_units"] = _LoggedCount(self.model.num_units - frozen)
             logs["first_active_lr"] = base * float(multiplier)
             logs["learning_rate"] = base

@@ -24,6 +24,7 @@ The optimizer skips frozen units' updates, slots and weight decay
 
 import logging
 import types
+from typing import List, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -37,6 +38,17 @@ from freezeout_tf.schedule_state import HOST, ScheduleState
 from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
 
 __all__ = ["FreezeOutModel"]
+
+
+class _StepGradients(NamedTuple):
+    """What `FreezeOutModel._gradients_by_unit` computes for a step."""
+
+    loss: tf.Tensor  # unscaled
+    y_pred: tf.Tensor
+    gradients: List[tf.Tensor]  # of `trainable_variables`, in order
+    step: tf.Tensor  # the 0-based step taken
+    unit_grads: List[List[tf.Tensor]]  # per unit, the head last
+    frozen: List[tf.Tensor]  # per unit, its (host-placed) frozen flag
 
 
 def _dense(gradients):
@@ -398,8 +410,8 @@ class FreezeOutModel(keras.Model):
     # The variables FreezeOut trains.
 
     def _variable_ownership(self):
-        """`(owned, foreign)` of `ownership.variable_owners`: each part's
-        variables, and those it reads but another part owns.
+        """`ownership.variable_owners`' `Ownership`: each part's variables
+        (`owned`), and those it reads but another part owns (`foreign`).
 
         The variables trained are those of the parts' layers that were
         trainable when first seen (not LoRA's base kernels, nor layers set
@@ -425,7 +437,7 @@ class FreezeOutModel(keras.Model):
     def _unit_variable_ids(self):
         """For each unit and the head, ids of the variables it owns."""
         return [{id(v) for v in owned}
-                for owned in self._variable_ownership()[0]]
+                for owned in self._variable_ownership().owned]
 
     @property
     def trainable_variables(self):
@@ -553,9 +565,9 @@ class FreezeOutModel(keras.Model):
         another part owns, grouped by owner (a tied embedding: the head
         reads unit 0's, or unit 0 reads the head's)."""
         owner = {id(v): u for u, owned in
-                 enumerate(self._variable_ownership()[0]) for v in owned}
+                 enumerate(self._variable_ownership().owned) for v in owned}
         reads = []
-        for variables in self._variable_ownership()[1]:
+        for variables in self._variable_ownership().foreign:
             by_owner = {}
             for v in variables:
                 by_owner.setdefault(owner[id(v)], []).append(v)
@@ -572,11 +584,12 @@ class FreezeOutModel(keras.Model):
         Returns:
             `(loss, y_pred, gradients)`, `loss` unscaled.
         """
-        return self._gradients_by_unit(x, y, sample_weight)[:3]
+        out = self._gradients_by_unit(x, y, sample_weight)
+        return out.loss, out.y_pred, out.gradients
 
     def _gradients_by_unit(self, x, y, sample_weight=None):
-        """`compute_freezeout_gradients`' results, then the step, each
-        unit's gradient list (the head last) and the frozen flags."""
+        """`compute_freezeout_gradients`' results, the step, each unit's
+        gradient list and the frozen flags, as a `_StepGradients`."""
         x, ids = prefix_cache.split_example_ids(x)
         side = side_inputs.side_values(x, self.input_names)
         state = self.schedule_state
@@ -645,7 +658,8 @@ class FreezeOutModel(keras.Model):
             for v, g in zip(group, gs)
         }
         gradients = [by_id[id(v)] for v in self.trainable_variables]
-        return loss, y_pred, gradients, step, grads, frozen
+        return _StepGradients(loss=loss, y_pred=y_pred, gradients=gradients,
+                              step=step, unit_grads=grads, frozen=frozen)
 
     def _forward_units(self, tape, x, ids, side, frozen):
         """The units' forward on `tape`: `(unit_inputs, unit_outputs,
@@ -792,14 +806,13 @@ class FreezeOutModel(keras.Model):
             self.optimizer, variables, self.variable_units(variables),
             self.schedule_state,
         )
-        loss, y_pred, gradients, step, unit_grads, frozen = (
-            self._gradients_by_unit(x, y, sample_weight))
+        out = self._gradients_by_unit(x, y, sample_weight)
         # As Keras' own train_step: track the loss for the progress bar.
         self._loss_tracker.update_state(
-            _unscale_loss_for_distribution(loss),
+            _unscale_loss_for_distribution(out.loss),
             sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
         )
-        self.optimizer.apply(gradients, variables)
+        self.optimizer.apply(out.gradients, variables)
         # Observers see every unit's gradients inside the step (adaptive
         # freezing decides from them in the graph). Placed after the update,
         # so that the optimizer's reads of the freeze steps (which a
@@ -807,9 +820,10 @@ class FreezeOutModel(keras.Model):
         # need not wait for the observers' writes; their work runs beside
         # the update instead of before it.
         for observe in self.gradient_observers:
-            observe(step, unit_grads, frozen)
+            observe(out.step, out.unit_grads, out.frozen)
         self.batches_taken.assign_add(1)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return self.compute_metrics(x, y, out.y_pred,
+                                    sample_weight=sample_weight)
 
     def get_config(self):
         config = super().get_config()

@@ -28,14 +28,29 @@ A part's gradient of a variable it reads but does not own (a *foreign*
 read) is added to the owner's gradient by `FreezeOutModel`'s train step.
 """
 
+from typing import List, NamedTuple
+
 import keras
 import tensorflow as tf
 
 from freezeout_tf import speedup, validation
 from freezeout_tf.validation import TIED_OWNERS  # variable_owners' choices
 
-__all__ = ["TIED_OWNERS", "part_variables", "read_by", "set_trained",
-           "trained_flags", "variable_owners"]
+__all__ = ["Ownership", "TIED_OWNERS", "part_variables", "read_by",
+           "set_trained", "trained_flags", "variable_owners"]
+
+
+class Ownership(NamedTuple):
+    """`variable_owners`' answer, per part (the freeze units, then the head).
+
+    Attributes:
+        owned: for each part, the variables it owns.
+        foreign: for each part, the variables it reads but another part
+            owns (their gradients go to the owner).
+    """
+
+    owned: List[list]
+    foreign: List[list]
 
 
 def part_variables(part):
@@ -149,9 +164,9 @@ def variable_owners(parts, trained, tied_owner="first"):
             and the head.
 
     Returns:
-        `(owned, foreign)`: for each part, the list of its variables and the
-        list of the variables it reads but another part owns, each in
-        `part_variables` order.
+        An `Ownership`: for each part, the list of its variables (`owned`)
+        and the list of the variables it reads but another part owns
+        (`foreign`), each in `part_variables` order.
 
     Raises:
         ValueError: `tied_owner` is not allowed, or a variable is read by
@@ -164,8 +179,8 @@ def variable_owners(parts, trained, tied_owner="first"):
     >>> head = keras.Sequential([keras.Input((4,)), shared,
     ...                          keras.layers.Dense(2)])
     >>> trained = {id(v) for v in unit.weights + head.weights}
-    >>> owned, foreign = ownership.variable_owners([unit, head], trained)
-    >>> [len(o) for o in owned], [len(f) for f in foreign]
+    >>> owners = ownership.variable_owners([unit, head], trained)
+    >>> [len(o) for o in owners.owned], [len(f) for f in owners.foreign]
     ([2, 2], [0, 2])
     """
     validation.check_tied_owner(tied_owner)
@@ -211,4 +226,4 @@ def variable_owners(parts, trained, tied_owner="first"):
                 placed.add(id(v))
             elif index in readers[id(v)] and owner[id(v)] != index:
                 foreign[index].append(v)
-    return owned, foreign
+    return Ownership(owned=owned, foreign=foreign)

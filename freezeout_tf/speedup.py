@@ -319,7 +319,7 @@ _RAW_OPS = {
 _active = []  # the state of the running `count_macs` block, if any
 
 
-class _Count:
+class _CountMacsBlock:
     """One `count_macs` block: the counter, how deep the running calls are
     in the given layers (`inside`), and in counted layers or attention
     (`exact`, whose own ops are already counted by shape)."""
@@ -417,7 +417,7 @@ def count_macs(layers):
         raise RuntimeError(
             "count_macs blocks cannot be nested: one is already running."
         )
-    state = _Count()
+    state = _CountMacsBlock()
     given = {id(part) for part in layers}
     shadowed = {}  # id -> layer whose `call` is shadowed
 

@@ -15,7 +15,8 @@ import tensorflow as tf
 from conftest import LOSS, tiny_data, tiny_model
 from freezeout_tf import AdaptiveFreeze, FreezeOut, FreezeOutModel, schedule
 from freezeout_tf.adaptive import (
-    NOT_YET, AdaptiveState, criterion_step, pace_step, rank_step,
+    NOT_YET, AdaptiveState, IntervalState, Observation, ThresholdState,
+    criterion_step, pace_step, rank_step,
 )
 from freezeout_tf.schedule_state import NEVER, ScheduleState
 from test_train_step import unit_state
@@ -150,18 +151,20 @@ def test_criterion_step_matches_a_step_by_step_reference():
     want, want_change = _reference(norms.astype(np.float64), config,
                                    scheduled)
     freeze = tf.constant(scheduled)
-    ema = ref = tf.zeros(n)
-    change = tf.fill([n], float(NOT_YET))
-    seen = checks = tf.constant(0, tf.int64)
+    state = ThresholdState(
+        ema=tf.zeros(n), reference=tf.zeros(n),
+        change=tf.fill([n], float(NOT_YET)),
+        seen=tf.constant(0, tf.int64), checks=tf.constant(0, tf.int64))
     for j in range(steps):
         step = tf.constant(j, tf.int64)
-        out = criterion_step(step, tf.constant(norms[j]), j < freeze, freeze,
-                             ema, ref, change, seen, checks, config)
-        freeze = tf.where(out["freeze"], step + 1, freeze)
-        ema, ref, change = out["ema"], out["reference"], out["change"]
-        seen, checks = out["seen"], out["checks"]
+        out = criterion_step(
+            Observation(step, tf.constant(norms[j]), j < freeze, freeze),
+            state, config)
+        freeze = tf.where(out.freeze, step + 1, freeze)
+        state = out.state
+    assert int(state.seen) == steps
     np.testing.assert_array_equal(freeze.numpy(), want)
-    np.testing.assert_allclose(change.numpy(), want_change, rtol=1e-4)
+    np.testing.assert_allclose(state.change.numpy(), want_change, rtol=1e-4)
     # The case is not trivial: units freeze adaptively, in order, unit 3
     # before its scheduled step, and unit 2 settled first but waited.
     assert np.all(np.diff(want) >= 0) and want[3] < 50
@@ -222,24 +225,25 @@ def test_interval_criteria_match_a_step_by_step_reference(criterion):
         norms.astype(np.float64), interval, q, scheduled,
         start.copy() if criterion == "pace" else None)
     freeze = tf.constant(scheduled)
-    target = tf.constant(start)
-    state = dict(interval_sum=tf.zeros(n), interval_steps=tf.constant(0, tf.int64),
-                 reference=tf.zeros(n), change=tf.fill([n], float(NOT_YET)),
-                 checks=tf.constant(0, tf.int64))
+    state = IntervalState(
+        interval_sum=tf.zeros(n), interval_steps=tf.constant(0, tf.int64),
+        reference=tf.zeros(n), change=tf.fill([n], float(NOT_YET)),
+        checks=tf.constant(0, tf.int64),
+        target=tf.constant(start) if criterion == "pace" else None)
+    take_step = rank_step if criterion == "rank" else pace_step
     for j in range(steps):
         step = tf.constant(j, tf.int64)
-        args = (step, tf.constant(norms[j]), j < freeze, freeze)
-        rest = (*state.values(), interval, q)
-        out = (rank_step(*args, *rest) if criterion == "rank"
-               else pace_step(*args, target, *rest))
-        freeze = tf.where(out["freeze"], step + 1, freeze)
-        state = {k: out[k] for k in state}
-        target = out.get("target", target)
+        out = take_step(
+            Observation(step, tf.constant(norms[j]), j < freeze, freeze),
+            state, interval, q)
+        freeze = tf.where(out.freeze, step + 1, freeze)
+        state = out.state
     np.testing.assert_array_equal(freeze.numpy(), want)
-    np.testing.assert_allclose(state["change"].numpy(), want_change,
-                               rtol=1e-4)
+    np.testing.assert_allclose(state.change.numpy(), want_change, rtol=1e-4)
     if criterion == "pace":
-        np.testing.assert_array_equal(target.numpy(), want_targets)
+        np.testing.assert_array_equal(state.target.numpy(), want_targets)
+    else:
+        assert state.target is None
         assert np.any(want_targets < start) and np.any(want_targets > start)
     # Not trivial: the criterion froze several units, a prefix, in order.
     decided = want < scheduled
@@ -264,10 +268,10 @@ def test_interval_criteria_match_a_step_by_step_reference(criterion):
         observe_step(tf.constant(j, tf.int64), tf.constant(norms[j]))
     np.testing.assert_array_equal(
         schedule_state.host_freeze_steps()[:n], want)
-    decided_steps, change = adaptive.host_values()
-    np.testing.assert_array_equal(decided_steps[decided], want[decided])
-    assert np.all(decided_steps[~decided] == NOT_YET)
-    np.testing.assert_allclose(change, want_change, rtol=1e-4)
+    logged = adaptive.host_values()
+    np.testing.assert_array_equal(logged.decided[decided], want[decided])
+    assert np.all(logged.decided[~decided] == NOT_YET)
+    np.testing.assert_allclose(logged.change, want_change, rtol=1e-4)
     if criterion == "pace":
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(adaptive.target), want_targets)
@@ -358,7 +362,7 @@ def test_later_fit_without_the_criterion_does_not_keep_deciding():
     _fit(model, FreezeOut(t_0=1.0, how_scale="linear"), epochs=3,
          initial_epoch=1)
     # Only the schedule froze (t_0 = 1: nothing before the end).
-    assert np.all(model.adaptive_state.host_values()[0] == NOT_YET)
+    assert np.all(model.adaptive_state.host_values().decided == NOT_YET)
     assert int(model.adaptive_state.seen.numpy()) == STEPS_PER_EPOCH
 
 
