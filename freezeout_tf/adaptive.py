@@ -386,7 +386,8 @@ def active_percentile(values, mask, q):
 def _interval_signal(step, observed, state, interval):
     """The rank and pace signal: each unit's mean gradient norm over an
     interval and its relative change from the previous interval's.
-    Returns `(checked, ratio, new_state)`, the target as it was."""
+    Returns `(checked, ratio, updated)`: `updated` holds the new values
+    of the state's fields but the target."""
     norms, active = observed.norms, observed.active
     is_check = tf.equal((step + 1) % interval, 0)
     total = tf.where(active, state.interval_sum + norms, state.interval_sum)
@@ -395,7 +396,7 @@ def _interval_signal(step, observed, state, interval):
     checked = is_check & (state.checks > 0) & active
     ratio = (tf.abs(mean - state.reference)
              / tf.maximum(state.reference, 1e-30))
-    return checked, ratio, state._replace(
+    return checked, ratio, dict(
         interval_sum=tf.where(is_check, tf.zeros_like(total), total),
         interval_steps=tf.where(is_check, tf.zeros_like(count), count),
         reference=tf.where(is_check & active, mean, state.reference),
@@ -444,11 +445,12 @@ def rank_step(observed, state, interval, percentile):
     """
     step = tf.cast(observed.step, tf.int64)
     interval = tf.cast(interval, tf.int64)
-    checked, ratio, new_state = _interval_signal(step, observed, state,
-                                                 interval)
+    checked, ratio, updated = _interval_signal(step, observed, state,
+                                               interval)
     threshold = active_percentile(ratio, checked, percentile)
-    return CriterionStep(new_state, _prefix(
-        observed.scheduled, step, checked & (ratio < threshold)))
+    return CriterionStep(
+        IntervalState(**updated, target=state.target),
+        _prefix(observed.scheduled, step, checked & (ratio < threshold)))
 
 
 def pace_step(observed, state, interval, percentile):
@@ -485,14 +487,14 @@ def pace_step(observed, state, interval, percentile):
     """
     step = tf.cast(observed.step, tf.int64)
     interval = tf.cast(interval, tf.int64)
-    checked, ratio, new_state = _interval_signal(step, observed, state,
-                                                 interval)
+    checked, ratio, updated = _interval_signal(step, observed, state,
+                                               interval)
     threshold = active_percentile(ratio, checked, percentile)
     move = tf.where(ratio < threshold, -interval, interval)
     target = state.target
     placed = target < NEVER // 2
     target = tf.where(checked & placed, target + move, target)
-    return CriterionStep(new_state._replace(target=target),
+    return CriterionStep(IntervalState(**updated, target=target),
                          _prefix(observed.scheduled, step,
                                  target <= step + 1))
 
