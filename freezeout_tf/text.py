@@ -34,6 +34,8 @@ import sysconfig
 
 import numpy as np
 
+from freezeout_tf import validation
+
 __all__ = [
     "END_ID",
     "PAD_ID",
@@ -135,9 +137,8 @@ def split_files(files, holdout_fraction):
     >>> split_files(["a", "b", "c", "d"], 0.25)
     (['a', 'b', 'c'], ['d'])
     """
-    if not 0 < holdout_fraction < 1:
-        raise ValueError(
-            f"holdout_fraction must be in (0, 1); got {holdout_fraction!r}.")
+    validation.check_number("holdout_fraction", holdout_fraction, 0, 1,
+                            low_open=True, high_open=True)
     n = len(files)
     k = max(1, round(holdout_fraction * n))
     heldout = [(i + 1) * k // n > i * k // n for i in range(n)]
@@ -208,11 +209,10 @@ def windows(files, sequence_length, max_bytes=None):
     >>> w["token_ids"].shape[1], bool(w["sample_weight"].min() == 0)
     (16, True)
     """
-    if not isinstance(sequence_length, int) or sequence_length < 2:
-        raise ValueError(
-            f"sequence_length must be an int >= 2; got {sequence_length!r}.")
-    if max_bytes is not None and max_bytes < 1:
-        raise ValueError(f"max_bytes must be >= 1 or None; got {max_bytes!r}.")
+    validation.check_int("sequence_length", sequence_length, low=2)
+    if max_bytes is not None:
+        validation.check_positive_int("max_bytes", max_bytes,
+                                      "None or a positive integer")
     chunks, read = [], 0
     for path in files:
         if max_bytes is not None and read >= max_bytes:

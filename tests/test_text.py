@@ -99,7 +99,7 @@ def test_split_files_spreads_the_held_out_files():
     (lambda r: text.split_files(["a", "b"], 1.0), r"\(0, 1\); got 1.0"),
     (lambda r: text.split_files(["a"], 0.2), "leaves 0 to train on and 1"),
     (lambda r: text.windows(text.package_files(["alpha"], r), 1),
-     "sequence_length must be an int >= 2; got 1"),
+     "sequence_length must be an integer >= 2; got 1"),
 ])
 def test_bad_input_is_refused_by_name(root, call, match):
     with pytest.raises(ValueError, match=match):
