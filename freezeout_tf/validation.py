@@ -263,10 +263,10 @@ def check_t_0(t_0):
 
     Example:
 
-    >>> check_t_0(0.0)
+    >>> check_t_0(0.0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: t_0 must be a number in (0, 1] (the fraction of training, before scaling, after which the first unit freezes); got 0.0.
+    ValueError: t_0 must be a number in (0, 1] (the fraction ...); got 0.0.
     """
     check_number(
         "t_0", t_0, 0, 1, low_open=True,
@@ -305,10 +305,10 @@ def check_total_steps(total_steps):
 
     Example:
 
-    >>> check_total_steps(0)
+    >>> check_total_steps(0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: total_steps must be a positive integer (the number of training steps of the whole run); got 0.
+    ValueError: total_steps must be a positive integer (the number ...); got 0.
     """
     check_positive_int(
         "total_steps", total_steps,
@@ -329,10 +329,10 @@ def check_frozen_from_start(frozen_from_start, num_units=None):
 
     Example:
 
-    >>> check_frozen_from_start(5, num_units=4)
+    >>> check_frozen_from_start(5, num_units=4)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: frozen_from_start must be an integer >= 0 of at most 4 (how many freeze units, from the first, stay frozen from step 0); got 5.
+    ValueError: frozen_from_start must be an integer >= 0 of at most 4 (...); got 5.
     """
     limit = "" if num_units is None else f" of at most {num_units}"
     check_int(
@@ -355,10 +355,10 @@ def check_tied_owner(tied_owner):
     Example:
 
     >>> check_tied_owner("head")
-    >>> check_tied_owner("last")
+    >>> check_tied_owner("last")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: tied_owner must be one of 'first', 'head' (the first freeze unit that reads a tied variable, or the head); got 'last'.
+    ValueError: tied_owner must be one of 'first', 'head' (...); got 'last'.
     """
     check_choice(
         "tied_owner", tied_owner, TIED_OWNERS,

@@ -44,7 +44,8 @@ def test_positive_int_refuses_naming_the_value(value):
 def test_int_bounds_and_the_two_message_forms():
     validation.check_int("k", 0, 0, 4)
     validation.check_int("k", 4, 0, 4)
-    with pytest.raises(ValueError, match=r"^k must be an integer in \[0, 4\]; got 5\.$"):
+    with pytest.raises(ValueError,
+                       match=r"^k must be an integer in \[0, 4\]; got 5\.$"):
         validation.check_int("k", 5, 0, 4)
     with pytest.raises(ValueError, match=r"^k must be an integer <= 4; got 5\.$"):
         validation.check_int("k", 5, high=4)
