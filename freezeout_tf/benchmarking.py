@@ -491,7 +491,7 @@ def write_report(path, results, command=None):
     when.
 
     Args:
-        path: the `.json` file to write (its directory must exist).
+        path: the `.json` file to write (its directory is made if missing).
         results: JSON-serialisable figures.
         command: see `provenance`.
 
@@ -511,6 +511,7 @@ def write_report(path, results, command=None):
     """
     report = {"provenance": provenance(command), "results": results}
     text = json.dumps(report, indent=1, allow_nan=False)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text + "\n")
     return report
