@@ -95,6 +95,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=2,
                    help="timed steps per arm per round")
+    p.add_argument("--out", default=None,
+                   help="directory for cache.json (e.g. benchmarks/cache)")
     args = p.parse_args(argv)
 
     arms, models = {}, {}
