@@ -79,7 +79,7 @@ __all__ = [
 NOT_YET = -1
 
 CRITERIA = ("rank", "pace", "threshold")
-# Chosen by the pre-registered evaluation (benchmarks/adaptive.md).
+# Chosen by the pre-registered evaluation (benchmarks/adaptive/adaptive.md).
 DEFAULT_CRITERION = "rank"
 
 # Each criterion's settings and their defaults.
@@ -657,7 +657,7 @@ class AdaptiveState(keras.layers.Layer):
         training unit's target is reached) can the step decide anything;
         at the other steps the full step would only add the norms to the
         interval's running sum and count, and a cheap branch does just that,
-        for a fraction of the ops and writes (benchmarks/adaptive.md,
+        for a fraction of the ops and writes (benchmarks/adaptive/adaptive.md,
         cost)."""
         pace = config.criterion == "pace"
         names = ["reference", "change", "checks", "interval_sum",

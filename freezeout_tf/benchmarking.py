@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+import typing
 
 import keras
 import tensorflow as tf
@@ -23,6 +24,7 @@ import tensorflow as tf
 from freezeout_tf.speedup import unit_flops
 
 __all__ = [
+    "Report",
     "StepTimer",
     "alternate_steps",
     "fit_costs",
@@ -34,6 +36,7 @@ __all__ = [
     "plain_keras_model",
     "provenance",
     "ratio_spread",
+    "read_report",
     "sweep_table",
     "timed_steps",
     "write_report",
@@ -488,12 +491,13 @@ def write_report(path, results, command=None):
     when.
 
     Args:
-        path: the `.json` file to write (its directory must exist).
+        path: the `.json` file to write (its directory is made if missing).
         results: JSON-serialisable figures.
         command: see `provenance`.
 
     Returns:
-        the report written: `{"provenance": ..., "results": results}`.
+        the report written: `{"provenance": ..., "results": results}`
+        (`read_report` reads it back).
 
     Raises:
         ValueError: if `results` holds NaN or infinity.
@@ -507,6 +511,77 @@ def write_report(path, results, command=None):
     """
     report = {"provenance": provenance(command), "results": results}
     text = json.dumps(report, indent=1, allow_nan=False)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text + "\n")
     return report
+
+
+class Report(typing.NamedTuple):
+    """A figure file as read by `read_report`: its `results` and its
+    `provenance` (`commit`, `versions`, `machine`, `command`, `utc`; a
+    file written before `write_report` existed holds only some of them)."""
+
+    results: typing.Any
+    provenance: dict
+
+
+# Where the benchmark scripts put provenance before `write_report` existed
+# (their own layouts, kept as measured in benchmarks/).
+_LEGACY_VERSIONS = ("tensorflow", "keras")
+_LEGACY_MACHINE = {"cpus": "cpus", "cpu_count": "cpus",
+                   "platform": "platform", "processor": "processor"}
+
+
+def _legacy_provenance(data):
+    machine = data.get("machine")
+    machine = (dict(machine) if isinstance(machine, dict)
+               else {"processor": machine} if machine else {})
+    versions = {k: machine.pop(k) for k in _LEGACY_VERSIONS if k in machine}
+    versions.update({k: data[k] for k in _LEGACY_VERSIONS if k in data})
+    machine.update({new: data[old] for old, new in _LEGACY_MACHINE.items()
+                    if old in data})
+    found = {"versions": versions, "machine": machine,
+             "command": data.get("command"), "utc": data.get("written_utc")}
+    return {k: v for k, v in found.items() if v}
+
+
+def read_report(path):
+    """Reads a figure file: one `write_report` wrote, or an older one.
+
+    The benchmark scripts once each wrote their own JSON layout, with their
+    command, machine and versions among the figures; those files are kept
+    as measured. Either way this returns the figures and what is known of
+    where they come from, in `write_report`'s terms.
+
+    Args:
+        path: the `.json` file.
+
+    Returns:
+        `Report(results, provenance)`. For a `write_report` file, its
+        `results` and `provenance`. For an older file, `results` is the
+        whole file as stored (so the keys its readers used still work) and
+        `provenance` what it recorded of `command`, `versions`
+        (TensorFlow, Keras), `machine` (`cpus`, `platform`, `processor`)
+        and `utc`, under those names; no `commit`.
+
+    Example:
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "r.json")
+    >>> _ = write_report(path, {"a": 1}, command="python x.py")
+    >>> report = read_report(path)
+    >>> report.results, report.provenance["command"]
+    ({'a': 1}, 'python x.py')
+    >>> with open(path, "w") as f:
+    ...     json.dump({"command": "python y.py", "keras": "3.8.0",
+    ...                "runs": [1]}, f)
+    >>> read_report(path).provenance
+    {'versions': {'keras': '3.8.0'}, 'command': 'python y.py'}
+    """
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if isinstance(data, dict) and set(data) == {"provenance", "results"}:
+        return Report(data["results"], data["provenance"])
+    legacy = _legacy_provenance(data) if isinstance(data, dict) else {}
+    return Report(data, legacy)

@@ -19,7 +19,7 @@ one line naming the layer), and, for tasks, a short `fit` with FreezeOut
 that checks one trace of the train step and that every unit froze.
 
 Not imported by `freezeout_tf/__init__` (it imports `keras_hub`);
-`scripts/hub_coverage.py` runs it and writes `benchmarks/hub_coverage.*`.
+`scripts/hub_coverage.py` runs it and writes `benchmarks/coverage/hub_coverage.*`.
 """
 
 import contextlib

@@ -83,7 +83,7 @@ XLA_AUTO_NOTE = (
 
 
 # Measured with `scripts/benchmark_xla.py --configs densenet:22 --only steady
-# --graph-arms` (benchmarks/README.md, XLA): DenseNet-BC L=22 k=12, batch 50,
+# --graph-arms` (benchmarks/xla/README.md): DenseNet-BC L=22 k=12, batch 50,
 # 2 CPU cores, no unit frozen, all arms interleaved in one process. The XLA
 # step took 8.96x FreezeOut's step without XLA, 8.72x plain Keras' without
 # XLA and 10.8x plain Keras' under XLA.

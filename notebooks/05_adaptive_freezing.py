@@ -204,7 +204,7 @@ fig.tight_layout()
 
 # %% [markdown]
 # On the pre-registered digits benchmark (`scripts/benchmark_adaptive.py`,
-# docs/guides/adaptive.md, `benchmarks/adaptive.md`) the default is
+# docs/guides/adaptive.md, `benchmarks/adaptive/adaptive.md`) the default is
 # compared with no freezing and with the FreezeOut schedule, 3 seeds, on
 # two fine-tuning tasks (a conv net and a small ViT) and DenseNet-BC from
 # scratch; that guide gives its accuracy, wall-clock speed-up and freeze

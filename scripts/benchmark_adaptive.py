@@ -35,6 +35,11 @@ Pre-registration, in two phases:
 medians and paired ratios, `cost`'s docstring), writing
 `--out`-cost-`--run`.json.
 
+Every file is written by `benchmarking.write_report` (its commit, versions,
+machine, command and UTC time beside the results) and read by
+`benchmarking.read_report`, which also reads the files kept in
+benchmarks/adaptive/ from before (their command among the results).
+
 Each call stays under 10 minutes on 2 cores (split `scratch` by seed):
 
     python scripts/benchmark_adaptive.py --phase tune
@@ -64,7 +69,8 @@ import numpy as np  # noqa: E402
 from freezeout_tf import (  # noqa: E402
     AdaptiveFreeze, FreezeOut, FreezeOutModel, densenet_bc,
 )
-from freezeout_tf.benchmarking import StepTimer, plain_keras_model  # noqa: E402
+from freezeout_tf.benchmarking import (  # noqa: E402
+    StepTimer, plain_keras_model, read_report, write_report)
 
 BATCH = 32
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -316,13 +322,11 @@ def tune(args):
                                  pre_epochs, validation=True)
     chosen, default, scores = choose_settings(tuning)
     out = {
-        "command": _command(),
-        "written_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "grid": GRID, "rule": choose_settings.__doc__,
         "validation": tuning, "chosen": chosen, "default": default,
         "scores": scores,
     }
-    _write_json(args.settings, out)
+    write_report(args.settings, out)
     print(json.dumps({"chosen": chosen, "default": default,
                       "scores": scores}, indent=1))
 
@@ -332,38 +336,27 @@ def _epochs(task, args):
     return (1, 2) if args.quick else (pre, epochs)
 
 
-def _command():
-    return "python scripts/benchmark_adaptive.py " + " ".join(sys.argv[1:])
-
-
-def _write_json(path, data):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
-
-
 def test(args):
     """Phase 2: one task's test runs with the pre-registered settings."""
-    with open(args.settings) as f:
-        registered = json.load(f)
+    registered, where = read_report(args.settings)
     chosen = registered["chosen"]
     methods = [("none", "none"), ("schedule", "schedule")] + [
         (name, _candidate(name, chosen[name])) for name in GRID]
     seeds = args.seeds
     path = f"{args.out}-{args.task}-s{'-'.join(map(str, seeds))}.json"
-    out = {"command": _command(), "task": args.task, "seeds": seeds,
+    out = {"task": args.task, "seeds": seeds,
            "registered": {"settings_file": args.settings,
-                          "written_utc": registered["written_utc"],
+                          "written_utc": where.get("utc"),
                           "chosen": chosen,
                           "default": registered["default"],
                           "methods": {n: repr(m) for n, m in methods}},
            "per_seed": "pending: settings written before any run"}
-    _write_json(path, out)  # the settings, on disk before any test run
+    write_report(path, out)  # the settings, on disk before any test run
     pre_epochs, epochs = _epochs(args.task, args)
     out["epochs"] = [pre_epochs, epochs]
     out["per_seed"] = [task_seed(args.task, seed, methods, epochs,
                                  pre_epochs) for seed in seeds]
-    _write_json(path, out)
+    write_report(path, out)
     print(f"wrote {path}")
 
 
@@ -445,17 +438,15 @@ def plot(results, names, path):
 
 def merge(args):
     """Phase 3: the per-call files into one report."""
-    with open(args.settings) as f:
-        registered = json.load(f)
+    registered, where = read_report(args.settings)
     results = {}
     for task in TASKS:
         files = sorted(glob.glob(f"{args.out}-{task}-s*.json"))
         per_seed, commands, epochs = [], [], None
         for path in files:
-            with open(path) as f:
-                data = json.load(f)
+            data, written = read_report(path)
             per_seed += data["per_seed"]
-            commands.append(data["command"])
+            commands.append(written["command"])
             epochs = data["epochs"]
         if per_seed:
             results[task] = {"per_seed": per_seed, "commands": commands,
@@ -463,14 +454,15 @@ def merge(args):
     names = ["none", "schedule", *GRID]
     for data in results.values():
         data["summary"] = summarise(data["per_seed"], names)
-    _write_json(args.out + ".json", {"registered": registered,
-                                     "results": results})
+    write_report(args.out + ".json",
+                 {"registered": {"provenance": where, "results": registered},
+                  "tasks": results})
     titles = {"finetune": "Fine-tune (conv net, 0-4 -> 5-9)",
               "vit": "Fine-tune (small ViT from keras_hub blocks, 0-4 -> 5-9)",
               "scratch": "From scratch (DenseNet-BC L=22 k=8)"}
     md = ["# Adaptive freezing on scikit-learn digits (pre-registered)\n",
           f"Settings fixed on the validation split before any test run "
-          f"(`{registered['command']}`, written {registered['written_utc']} "
+          f"(`{where.get('command')}`, written {where.get('utc')} "
           f"UTC): {json.dumps(registered['chosen'])}; default criterion: "
           f"`{registered['default']}`. Rule: {registered['rule'].strip()}\n",
           "Validation (seed 100, 20 % of the training set):\n",
@@ -515,7 +507,7 @@ def cost(args):
     beyond = 10 ** 9
     criteria = {"rank": AdaptiveFreeze(interval=beyond),
                 "pace": AdaptiveFreeze("pace", t_0=1.0, interval=beyond)}
-    out = {"command": _command(), "rounds": args.rounds, "steps": args.steps,
+    out = {"rounds": args.rounds, "steps": args.steps,
            "method": cost.__doc__, "tasks": {}}
     for task in args.cost_tasks:
         keras.utils.set_random_seed(0)
@@ -562,7 +554,7 @@ def cost(args):
                   f"{100 * (rows[n]['round_q3'] - 1):+.2f})"
                   for n in criteria), flush=True)
     if args.out:
-        _write_json(f"{args.out}-cost-{args.run}.json", out)
+        write_report(f"{args.out}-cost-{args.run}.json", out)
 
 
 def main(argv=None):
@@ -571,9 +563,10 @@ def main(argv=None):
                         default="test")
     parser.add_argument("--task", choices=TASKS, default="finetune")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", default="benchmarks/adaptive",
+    parser.add_argument("--out", default="benchmarks/adaptive/adaptive",
                         help="path prefix of the outputs")
-    parser.add_argument("--settings", default="benchmarks/adaptive_settings.json",
+    parser.add_argument("--settings",
+                        default="benchmarks/adaptive/adaptive_settings.json",
                         help="the pre-registered settings (tune writes it)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cost-tasks", nargs="+", choices=TASKS,

@@ -16,18 +16,19 @@ size) this checks and measures:
   of the trainable parameters (the optimizer update, which the FLOP count
   leaves out, scales with it).
 
-Results go to `<out>/applications.md` and `<out>/applications.json`.
+Results go to `<out>/applications.md` and `<out>/applications.json`
+(`benchmarking.write_report`: with the commit, versions, machine, command
+and UTC time).
 
 Usage:
     python scripts/benchmark_applications.py [--models ResNet50 MobileNetV2
         EfficientNetB0 DenseNet121] [--size 32] [--num-units 8]
-        [--batch-size 32] [--repeats 25] [--steps 1] [--out benchmarks]
+        [--batch-size 32] [--repeats 25] [--steps 1]
+        [--out benchmarks/applications]
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -50,6 +51,7 @@ from freezeout_tf import (  # noqa: E402
     split_model,
     unit_flops,
 )
+from freezeout_tf.benchmarking import provenance, write_report  # noqa: E402
 
 MODELS = ("ResNet50", "MobileNetV2", "EfficientNetB0", "DenseNet121")
 NUM_CLASSES = 10
@@ -179,21 +181,25 @@ def bench(name, args):
     }
 
 
-def markdown(report):
+def markdown(report, where):
+    """The tables of `report` (`args` and `models`) measured `where` (a
+    `benchmarking.provenance`)."""
     a = report["args"]
+    models = report["models"]
+    machine, versions = where.get("machine", {}), where.get("versions", {})
     lines = [
         f"keras.applications (`weights=None`), {a['size']}x{a['size']} input, "
         f"{NUM_CLASSES} classes, `from_model(num_units={a['num_units']})`, "
-        f"batch {a['batch_size']}, SGD momentum 0.9; {report['cpu_count']} "
-        f"CPU cores, TensorFlow {report['tensorflow']}, Keras "
-        f"{report['keras']}. Step times: per-step medians of {a['repeats']} "
+        f"batch {a['batch_size']}, SGD momentum 0.9; {machine.get('cpus')} "
+        f"CPU cores, TensorFlow {versions.get('tensorflow')}, Keras "
+        f"{versions.get('keras')}. Step times: per-step medians of {a['repeats']} "
         f"interleaved rounds x {a['steps']} steps per setting.",
         "",
         "| model | layers | cut points | segments | max \\|out diff\\| | fit "
         "traces | unit 0 bit-identical | `estimate_speedup` (0.8, cubic) |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for r in report["results"]:
+    for r in models:
         lines.append(
             f"| {r['model']} | {r['layers']} | {r['cut_points']} | "
             f"{r['segments']} | {r['max_abs_output_diff']:.1e} | "
@@ -208,7 +214,7 @@ def markdown(report):
         "FLOP-predicted saving | frozen share of parameters |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for r in report["results"]:
+    for r in models:
         for row in r["step_time"]:
             lines.append(
                 f"| {r['model']} | {row['frozen_units']}/{r['num_units']} "
@@ -237,24 +243,18 @@ def main(argv=None):
                    help="directory for applications.md and .json")
     args = p.parse_args(argv)
 
-    report = {
-        "args": vars(args),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "results": [bench(name, args) for name in args.models],
-    }
-    table = markdown(report)
+    report = {"args": vars(args),
+              "models": [bench(name, args) for name in args.models]}
+    where = (write_report(os.path.join(args.out, "applications.json"),
+                          report)["provenance"]
+             if args.out else provenance())
+    table = markdown(report, where)
     print(table)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "applications.json"), "w") as f:
-            json.dump(report, f, indent=1)
         with open(os.path.join(args.out, "applications.md"), "w") as f:
             f.write(table)
     ok = all(r["fit_train_step_traces"] == 1 and r["unit0_bit_identical"]
-             and r["max_abs_output_diff"] <= 1e-5 for r in report["results"])
+             and r["max_abs_output_diff"] <= 1e-5 for r in report["models"])
     return 0 if ok else 1
 
 

@@ -9,11 +9,15 @@ k; then the arms are timed step by step, interleaved
 (`freezeout_tf.benchmarking.alternate_steps`), on shuffled batches of one
 fixed set of examples. Printed: per-step medians and the cached step as a
 multiple of the uncached one (paired, 95 % bootstrap interval over rounds).
+With --out, `<out>/cache.json` holds them and every step time
+(`benchmarking.write_report`: with the commit, versions, machine, command
+and UTC time).
 
 Usage:
     python scripts/benchmark_cache.py [--layers 6] [--hidden 128]
         [--sequence 64] [--batch-size 16] [--examples 64]
         [--frozen 0 3 6 9] [--rounds 5] [--steps 2]
+        [--out benchmarks/cache]
 """
 
 import argparse
@@ -27,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOutModel, with_example_ids  # noqa: E402
 from freezeout_tf.benchmarking import (  # noqa: E402
-    alternate_steps, median_ms, ratio_spread)
+    alternate_steps, median_ms, ratio_spread, write_report)
 
 VOCAB, CLASSES = 1000, 4
 
@@ -91,6 +95,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=2,
                    help="timed steps per arm per round")
+    p.add_argument("--out", default=None,
+                   help="directory for cache.json (e.g. benchmarks/cache)")
     args = p.parse_args(argv)
 
     arms, models = {}, {}
@@ -107,15 +113,23 @@ def main(argv=None):
     times = alternate_steps(arms, args.rounds, args.steps, warmup=warmup)
     print(f"{'frozen':>8} {'not cached ms':>14} {'cached ms':>10} "
           f"{'cached/not (95% CI)':>24}")
+    rows = []
     for k in args.frozen:
         a, b = times[f"k={k} cached"], times[f"k={k} not cached"]
         r = ratio_spread(a, b)
         not_ms = median_ms([t for x in b for t in x])
         cached_ms = median_ms([t for x in a for t in x])
+        rows.append({"frozen_units": k, "not_cached_ms": not_ms,
+                     "cached_ms": cached_ms, "cached/not_cached": r})
         print(f"{k:>5}/{units:<2} {not_ms:>14.1f} {cached_ms:>10.1f} "
               f"{r['paired']:>9.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})")
     for name, model in models.items():
         assert model.train_step_traces == 1, name
+    if args.out:
+        path = os.path.join(args.out, "cache.json")
+        write_report(path, {"args": vars(args), "num_units": units,
+                            "rows": rows, "step_times_s": times})
+        print("wrote", path)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ Usage:
     python scripts/benchmark_fixed_costs.py [--tasks conv vit densenet]
         [--threads 2] [--fit-rounds 3] [--epochs 3] [--examples 256]
         [--step-rounds 30] [--steps 3] [--run 1]
-        [--out benchmarks/fixed-costs]
+        [--out benchmarks/fixed-costs/fixed-costs]
     python scripts/benchmark_fixed_costs.py --from-json \\
-        benchmarks/fixed-costs-1.json benchmarks/fixed-costs-2.json \\
-        --out benchmarks/fixed-costs
+        benchmarks/fixed-costs/fixed-costs-1.json \\
+        benchmarks/fixed-costs/fixed-costs-2.json \\
+        --out benchmarks/fixed-costs/fixed-costs
 """
 
 import argparse
@@ -205,12 +206,11 @@ def table(runs):
 
 def merge(paths, out):
     """Re-summarises the JSON reports of several runs into one table."""
-    import json
+    from freezeout_tf.benchmarking import read_report
 
     runs, notes = [], []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            report = json.load(f)["results"]
+        report = read_report(path).results
         label = report["args"]["run"]
         for r in report["tasks"].values():
             if "fit" in r:
@@ -242,7 +242,8 @@ def main(argv=None):
     p.add_argument("--run", default="1")
     p.add_argument("--out", default=None,
                    help="path prefix: writes <out>-<run>.json and .md "
-                   "(with --from-json: <out>.md)")
+                   "(with --from-json: <out>.md; e.g. "
+                   "benchmarks/fixed-costs/fixed-costs)")
     p.add_argument("--from-json", nargs="+", default=None, metavar="PATH",
                    help="only re-summarise these runs' reports")
     args = p.parse_args(argv)

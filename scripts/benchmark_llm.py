@@ -24,7 +24,7 @@ the commit, versions, machine, command and UTC time) and
 
 Usage:
     python scripts/benchmark_llm.py --run 1 [--modes full lora]
-        [--rounds 12] [--out benchmarks]
+        [--rounds 12] [--out benchmarks/llm]
 """
 
 import argparse
@@ -52,7 +52,7 @@ def parse_args(argv):
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--rounds", type=int, default=12,
                    help="timed steps of each setting, interleaved")
-    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--out", default="benchmarks/llm")
     args = p.parse_args(argv)
     for name in ("num_layers", "hidden_dim", "num_heads", "sequence",
                  "batch_size", "lora_rank", "rounds"):

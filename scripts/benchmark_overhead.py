@@ -23,9 +23,12 @@ the pooled per-step medians with the quartiles of the per-round ratios
 Usage:
     python scripts/benchmark_overhead.py [--threads 1 2] [--onednn 1 0]
         [--modes step fit] [--rounds 40] [--steps 3] [--batch-size 32]
-        [--label 1] [--out benchmarks/overhead]
+        [--label 1] [--out benchmarks/overhead/overhead]
     python scripts/benchmark_overhead.py --from-json run1.json run2.json \\
-        --out benchmarks/overhead
+        --out benchmarks/overhead/overhead
+
+`<out>.json` holds the runs (`benchmarking.write_report`: with the commit,
+versions, machine, command and UTC time), `<out>.md` the table.
 """
 
 import argparse
@@ -179,7 +182,8 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds allowed per subprocess")
     p.add_argument("--out", default=None,
-                   help="path prefix for <out>.json and <out>.md")
+                   help="path prefix for <out>.json and <out>.md (e.g. "
+                        "benchmarks/overhead/overhead)")
     p.add_argument("--label", default="1",
                    help="name of this run in the table (e.g. a repeat)")
     p.add_argument("--from-json", nargs="+", default=None, metavar="PATH",
@@ -190,10 +194,11 @@ def main(argv=None):
     if args.worker:
         return _worker(args)
     if args.from_json:
+        from freezeout_tf.benchmarking import read_report
+
         runs = []
         for path in args.from_json:
-            with open(path) as f:
-                runs.extend(json.load(f)["runs"])
+            runs.extend(read_report(path).results["runs"])
         for run in runs:  # recompute the figures from the saved steps
             for row in run["rows"]:
                 if "times" in row:
@@ -222,9 +227,9 @@ def main(argv=None):
     text = markdown(runs)
     print(text)
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out + ".json", "w") as f:
-            json.dump({"runs": runs}, f, indent=1)
+        from freezeout_tf.benchmarking import write_report
+
+        write_report(args.out + ".json", {"runs": runs})
         with open(args.out + ".md", "w") as f:
             f.write(text)
     return 0

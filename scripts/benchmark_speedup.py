@@ -15,17 +15,18 @@ It prints wall-clock per arm (tracing included and excluded), the step time
 in each freeze phase, the measured saving of C against B and A, the
 FLOP-based `estimate_speedup` for C and the ratio measured / estimated, and
 checks the targets: B/A <= 1.02, saving(C vs B) >= 0.9 x estimate, C faster
-than D in total wall-clock. With --out it writes the JSON of the run, a
-markdown table and PNG plots there.
+than D in total wall-clock. With --out it writes there `speedup.json`
+(`benchmarking.write_report`: the run with its commit, versions, machine,
+command and UTC time), a markdown table `speedup.md` and PNG plots.
 
-Usage (the committed results in benchmarks/):
+Usage (the committed results in benchmarks/speedup/):
     python scripts/benchmark_speedup.py --depth 22 --growth-rate 12 \
         --batch-size 32 --steps-per-epoch 20 --epochs 5 --repeats 3 \
-        --out benchmarks
+        --out benchmarks/speedup
+    python scripts/benchmark_speedup.py --from-json benchmarks/speedup/speedup.json
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -38,7 +39,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOut, models, schedule, validation  # noqa: E402
-from freezeout_tf.benchmarking import StepTimer  # noqa: E402
+from freezeout_tf.benchmarking import (  # noqa: E402
+    StepTimer, provenance, read_report, write_report)
 from freezeout_tf.optimizer import SGDWithL2  # noqa: E402
 from freezeout_tf.speedup import estimate_speedup  # noqa: E402
 
@@ -173,15 +175,16 @@ def main(argv=None):
                    help="which arms to run, e.g. ABC")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
-                   help="directory for JSON, markdown table and plots")
+                   help="directory for JSON, markdown table and plots "
+                        "(e.g. benchmarks/speedup)")
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="recompute the summary, table and plots of a saved "
-                        "run (its speedup.json) instead of running")
+                        "run (its speedup.json, kept as it is) instead of "
+                        "running")
     args = p.parse_args(argv)
     if args.from_json:
-        with open(args.from_json) as f:
-            report = json.load(f)
-        return finish(report, args.out)
+        saved = read_report(args.from_json)
+        return finish(saved.results, saved.provenance, args.out)
     validation.check_t_0(args.t_0)
     for name in ("batch_size", "steps_per_epoch", "epochs", "repeats"):
         if getattr(args, name) < 1:
@@ -208,49 +211,45 @@ def main(argv=None):
     for arm in arms:
         run_arm(arm, warm, data.take(3), 3)
 
-    results = {arm: [] for arm in arms}
+    runs = {arm: [] for arm in arms}
     for rep in range(args.repeats):
         for arm in arms:
             r = run_arm(arm, args, data, total_steps)
-            results[arm].append(r)
+            runs[arm].append(r)
             print(f"rep {rep} arm {arm}: {r['wall']:.1f} s "
                   f"({r['wall_excl_tracing']:.1f} s without tracing)",
                   flush=True)
 
-    report = {
-        "command": "python scripts/benchmark_speedup.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if v is not None),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": _cpu_name(),
-            "platform": platform.platform(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
+    results = {
+        "args": vars(args),
+        "cpu_name": _cpu_name(),
         "model": f"DenseNet-BC L={args.depth} k={args.growth_rate}, "
                  f"{probe.num_units} units",
         "total_steps": total_steps,
         "freeze_steps": freeze_steps.tolist(),
         "estimate_speedup": estimate,
-        "runs": results,
+        "runs": runs,
+        "fractions": fr.tolist(),
     }
-    report["fractions"] = fr.tolist()
-    return finish(report, args.out)
+    return finish(results, None, args.out)
 
 
-def finish(report, out):
-    """Summary, targets, table and (with `out`) the files of a run."""
+def finish(report, where, out):
+    """Summary, targets, table and (with `out`) the files of a run.
+
+    `where` is the provenance of a saved run (`read_report`); `None` for a
+    run just measured, whose `speedup.json` is then written to `out`."""
     freeze_steps = np.asarray(report["freeze_steps"])
     report["summary"] = summarize(report["runs"], freeze_steps)
     report["targets"] = targets(report["summary"],
                                 report["estimate_speedup"])
-    text = markdown(report)
+    if where is None and out:
+        where = write_report(os.path.join(out, "speedup.json"),
+                             report)["provenance"]
+    text = markdown(report, where or provenance())
     print(text)
     if out:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "speedup.json"), "w") as f:
-            json.dump(report, f, indent=1)
         with open(os.path.join(out, "speedup.md"), "w") as f:
             f.write(text)
         plot(report, out)
@@ -273,16 +272,17 @@ def targets(summary, estimate):
     return out
 
 
-def markdown(report):
+def markdown(report, where):
     s = report["summary"]
+    machine, versions = where.get("machine", {}), where.get("versions", {})
     lines = [
         f"{report['model']}, {report['total_steps']} steps per run; "
-        f"{report['machine']['cpus']} CPU cores "
-        f"({report['machine']['processor']}), TF "
-        f"{report['machine']['tensorflow']}, Keras "
-        f"{report['machine']['keras']}.",
+        f"{machine.get('cpus')} CPU cores "
+        f"({report.get('cpu_name', machine.get('processor'))}), TF "
+        f"{versions.get('tensorflow')}, Keras "
+        f"{versions.get('keras')}.",
         "",
-        f"Command: `{report['command']}`",
+        f"Command: `{where.get('command')}`",
         "",
         "Medians over the repetitions. `train s` is the robust training"
         " time (sum of per-step medians, tracing excluded); savings use it.",

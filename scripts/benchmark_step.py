@@ -15,7 +15,7 @@ freezing units with forward cost F_frozen out of F_total saves
 
 Usage:
     python scripts/benchmark_step.py [--units 8] [--channels 64] [--size 32]
-        [--batch-size 32] [--repeats 7] [--steps 5] [--out benchmarks]
+        [--batch-size 32] [--repeats 7] [--steps 5] [--out benchmarks/profile]
 
 With --out it writes OUT/step.json: every step time and the FLOP-predicted
 savings, with the commit, versions, machine, command and UTC time
@@ -94,7 +94,8 @@ def main(argv=None):
                    help="rounds over all settings")
     p.add_argument("--steps", type=int, default=5,
                    help="timed steps per setting per round")
-    p.add_argument("--out", help="directory for step.json (raw step times)")
+    p.add_argument("--out", help="directory for step.json (raw step times; "
+                   "e.g. benchmarks/profile)")
     args = p.parse_args(argv)
 
     keras.utils.set_random_seed(0)

@@ -21,7 +21,7 @@ Results go to `<out>/transformers.md` and `<out>/transformers.json`
 
 Usage:
     python scripts/benchmark_transformers.py [--models bert vit]
-        [--repeats 12] [--out benchmarks]
+        [--repeats 12] [--out benchmarks/transformers]
 """
 
 import argparse
@@ -139,7 +139,7 @@ def main(argv=None):
                    help="BERT sequence length")
     p.add_argument("--repeats", type=int, default=12,
                    help="rounds over all settings")
-    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--out", default="benchmarks/transformers")
     args = p.parse_args(argv)
     results = {"args": vars(args),
                "models": [bench(name, args) for name in args.models]}

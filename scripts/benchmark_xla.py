@@ -16,8 +16,13 @@ cached), with a time limit; a crash or time-out is recorded as such.
 Usage:
     python scripts/benchmark_xla.py [--configs densenet:10 densenet:22
         densenet:40 wrn:16:4] [--batch-size 50] [--repeats 3] [--rounds 5]
-        [--steps 5] [--out benchmarks]
+        [--steps 5] [--out benchmarks/xla]
     python scripts/benchmark_xla.py --configs densenet:100 --only first-xla
+    python scripts/benchmark_xla.py --from-json benchmarks/xla/xla-main.json ...
+
+With --out it writes `xla.json` (`benchmarking.write_report`: the raw
+measurements and the table, with the commit, versions, machine, command and
+UTC time) and `xla.md`; --from-json merges saved runs' tables.
 """
 
 import argparse
@@ -293,7 +298,8 @@ def main(argv=None):
                    help="steady: also time both models without XLA")
     p.add_argument("--timeout", type=float, default=1200.0,
                    help="seconds allowed per subprocess")
-    p.add_argument("--out", default=None, help="directory for xla.json/.md")
+    p.add_argument("--out", default=None,
+                   help="directory for xla.json/.md (e.g. benchmarks/xla)")
     p.add_argument("--from-json", nargs="+", default=None, metavar="PATH",
                    help="print the tables of saved runs (xla.json), merged")
     p.add_argument("--worker", choices=MEASURES, help=argparse.SUPPRESS)
@@ -303,12 +309,13 @@ def main(argv=None):
     if args.worker:
         return _worker(args)
     if args.from_json:
+        from freezeout_tf.benchmarking import read_report
+
         raw, commands = {}, []
         for path in args.from_json:
-            with open(path) as f:
-                saved = json.load(f)
-            commands.append(saved["command"])
-            for config, per in saved["raw"].items():
+            saved = read_report(path)
+            commands.append(saved.provenance["command"])
+            for config, per in saved.results["raw"].items():
                 raw.setdefault(config, {}).update(per)
         print(markdown(summarize(raw), "\n    ".join(commands)))
         return None
@@ -338,10 +345,10 @@ def main(argv=None):
     text = markdown(table, command)
     print(text)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "xla.json"), "w") as f:
-            json.dump({"command": command, "raw": raw, "table": table}, f,
-                      indent=1)
+        from freezeout_tf.benchmarking import write_report
+
+        write_report(os.path.join(args.out, "xla.json"),
+                     {"raw": raw, "table": table}, command=command)
         with open(os.path.join(args.out, "xla.md"), "w") as f:
             f.write(text)
 

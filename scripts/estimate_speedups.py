@@ -5,8 +5,8 @@ multiply-accumulates per image, for the networks the paper reports and the
 benchmarks' DenseNet-BC L=22, at one schedule. No training: seconds to
 minutes (it builds WRN-28-10 and VGG-E).
 
-Usage (the committed results in benchmarks/estimates.json):
-    python scripts/estimate_speedups.py --out benchmarks
+Usage (the committed results in benchmarks/estimates/estimates.json):
+    python scripts/estimate_speedups.py --out benchmarks/estimates
 """
 
 import argparse
@@ -39,7 +39,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--t0", type=float, default=0.8)
     parser.add_argument("--how-scale", default="cubic")
-    parser.add_argument("--out", help="directory for estimates.json")
+    parser.add_argument("--out", help="directory for estimates.json (e.g. "
+                        "benchmarks/estimates)")
     args = parser.parse_args()
     rows = {}
     for name, (build, densenet) in NETWORKS.items():

@@ -9,7 +9,7 @@ commit, versions, machine, command, UTC time; `benchmarking.write_report`).
 
 Usage:
     python scripts/hub_coverage.py [--families GPT2CausalLM ...]
-        [--no-fit] [--timeout 120] [--out benchmarks]
+        [--no-fit] [--timeout 120] [--out benchmarks/coverage]
 """
 
 import argparse
@@ -31,7 +31,7 @@ def main():
                         help="split only, do not fit the tasks")
     parser.add_argument("--timeout", type=float, default=120,
                         help="seconds per family")
-    parser.add_argument("--out", default="benchmarks")
+    parser.add_argument("--out", default="benchmarks/coverage")
     args = parser.parse_args()
     if args.timeout <= 0:
         parser.error(f"--timeout must be positive; got {args.timeout}")

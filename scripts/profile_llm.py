@@ -12,7 +12,7 @@ time) is the rest of the difference.
 
 Usage:
     python scripts/profile_llm.py [--mode full|lora] [--steps 5]
-        [--out benchmarks/llm-profile.json]
+        [--out benchmarks/llm/llm-profile.json]
 """
 
 import argparse

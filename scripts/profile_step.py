@@ -15,7 +15,7 @@ profiler records what the executor really ran, after Grappler's rewrites.
 
 Usage:
     python scripts/profile_step.py --depth 22 --frozen 0 6 11 --stock \
-        --out benchmarks/profile.json
+        --out benchmarks/profile/profile.json
     python scripts/profile_step.py --frozen 0 --stock --threads 1 --top 30
 """
 

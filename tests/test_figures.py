@@ -21,11 +21,11 @@ def _page(name):
 
 
 def test_estimates_table_matches_benchmarks_estimates_json():
-    report = json.loads(_read("benchmarks", "estimates.json"))
+    report = json.loads(_read("benchmarks", "estimates", "estimates.json"))
     assert set(report["provenance"]) == {"commit", "versions", "machine",
                                          "command", "utc"}
     speedup = _page("guides/speedup.md")
-    table = speedup[speedup.index("([benchmarks/estimates.json]"):]
+    table = speedup[speedup.index("([benchmarks/estimates/estimates.json]"):]
     for name, row in report["results"]["networks"].items():
         line = re.search(rf"^\| {re.escape(name)}( \(benchmarks\))? "
                          rf"\|(.*)\|$", table,

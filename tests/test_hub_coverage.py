@@ -169,9 +169,9 @@ def test_only_hub_coverage_imports_keras_hub():
 
 
 def test_guide_summary_matches_benchmarks_hub_coverage_json():
-    root = pathlib.Path(hub_coverage.__file__).parent.parent
-    report = json.loads((root / "benchmarks" / "hub_coverage.json")
-                        .read_text())
+    root = pathlib.Path(__file__).resolve().parents[1]
+    report = json.loads(
+        (root / "benchmarks" / "coverage" / "hub_coverage.json").read_text())
     assert set(report["provenance"]) == {"commit", "versions", "machine",
                                          "command", "utc"}
     results = report["results"]
