@@ -28,11 +28,11 @@
 #
 # **What to expect** (measured by the pre-registered benchmark on this ViT,
 # `scripts/benchmark_finetune.py`, 3 seeds, `benchmarks/finetune/report.md`):
-# on a 12-epoch fit on a loaded 2-core CPU the adaptive default took 1.26x
-# less wall-clock than no freezing (1.86x on the steps after the first) at
-# 2.1 points lower accuracy; with the cache, the first step (the trace) took
-# about 180 s, so the whole fit was 0.44x. The wall-clock of a fit this
-# short is mostly its first step.
+# on a 12-epoch fit (about 20 s on a quiet 2-core CPU) the adaptive default
+# took 1.25x less wall-clock than no freezing (1.42x on the steps after the
+# first) at 2.1 points lower accuracy; with the cache, the first step (the
+# trace) took 31-35 s, so the whole fit was 0.53x. The wall-clock of a fit
+# this short is half its first step.
 #
 # `FreezeOutModel.from_model` splits the ViT block by block although its
 # blocks sit inside one `ViTEncoder` layer: it looks into layers that hold a
