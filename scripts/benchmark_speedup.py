@@ -38,9 +38,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOut, models, schedule  # noqa: E402
-from freezeout_tf.benchmarking import StepTimer  # noqa: E402
-from freezeout_tf.optimizer import SGDWithL2  # noqa: E402
-from freezeout_tf.speedup import estimate_speedup  # noqa: E402
+from freezeout_tf.tools.benchmarking import StepTimer  # noqa: E402
+from freezeout_tf.core.optimizer import SGDWithL2  # noqa: E402
+from freezeout_tf.estimates.speedup import estimate_speedup  # noqa: E402
 
 LOSS = "sparse_categorical_crossentropy"
 

@@ -56,7 +56,7 @@ def _worker(args):
     import tensorflow as tf
 
     import freezeout_tf as fo
-    from freezeout_tf import benchmarking as bm
+    from freezeout_tf.tools import benchmarking as bm
 
     def build(arm, jit):
         keras.utils.set_random_seed(0)

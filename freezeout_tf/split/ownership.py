@@ -31,7 +31,7 @@ read) is added to the owner's gradient by `FreezeOutModel`'s train step.
 import keras
 import tensorflow as tf
 
-from freezeout_tf import speedup
+from freezeout_tf.core import macs
 
 __all__ = ["TIED_OWNERS", "check_tied_owner", "part_variables",
            "read_by", "set_trained", "trained_flags", "variable_owners"]
@@ -119,7 +119,7 @@ def read_by(part, variables):
     """Ids of those of `variables` that `part` reads.
 
     Runs `part` (a functional model) once, eagerly, on zeros of batch 1
-    (a `None` dimension as `speedup.with_free_dimension` chooses), under a
+    (a `None` dimension as `macs.with_free_dimension` chooses), under a
     `tf.GradientTape` that records the variables read: which ones is
     decided by the ops run, not by the zero values. The tape records the
     TensorFlow variables created trainable (a Keras variable's `trainable`
@@ -147,7 +147,7 @@ def read_by(part, variables):
             part(_zeros_for(part, free), training=False)
         return {id(w) for w in tape.watched_variables()}
 
-    read = speedup.with_free_dimension(probe)
+    read = macs.with_free_dimension(probe)
     return {id(v) for v in variables
             if read.intersection(_tf_variable_ids(v))}
 

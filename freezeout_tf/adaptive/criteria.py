@@ -49,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from freezeout_tf import schedule
-from freezeout_tf.schedule_state import HOST, NEVER
+from freezeout_tf.core.schedule_state import HOST, NEVER
 
 __all__ = [
     "AdaptiveFreeze",

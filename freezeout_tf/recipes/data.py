@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from freezeout_tf.download import default_data_dir
+from freezeout_tf.recipes.download import default_data_dir
 
 __all__ = [
     "DATASETS",
@@ -57,7 +57,7 @@ _AUGMENT_STREAM = 2
 
 class DatasetNotFoundError(ValueError):
     """The data set is not prepared under ``data_dir`` (``load_data`` never
-    downloads; ``freezeout_tf.download.prepare`` does)."""
+    downloads; ``freezeout_tf.recipes.download.prepare`` does)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +218,7 @@ def _tfds_arrays(
     name: str, split: str, data_dir: Optional[str]
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Loads a split of a prepared tfds data set into memory; never downloads
-    (``freezeout_tf.download.prepare`` does)."""
+    (``freezeout_tf.recipes.download.prepare`` does)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:  # pragma: no cover - a dependency of the package
