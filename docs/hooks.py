@@ -90,7 +90,7 @@ def _package_page(path, module, pages):
 
 
 def _api_page(path, module, pages):
-    if module.is_package:
+    if module.is_init_module:
         return _package_page(path, module, pages)
     lines = [f"# `{path}`", ""]
     lines.append(f"::: {path}")

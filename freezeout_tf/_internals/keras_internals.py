@@ -26,7 +26,7 @@ when a module uses a private name not listed for it.
   expected parameters;
 * a behavioural probe (`update_routing_problems`): a tiny SGD with momentum
   and weight decay, with FreezeOut's hooks attached (`freezeout_tf.
-  optimizer`), takes two eager steps on a frozen and an active variable;
+  core.optimizer`), takes two eager steps on a frozen and an active variable;
   the frozen one and its momentum must not move, the active one must. If
   `apply()` stopped routing updates through `_distributed_tf_update_step`
   or weight decay through `_apply_weight_decay`, frozen units would move
@@ -34,7 +34,7 @@ when a module uses a private name not listed for it.
 
 Example:
 
->>> from freezeout_tf import keras_internals
+>>> from freezeout_tf._internals import keras_internals
 >>> keras_internals.check()
 >>> keras_internals.SUPPORTED_KERAS
 '>=3.8,<4'

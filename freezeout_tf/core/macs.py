@@ -224,7 +224,7 @@ def count_macs(layers):
 
     The attention is counted by shadowing the private
     `MultiHeadAttention._compute_attention` of each instance (listed in
-    `freezeout_tf.keras_internals`); the ops by replacing them, for the
+    `freezeout_tf._internals.keras_internals`); the ops by replacing them, for the
     block only, in every loaded module that holds them. Ops called inside
     a counted layer or attention are not counted again. Only eager calls
     count: not the symbolic run that builds a layer (Keras' build by
