@@ -5,7 +5,10 @@
   link works both on the repository's web view and on the built site.
 - The API reference is generated: one page per module of `freezeout_tf`
   that declares `__all__`, listing exactly those names, from their
-  docstrings (mkdocstrings reads the sources; nothing is imported).
+  docstrings (mkdocstrings reads the sources; nothing is imported). A
+  package's page (the top level, each layer's folder) gives its docstring
+  and links each name it re-exports to the page of the module defining it;
+  the navigation groups the pages by folder, as the package is laid out.
 - A public name without a docstring fails the build, as a broken link does
   under `mkdocs build --strict`.
 """
@@ -64,7 +67,31 @@ def _undocumented(package):
     return missing
 
 
-def _api_page(path, module):
+def _defining_page(target, pages):
+    """The page of the module that defines `target` (a dotted path)."""
+    parts = target.split(".")
+    while parts:
+        if ".".join(parts) in pages:
+            return ".".join(parts)
+        parts.pop()
+    raise PluginError(f"no API page documents {target}")
+
+
+def _package_page(path, module, pages):
+    lines = [f"# `{path}`", "", f"::: {path}", "    options:",
+             "      show_root_heading: false", "      members: false", "",
+             "| name | defined in |", "|---|---|"]
+    for name in module.exports:
+        member = module.members[name]
+        target = member.target_path if member.is_alias else member.path
+        page = _defining_page(target, pages)
+        lines.append(f"| `{name}` | [`{page}`]({page}.md) |")
+    return "\n".join(lines) + "\n"
+
+
+def _api_page(path, module, pages):
+    if module.is_init_module:
+        return _package_page(path, module, pages)
     lines = [f"# `{path}`", ""]
     lines.append(f"::: {path}")
     lines.append("    options:")
@@ -81,14 +108,25 @@ def on_config(config):
     if missing:
         raise PluginError(
             "public names without a docstring: " + ", ".join(missing))
+    modules = _public_modules(package)
+    pages = {path for path, _ in modules}
     config["_freezeout_api"] = [
-        (path, _api_page(path, module))
-        for path, module in _public_modules(package)]
-    # The generated pages join the nav's "API reference" section.
+        (path, _api_page(path, module, pages)) for path, module in modules]
+    # The generated pages join the nav's "API reference" section, grouped
+    # by folder (freezeout_tf.core, freezeout_tf.split, ...).
+    groups = {}
+    for path, _ in modules:
+        folder = ".".join(path.split(".")[:2])
+        groups.setdefault(folder, []).append({path: f"api/{path}.md"})
+    nav = []
+    for folder, entries in groups.items():
+        if folder == PACKAGE or len(entries) == 1:
+            nav.extend(entries)
+        else:
+            nav.append({folder: entries})
     for section in config["nav"]:
         if isinstance(section, dict) and "API reference" in section:
-            section["API reference"].extend(
-                {path: f"api/{path}.md"} for path, _ in config["_freezeout_api"])
+            section["API reference"].extend(nav)
     return config
 
 

@@ -2,7 +2,7 @@
 
 Nothing here touches TensorFlow: these functions are the single source of
 truth for *when* a unit freezes and *how fast* it learns. The in-graph
-version used by the train step (`freezeout_tf.schedule_state`) is tested
+version used by the train step (`freezeout_tf.core.schedule_state`) is tested
 against them step by step.
 
 Units are numbered 0..n-1 in forward order; the head is unit n and never

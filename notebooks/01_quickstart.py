@@ -42,9 +42,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import freezeout_tf as fo
-from freezeout_tf.data import load_data
+from freezeout_tf.recipes.data import load_data
 from freezeout_tf.models import densenet_bc
-from freezeout_tf.speedup import estimate_speedup
+from freezeout_tf.estimates.speedup import estimate_speedup
 
 keras.utils.set_random_seed(0)
 if QUICK:

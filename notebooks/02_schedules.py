@@ -32,7 +32,7 @@ import numpy as np
 
 import freezeout_tf as fo
 from freezeout_tf.models import densenet_bc, densenet_bc_num_units
-from freezeout_tf.speedup import (
+from freezeout_tf.estimates.speedup import (
     calc_speedup, estimate_speedup, speedup_from_costs, t0_for_speedup, unit_flops,
 )
 

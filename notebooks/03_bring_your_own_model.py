@@ -38,9 +38,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import freezeout_tf as fo
-from freezeout_tf.data import make_synthetic_arrays
-from freezeout_tf.summaries import FreezeOutSummaries
-from freezeout_tf.training_log import MetricsLog, MetricsLogger, read_log
+from freezeout_tf.callbacks.summaries import FreezeOutSummaries
+from freezeout_tf.recipes.data import make_synthetic_arrays
+from freezeout_tf.recipes.training_log import MetricsLog, MetricsLogger, read_log
 
 keras.utils.set_random_seed(0)
 if QUICK:

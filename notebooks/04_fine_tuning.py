@@ -61,7 +61,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import freezeout_tf as fo
-from freezeout_tf.data import make_synthetic_arrays
+from freezeout_tf.recipes.data import make_synthetic_arrays
 
 keras.utils.set_random_seed(0)
 if QUICK:

@@ -186,7 +186,7 @@ for name, rows in results.items():
 # To keep these figures with their commit, versions, machine and time (the
 # documentation's table comes from such a file), set FREEZEOUT_REPORT to a path.
 if os.environ.get("FREEZEOUT_REPORT"):
-    from freezeout_tf.benchmarking import write_report
+    from freezeout_tf.tools.benchmarking import write_report
 
     write_report(os.environ["FREEZEOUT_REPORT"],
                  {name: [{"accuracy": a, "fit_s": s} for a, s in rows]

@@ -46,7 +46,8 @@ import keras_hub
 import numpy as np
 
 import freezeout_tf as fo
-from freezeout_tf import benchmarking, text
+from freezeout_tf import text
+from freezeout_tf.tools import benchmarking
 
 QUICK = os.environ.get("FREEZEOUT_QUICK") == "1"
 if QUICK:

@@ -69,7 +69,7 @@ import numpy as np  # noqa: E402
 from freezeout_tf import (  # noqa: E402
     AdaptiveFreeze, FreezeOut, FreezeOutModel, densenet_bc,
 )
-from freezeout_tf.benchmarking import (  # noqa: E402
+from freezeout_tf.tools.benchmarking import (  # noqa: E402
     StepTimer, plain_keras_model, read_report, write_report)
 
 BATCH = 32
@@ -500,7 +500,7 @@ def cost(args):
     step (callbacks, `adaptive_batch_logs`) is not in it."""
     import tensorflow as tf
 
-    from freezeout_tf import benchmarking as bm
+    from freezeout_tf.tools import benchmarking as bm
 
     shapes = {"finetune": (16, 16, 1), "vit": (8, 8, 1),
               "scratch": (32, 32, 3)}

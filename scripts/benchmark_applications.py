@@ -51,7 +51,7 @@ from freezeout_tf import (  # noqa: E402
     split_model,
     unit_flops,
 )
-from freezeout_tf.benchmarking import provenance, write_report  # noqa: E402
+from freezeout_tf.tools.benchmarking import provenance, write_report  # noqa: E402
 
 MODELS = ("ResNet50", "MobileNetV2", "EfficientNetB0", "DenseNet121")
 NUM_CLASSES = 10

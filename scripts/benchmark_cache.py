@@ -6,7 +6,7 @@ split by `FreezeOutModel.from_model`), its first k freeze units frozen
 architecture: one with `cache_frozen_prefix`, one without. The cached one
 first runs one untimed epoch, so that every example is cached at boundary
 k; then the arms are timed step by step, interleaved
-(`freezeout_tf.benchmarking.alternate_steps`), on shuffled batches of one
+(`freezeout_tf.tools.benchmarking.alternate_steps`), on shuffled batches of one
 fixed set of examples. Printed: per-step medians and the cached step as a
 multiple of the uncached one (paired, 95 % bootstrap interval over rounds).
 With --out, `<out>/cache.json` holds them and every step time
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOutModel, with_example_ids  # noqa: E402
-from freezeout_tf.benchmarking import (  # noqa: E402
+from freezeout_tf.tools.benchmarking import (  # noqa: E402
     alternate_steps, median_ms, ratio_spread, write_report)
 
 VOCAB, CLASSES = 1000, 4

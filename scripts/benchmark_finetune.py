@@ -3,7 +3,7 @@ recipe, the FreezeOut schedule, the adaptive default and the adaptive
 default with the frozen prefix cached, on a KerasHub ViT (digits 0-4 ->
 5-9) and a byte-level Llama (standard-library packages -> asyncio).
 
-The logic is `freezeout_tf.finetune_benchmark` (its docstring holds the
+The logic is `freezeout_tf.tools.finetune_benchmark` (its docstring holds the
 tasks, arms, measures and the rule). Phases, each writing a file under
 `--out` (default benchmarks/finetune/) with its provenance:
 
@@ -30,8 +30,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
-from freezeout_tf import finetune_benchmark as fb  # noqa: E402
-from freezeout_tf.benchmarking import write_report  # noqa: E402
+from freezeout_tf.tools import finetune_benchmark as fb  # noqa: E402
+from freezeout_tf.tools.benchmarking import write_report  # noqa: E402
 
 
 def _uptime():

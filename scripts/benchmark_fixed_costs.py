@@ -66,7 +66,7 @@ def _fresh(task, arm):
     """A fresh, compiled model of `task` for `arm` (same seed each time)."""
     import keras
 
-    from freezeout_tf import benchmarking as bm
+    from freezeout_tf.tools import benchmarking as bm
 
     keras.utils.set_random_seed(0)
     model, optimizer = _build(task)
@@ -92,7 +92,7 @@ def _paired(fo_values, plain_values):
 
 def fit_phase(task, args):
     from freezeout_tf import FreezeOut
-    from freezeout_tf import benchmarking as bm
+    from freezeout_tf.tools import benchmarking as bm
 
     x, y = _data(task, args.examples, 1)
     for arm in ("plain", "fo"):  # the process's one-off costs, untimed
@@ -144,7 +144,7 @@ def fit_rows(runs, epochs):
 def step_phase(task, args):
     import tensorflow as tf
 
-    from freezeout_tf import benchmarking as bm
+    from freezeout_tf.tools import benchmarking as bm
 
     nets = {arm: _fresh(task, arm) for arm in ("plain", "fo")}
     x, y = (tf.constant(a) for a in _data(task, args.batch_size, 3))
@@ -206,7 +206,7 @@ def table(runs):
 
 def merge(paths, out):
     """Re-summarises the JSON reports of several runs into one table."""
-    from freezeout_tf.benchmarking import read_report
+    from freezeout_tf.tools.benchmarking import read_report
 
     runs, notes = [], []
     for path in paths:
@@ -256,7 +256,7 @@ def main(argv=None):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from freezeout_tf import benchmarking as bm
+    from freezeout_tf.tools import benchmarking as bm
 
     load = os.getloadavg()
     results = {}

@@ -1,8 +1,8 @@
 """Benchmark: a Llama-style causal LM frozen block by block, full and LoRA.
 
-A KerasHub `Llama3CausalLM` built from a config (`freezeout_tf.text.
+A KerasHub `Llama3CausalLM` built from a config (`freezeout_tf.recipes.text.
 byte_llama`: byte-level vocabulary, random weights), fed real text (windows
-of the standard library's sources, `freezeout_tf.text`) with the padding
+of the standard library's sources, `freezeout_tf.recipes.text`) with the padding
 `sample_weight` on the token loss, is split by `FreezeOutModel.from_model`
 into one freeze unit per decoder block and trained
 
@@ -67,7 +67,9 @@ def parse_args(argv):
 def bench(mode, args, batch):
     import keras
 
-    from freezeout_tf import FreezeOutModel, benchmarking, text
+    from freezeout_tf import FreezeOutModel
+    from freezeout_tf.tools import benchmarking
+    from freezeout_tf.recipes import text
 
     print(f"== {mode}", flush=True)
     lm = text.byte_llama(
@@ -97,7 +99,7 @@ def bench(mode, args, batch):
 
 
 def markdown(report):
-    from freezeout_tf.benchmarking import sweep_table
+    from freezeout_tf.tools.benchmarking import sweep_table
 
     p, r = report["provenance"], report["results"]
     a, v = r["args"], p["versions"]
@@ -135,8 +137,8 @@ def main(argv=None):
 
     import keras_hub  # noqa: F401 (its version goes into the report)
 
-    from freezeout_tf import text
-    from freezeout_tf.benchmarking import write_report
+    from freezeout_tf.recipes import text
+    from freezeout_tf.tools.benchmarking import write_report
 
     arrays = text.windows(text.package_files(["email"]), args.sequence)
     batch = next(iter(text.lm_dataset(arrays, args.batch_size)))

@@ -7,7 +7,7 @@ default). Each configuration (intra- and inter-op threads, oneDNN on or
 off via `TF_ENABLE_ONEDNN_OPTS`) runs in a fresh subprocess, since neither
 can be changed once TensorFlow has started. In each process the arms run
 alternated step by step in many short rounds
-(`freezeout_tf.benchmarking.alternate_steps`):
+(`freezeout_tf.tools.benchmarking.alternate_steps`):
 
 * `step` mode: `tf.function(train_step)` of each model on fixed tensors,
   arms `plain`, `fo` (nothing frozen) and `fo_all` (every unit frozen);
@@ -18,7 +18,7 @@ The table gives per-step medians (ms) and, as the overhead figure, the
 median of the paired ratios (FreezeOut's step over plain's step right
 beside it) with a 95 % bootstrap interval over rounds; also the ratio of
 the pooled per-step medians with the quartiles of the per-round ratios
-(`freezeout_tf.benchmarking.ratio_spread`).
+(`freezeout_tf.tools.benchmarking.ratio_spread`).
 
 Usage:
     python scripts/benchmark_overhead.py [--threads 1 2] [--onednn 1 0]
@@ -55,7 +55,7 @@ def _worker(args):
     import keras
 
     import freezeout_tf as fo
-    from freezeout_tf import benchmarking as bm
+    from freezeout_tf.tools import benchmarking as bm
 
     keras.utils.set_random_seed(0)
     model = fo.models.densenet_bc(args.depth, args.growth_rate,
@@ -119,7 +119,7 @@ def run_config(args, mode, threads, onednn):
 
 
 def summarize(result, mode):
-    from freezeout_tf import benchmarking as bm
+    from freezeout_tf.tools import benchmarking as bm
 
     times = result["times"]
     row = {f"{arm}_ms": bm.median_ms([t for r in times[arm] for t in r])
@@ -194,7 +194,7 @@ def main(argv=None):
     if args.worker:
         return _worker(args)
     if args.from_json:
-        from freezeout_tf.benchmarking import read_report
+        from freezeout_tf.tools.benchmarking import read_report
 
         runs = []
         for path in args.from_json:
@@ -227,7 +227,7 @@ def main(argv=None):
     text = markdown(runs)
     print(text)
     if args.out:
-        from freezeout_tf.benchmarking import write_report
+        from freezeout_tf.tools.benchmarking import write_report
 
         write_report(args.out + ".json", {"runs": runs})
         with open(args.out + ".md", "w") as f:

@@ -39,10 +39,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOut, models, schedule, validation  # noqa: E402
-from freezeout_tf.benchmarking import (  # noqa: E402
+from freezeout_tf.core.optimizer import SGDWithL2  # noqa: E402
+from freezeout_tf.estimates.speedup import estimate_speedup  # noqa: E402
+from freezeout_tf.tools.benchmarking import (  # noqa: E402
     StepTimer, provenance, read_report, write_report)
-from freezeout_tf.optimizer import SGDWithL2  # noqa: E402
-from freezeout_tf.speedup import estimate_speedup  # noqa: E402
 
 LOSS = "sparse_categorical_crossentropy"
 

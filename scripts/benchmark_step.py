@@ -9,7 +9,7 @@ table reports the median over every timed step (`time_interleaved`, which
 `scripts/benchmark_applications.py` uses too).
 
 The "FLOP-predicted" saving counts conv multiply-accumulates per unit
-(`freezeout_tf.speedup.unit_flops`) with the backward at twice the forward:
+(`freezeout_tf.estimates.speedup.unit_flops`) with the backward at twice the forward:
 freezing units with forward cost F_frozen out of F_total saves
 2 F_frozen / (3 F_total) of the step.
 
@@ -19,7 +19,7 @@ Usage:
 
 With --out it writes OUT/step.json: every step time and the FLOP-predicted
 savings, with the commit, versions, machine, command and UTC time
-(`freezeout_tf.benchmarking.write_report`).
+(`freezeout_tf.tools.benchmarking.write_report`).
 """
 
 import argparse
@@ -33,11 +33,11 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOutModel  # noqa: E402
-from freezeout_tf.benchmarking import (  # noqa: E402,F401
+from freezeout_tf.tools.benchmarking import (  # noqa: E402,F401
     frozen_saving,
     write_report,
 )
-from freezeout_tf.speedup import unit_flops  # noqa: E402
+from freezeout_tf.estimates.speedup import unit_flops  # noqa: E402
 
 
 def conv_chain(num_units, channels, num_classes=10):

@@ -8,7 +8,7 @@ the step time and the peak memory of one traced train step with 0, 25, 50,
 (`unit_flops`, attention included; backward = 2x forward). Plain Keras (the
 original functional model's own train step, same weights) is timed too.
 The settings are interleaved step by step in one process
-(`freezeout_tf.benchmarking.frozen_prefix_sweep`, the method the LLM
+(`freezeout_tf.tools.benchmarking.frozen_prefix_sweep`, the method the LLM
 benchmark shares); figures are per-step medians with quartiles.
 
 Peak memory comes from TensorFlow's BFC allocator
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from freezeout_tf import FreezeOutModel  # noqa: E402
-from freezeout_tf.benchmarking import (  # noqa: E402
+from freezeout_tf.tools.benchmarking import (  # noqa: E402
     frozen_prefix_sweep,
     sweep_table,
     write_report,

@@ -61,7 +61,7 @@ def _worker(args):
     import tensorflow as tf
 
     import freezeout_tf as fo
-    from freezeout_tf import benchmarking as bm
+    from freezeout_tf.tools import benchmarking as bm
 
     def build(arm, jit):
         keras.utils.set_random_seed(0)
@@ -309,7 +309,7 @@ def main(argv=None):
     if args.worker:
         return _worker(args)
     if args.from_json:
-        from freezeout_tf.benchmarking import read_report
+        from freezeout_tf.tools.benchmarking import read_report
 
         raw, commands = {}, []
         for path in args.from_json:
@@ -345,7 +345,7 @@ def main(argv=None):
     text = markdown(table, command)
     print(text)
     if args.out:
-        from freezeout_tf.benchmarking import write_report
+        from freezeout_tf.tools.benchmarking import write_report
 
         write_report(os.path.join(args.out, "xla.json"),
                      {"raw": raw, "table": table}, command=command)

@@ -17,8 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from freezeout_tf import (  # noqa: E402
     calc_speedup, estimate_speedup, models, unit_flops,
 )
-from freezeout_tf.benchmarking import write_report  # noqa: E402
-from freezeout_tf.speedup import gradient_bytes_saving  # noqa: E402
+from freezeout_tf.tools.benchmarking import write_report  # noqa: E402
+from freezeout_tf.estimates.speedup import gradient_bytes_saving  # noqa: E402
 
 # name -> (builder, DenseNet-BC (growth rate, layers per dense block) for
 # calc_speedup, which covers DenseNet-BC only).

@@ -1,7 +1,7 @@
 """KerasHub coverage: every backbone and task family of the installed
 keras-hub, built from a tiny config, split with `FreezeOutModel.from_model`
 and (tasks) fit briefly with FreezeOut. The logic is in
-`freezeout_tf.hub_coverage`.
+`freezeout_tf.tools.hub_coverage`.
 
 Results go to `<out>/hub_coverage.md` (a summary by kind, then one row per
 family) and `<out>/hub_coverage.json` (every result, with its provenance:
@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-from freezeout_tf import benchmarking, hub_coverage  # noqa: E402
+from freezeout_tf.tools import benchmarking, hub_coverage  # noqa: E402
 
 
 def main():

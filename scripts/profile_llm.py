@@ -59,8 +59,9 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
-    from freezeout_tf import FreezeOutModel, text
-    from freezeout_tf.benchmarking import write_report
+    from freezeout_tf import FreezeOutModel
+    from freezeout_tf.recipes import text
+    from freezeout_tf.tools.benchmarking import write_report
 
     # benchmark_llm.py's model and batch, its defaults.
     lm = text.byte_llama(8, 256, 4, intermediate_dim=768,

@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 from freezeout_tf import models, original_sgd  # noqa: E402
-from freezeout_tf.benchmarking import write_report  # noqa: E402
+from freezeout_tf.tools.benchmarking import write_report  # noqa: E402
 
 
 def executed_ops(logdir):

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from conftest import LOSS, tiny_data, tiny_model  # noqa: E402
 from freezeout_tf import AdaptiveFreeze, FreezeOut  # noqa: E402
 from freezeout_tf.adaptive import unit_norms  # noqa: E402
-from freezeout_tf.distribute import make_strategy  # noqa: E402
+from freezeout_tf.recipes.distribute import make_strategy  # noqa: E402
 from test_adaptive import SnapshotAtFreeze, _freeze_steps  # noqa: E402
 
 EPOCHS, STEPS_PER_EPOCH = 6, 4

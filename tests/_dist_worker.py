@@ -44,7 +44,7 @@ from conftest import LOSS, tiny_data, tiny_model  # noqa: E402
 from freezeout_tf import (  # noqa: E402
     FreezeOut, FreezeOutModel, original_sgd, schedule,
 )
-from freezeout_tf.distribute import (  # noqa: E402
+from freezeout_tf.recipes.distribute import (  # noqa: E402
     make_strategy, set_mixed_precision,
 )
 

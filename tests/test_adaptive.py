@@ -18,7 +18,7 @@ from freezeout_tf.adaptive import (
     NOT_YET, AdaptiveState, IntervalState, Observation, ThresholdState,
     criterion_step, pace_step, rank_step,
 )
-from freezeout_tf.schedule_state import NEVER, ScheduleState
+from freezeout_tf.core.schedule_state import NEVER, ScheduleState
 from test_train_step import unit_state
 
 # Checks every 2 steps: on the tiny task units trigger between steps 4 and

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from freezeout_tf.benchmarking import read_report, write_report
+from freezeout_tf.tools.benchmarking import read_report, write_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"

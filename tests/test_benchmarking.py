@@ -1,4 +1,4 @@
-"""freezeout_tf.benchmarking.frozen_prefix_sweep: one traced step serves
+"""freezeout_tf.tools.benchmarking.frozen_prefix_sweep: one traced step serves
 every frozen prefix, and its table and predictions are the documented ones
 (times and memory are never asserted)."""
 
@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from freezeout_tf import FreezeOutModel, benchmarking, unit_flops
+from freezeout_tf import FreezeOutModel, unit_flops
+from freezeout_tf.tools import benchmarking
 
 
 def test_sweep_runs_every_setting_on_one_trace():

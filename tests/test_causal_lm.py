@@ -9,7 +9,8 @@ import tensorflow as tf
 from hub_models import (assert_mirrored_matches_one_device,
                         assert_resume_equals_unbroken, gemma3_causal_lm,
                         gpt2_causal_lm, llama3_causal_lm, lm_data)
-from freezeout_tf import FreezeOut, FreezeOutModel, checkpoint, schedule
+from freezeout_tf import FreezeOut, FreezeOutModel, schedule
+from freezeout_tf.recipes import checkpoint
 from test_transformers import unit_state
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -4,7 +4,7 @@ import keras
 import pytest
 
 from conftest import LOSS, tiny_model
-from freezeout_tf import keras_internals
+from freezeout_tf._internals import keras_internals
 
 
 @pytest.mark.parametrize("option, message", [

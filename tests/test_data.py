@@ -1,6 +1,6 @@
 """The data pipelines: shapes, split sizes, reproducible order, augmentation,
 normalisation, and the error for a data set that is not prepared; and
-``freezeout_tf.download``: a download through a fake builder with its progress
+``freezeout_tf.recipes.download``: a download through a fake builder with its progress
 lines, and its failures (a refusing proxy, no DNS, a silent server, a checksum
 mismatch) as one line, fast, before anything is written. No test reaches the
 network: proxies point at a closed port on 127.0.0.1, servers are local."""
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from freezeout_tf import data, download
+from freezeout_tf.recipes import data, download
 
 
 def _batches(ds):
@@ -196,7 +196,7 @@ def test_default_data_dir_honours_tfds_env(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# freezeout_tf.download
+# freezeout_tf.recipes.download
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 NO_PROXY_VARS = ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")

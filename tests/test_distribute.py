@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from conftest import LOSS, tiny_data, tiny_model
 from freezeout_tf import FreezeOut, original_sgd, schedule
-from freezeout_tf.distribute import make_strategy, set_mixed_precision
+from freezeout_tf.recipes.distribute import make_strategy, set_mixed_precision
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       "_dist_worker.py")

@@ -9,8 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from conftest import LOSS, tiny_model
-from freezeout_tf import FreezeOut, checkpoint, original_sgd, training_log
-from freezeout_tf.divergence import StopOnDivergence
+from freezeout_tf import FreezeOut, original_sgd
+from freezeout_tf.recipes import checkpoint, training_log
+from freezeout_tf.callbacks.divergence import StopOnDivergence
 
 
 def _strict(text):

@@ -1,4 +1,4 @@
-"""freezeout_tf.finetune_benchmark: the pre-registration holds (no test
+"""freezeout_tf.tools.finetune_benchmark: the pre-registration holds (no test
 run without settings; the rule picks what it says), the report computes
 the targets it states, and an arm's run gives finite figures with the
 static recipe's prefix untouched (times are never asserted)."""
@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from freezeout_tf import finetune_benchmark as fb
+from freezeout_tf.tools import finetune_benchmark as fb
 
 SCRIPT = (pathlib.Path(__file__).resolve().parents[1] / "scripts"
           / "benchmark_finetune.py")

@@ -1,6 +1,6 @@
-"""The guard of the private internals (freezeout_tf.keras_internals,
-freezeout_tf.tf_internals): its behavioural probe, its version ranges, and
-its list of every private name the package uses."""
+"""The guard of the private internals (freezeout_tf._internals:
+keras_internals, tf_internals): its behavioural probe, its version ranges,
+and its list of every private name the package uses."""
 
 import ast
 import pathlib
@@ -10,7 +10,7 @@ import keras
 import pytest
 from packaging.requirements import Requirement
 
-from freezeout_tf import keras_internals, tf_internals
+from freezeout_tf._internals import keras_internals, tf_internals
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "freezeout_tf"
@@ -212,9 +212,10 @@ def test_every_private_framework_name_is_listed_in_a_guard_module():
             assert breaks, (guard, name)
             listed.setdefault(name, set()).update(modules)
     missing = [
-        f"freezeout_tf/{module}.py:{line} uses the private name {name!r}: "
-        f"add {module!r} to its entry in PRIVATE_NAMES of "
-        f"freezeout_tf/keras_internals.py (Keras) or tf_internals.py "
+        f"{module}.py:{line} (in freezeout_tf/) uses the private name "
+        f"{name!r}: add {module!r} to its entry in PRIVATE_NAMES of "
+        f"freezeout_tf/_internals/keras_internals.py (Keras) or "
+        f"tf_internals.py "
         f"(TensorFlow, tensorflow-datasets), or add an entry {name!r}: "
         f"(({module!r},), 'what breaks if it changes')"
         for module, name, line in private_uses()

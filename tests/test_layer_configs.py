@@ -1,12 +1,13 @@
 """Saving a split model whose layers' own get_config does not round-trip
-(`freezeout_tf.layer_configs`); KerasHub's cases are in test_causal_lm
+(`freezeout_tf.split.layer_configs`); KerasHub's cases are in test_causal_lm
 (Llama) and test_transformers (DeiT)."""
 
 import keras
 import numpy as np
 import pytest
 
-from freezeout_tf import FreezeOutModel, layer_configs
+from freezeout_tf import FreezeOutModel
+from freezeout_tf.split import layer_configs
 
 
 @keras.saving.register_keras_serializable(package="test_layer_configs")

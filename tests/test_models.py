@@ -8,7 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from freezeout_tf.model import FreezeOutModel  # noqa: E402
+from freezeout_tf.core.model import FreezeOutModel  # noqa: E402
 from freezeout_tf.models import (  # noqa: E402
     DenseLayer,
     WideBasicBlock,
@@ -172,7 +172,7 @@ def test_a_few_training_steps_change_weights(build):
 
 
 def test_loaded_model_continues_training_with_freezeout(tmp_path):
-    from freezeout_tf import callback as callback_module
+    from freezeout_tf.callbacks import freezeout as callback_module
     keras.utils.set_random_seed(0)
     model = densenet_bc(depth=10, growth_rate=4, num_classes=10,
                         classifier_activation=None)

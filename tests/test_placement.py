@@ -1,5 +1,5 @@
 """GPU readiness, checked on CPU: every branch of the train step is decided
-on the host (freezeout_tf.schedule_state, "Host placement")."""
+on the host (freezeout_tf.core.schedule_state, "Host placement")."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from conftest import LOSS, tiny_data, tiny_model
 from freezeout_tf import AdaptiveFreeze
-from freezeout_tf.schedule_state import HOST
+from freezeout_tf.core.schedule_state import HOST
 
 CONDS = ("If", "StatelessIf")
 # The adaptive criterion's integer state, created on the host.

@@ -9,7 +9,7 @@ import tensorflow as tf
 from hub_models import bert_classifier, text_data
 from freezeout_tf import (AdaptiveFreeze, FreezeOut, FreezeOutModel,
                           with_example_ids)
-from freezeout_tf.prefix_cache import EXAMPLE_ID
+from freezeout_tf.core.prefix_cache import EXAMPLE_ID
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 N, BATCH = 24, 6

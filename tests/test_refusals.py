@@ -8,7 +8,7 @@ import keras
 import pytest
 
 from freezeout_tf import FreezeOutModel
-from freezeout_tf.side_inputs import HIDDEN
+from freezeout_tf.core.side_inputs import HIDDEN
 
 
 class RunningMean(keras.layers.Layer):

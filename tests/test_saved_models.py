@@ -8,6 +8,8 @@ units, and training must go on from it.
 """
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -17,6 +19,7 @@ import freezeout_tf as fo
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                         "fixtures")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("name", ["densenet_bc_v0", "split_functional_v0"])
@@ -45,3 +48,34 @@ def test_checkpoint_saved_before_loads_and_trains_on(name):
         moved = any(not np.array_equal(a, w.numpy())
                     for a, w in zip(old, unit.weights))
         assert moved != was_frozen, unit.name
+
+
+def test_a_fresh_process_loads_them_with_keras_imported_first():
+    # `import freezeout_tf` is lazy; with Keras already imported it
+    # registers FreezeOut's classes at once (the rule in its docstring), so
+    # a fresh process loads both checkpoints without touching a name. The
+    # other order registers nothing until a name is used.
+    code = (
+        "import sys, keras\n"
+        "import freezeout_tf\n"
+        "for name in sys.argv[1:]:\n"
+        "    model = keras.saving.load_model(name)\n"
+        "    print(type(model).__module__, type(model).__name__)\n")
+    paths = [os.path.join(FIXTURES, f"{name}.keras")
+             for name in ("densenet_bc_v0", "split_functional_v0")]
+    done = subprocess.run([sys.executable, "-c", code, *paths],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == [
+        "freezeout_tf.core.model FreezeOutModel"] * 2
+
+    code = ("import sys, freezeout_tf, keras\n"
+            "print(keras.saving.get_registered_object("
+            "'freezeout_tf>FreezeOutModel'))\n"
+            "freezeout_tf.FreezeOutModel\n"
+            "print(keras.saving.get_registered_object("
+            "'freezeout_tf>FreezeOutModel').__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["None", "FreezeOutModel"]

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from freezeout_tf import schedule
-from freezeout_tf.schedule_state import ScheduleState
+from freezeout_tf.core.schedule_state import ScheduleState
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,10 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from freezeout_tf.model import FreezeOutModel  # noqa: E402
-from freezeout_tf.schedule import freeze_fractions  # noqa: E402
-from freezeout_tf.speedup import (  # noqa: E402
+from freezeout_tf.core.macs import count_macs  # noqa: E402
+from freezeout_tf.core.model import FreezeOutModel  # noqa: E402
+from freezeout_tf.estimates.speedup import (  # noqa: E402
     calc_speedup,
-    count_macs,
     densenet_costs,
     estimate_speedup,
     gradient_bytes_saving,
@@ -21,6 +20,7 @@ from freezeout_tf.speedup import (  # noqa: E402
     t0_for_speedup,
     unit_flops,
 )
+from freezeout_tf.schedule import freeze_fractions  # noqa: E402
 
 HW = 32 * 32
 

@@ -1,4 +1,4 @@
-"""freezeout_tf.text: byte-level windows of the standard library's sources."""
+"""freezeout_tf.recipes.text: byte-level windows of the standard library's sources."""
 
 import os
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from freezeout_tf import text
+from freezeout_tf.recipes import text
 
 
 def _package(root, name, files):

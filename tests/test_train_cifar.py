@@ -29,7 +29,7 @@ _spec = importlib.util.spec_from_file_location("train_cifar", SCRIPT)
 train_cifar = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_cifar)
 
-from freezeout_tf import checkpoint, training, training_log  # noqa: E402
+from freezeout_tf.recipes import checkpoint, training, training_log  # noqa: E402
 from freezeout_tf.models import (  # noqa: E402
     densenet_bc_num_units,
     wide_resnet_num_units,

@@ -1,4 +1,4 @@
-"""freezeout_tf.training: the factories and the resume protocol, directly."""
+"""freezeout_tf.recipes.training: the factories and the resume protocol, directly."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from freezeout_tf import checkpoint, training, training_log
+from freezeout_tf.recipes import checkpoint, training, training_log
 from freezeout_tf.models import VGG_CONFIGS, densenet_bc_num_units
 
 OPTIONS = {"epochs": 2, "t_0": 0.8}

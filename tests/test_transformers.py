@@ -14,7 +14,7 @@ from hub_models import (assert_mirrored_matches_one_device,
                         vit_classifier, CLASSES, SEQ)
 from freezeout_tf import (FreezeOut, FreezeOutModel, schedule, split_model,
                           unit_flops)
-from freezeout_tf.side_inputs import HIDDEN
+from freezeout_tf.core.side_inputs import HIDDEN
 from test_train_step import optimizer_slots
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

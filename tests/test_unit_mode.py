@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from conftest import LOSS
 from freezeout_tf import FreezeOutModel
-from freezeout_tf.unit_mode import (
+from freezeout_tf.core.unit_mode import (
     _moments_while, mode_switched_leaves, unit_mode,
 )
 
@@ -243,7 +243,7 @@ def test_backward_branches_take_no_constant_as_input():
 
 
 def test_tf_internals_guard_fails_loudly(monkeypatch):
-    from freezeout_tf import tf_internals
+    from freezeout_tf._internals import tf_internals
 
     tf_internals.check()  # the installed TensorFlow works
     monkeypatch.setattr(tf_internals, "_checked", False)

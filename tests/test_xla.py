@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from freezeout_tf import FreezeOut, model as fo_model, original_sgd
+from freezeout_tf import FreezeOut, original_sgd
+from freezeout_tf.core import model as fo_model
 from freezeout_tf.models import densenet_bc
 
 

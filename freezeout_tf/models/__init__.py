@@ -6,6 +6,8 @@
 
 Each builder returns a model built for 32x32x3 inputs, initialised as the
 original. The `*_num_units` functions give the unit count without building.
+
+Layer: 5. Imports `core` (`FreezeOutModel`) and `schedule`.
 """
 
 from freezeout_tf.models.densenet import (

@@ -3,7 +3,7 @@
 import keras
 
 from freezeout_tf import validation
-from freezeout_tf.model import FreezeOutModel
+from freezeout_tf.core.model import FreezeOutModel
 from freezeout_tf.models import initializers as init
 
 __all__ = [

@@ -31,7 +31,7 @@ import types
 
 import keras
 
-from freezeout_tf import functional
+from freezeout_tf.split import functional
 
 __all__ = ["mark_tensors_only", "repaired_config", "repaired_configs",
            "tensors_only_objects"]

@@ -53,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from freezeout_tf import schedule, validation
-from freezeout_tf.schedule_state import HOST, NEVER
+from freezeout_tf.core.schedule_state import HOST, NEVER
 
 __all__ = [
     "AdaptiveFreeze",

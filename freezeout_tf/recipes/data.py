@@ -23,7 +23,7 @@ import tensorflow as tf
 
 # `validation` is an argument of load_data here.
 from freezeout_tf import validation as checks
-from freezeout_tf.download import default_data_dir
+from freezeout_tf.recipes.download import default_data_dir
 
 __all__ = [
     "DATASETS",
@@ -59,7 +59,7 @@ _AUGMENT_STREAM = 2
 
 class DatasetNotFoundError(ValueError):
     """The data set is not prepared under ``data_dir`` (``load_data`` never
-    downloads; ``freezeout_tf.download.prepare`` does)."""
+    downloads; ``freezeout_tf.recipes.download.prepare`` does)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +220,7 @@ def _tfds_arrays(
     name: str, split: str, data_dir: Optional[str]
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Loads a split of a prepared tfds data set into memory; never downloads
-    (``freezeout_tf.download.prepare`` does)."""
+    (``freezeout_tf.recipes.download.prepare`` does)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:  # pragma: no cover - a dependency of the package

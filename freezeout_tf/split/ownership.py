@@ -33,7 +33,8 @@ from typing import List, NamedTuple
 import keras
 import tensorflow as tf
 
-from freezeout_tf import speedup, validation
+from freezeout_tf import validation
+from freezeout_tf.core import macs
 from freezeout_tf.validation import TIED_OWNERS  # variable_owners' choices
 
 __all__ = ["Ownership", "TIED_OWNERS", "part_variables", "read_by",
@@ -114,7 +115,7 @@ def read_by(part, variables):
     """Ids of those of `variables` that `part` reads.
 
     Runs `part` (a functional model) once, eagerly, on zeros of batch 1
-    (a `None` dimension as `speedup.with_free_dimension` chooses), under a
+    (a `None` dimension as `macs.with_free_dimension` chooses), under a
     `tf.GradientTape` that records the variables read: which ones is
     decided by the ops run, not by the zero values. The tape records the
     TensorFlow variables created trainable (a Keras variable's `trainable`
@@ -142,7 +143,7 @@ def read_by(part, variables):
             part(_zeros_for(part, free), training=False)
         return {id(w) for w in tape.watched_variables()}
 
-    read = speedup.with_free_dimension(probe)
+    read = macs.with_free_dimension(probe)
     return {id(v) for v in variables
             if read.intersection(_tf_variable_ids(v))}
 

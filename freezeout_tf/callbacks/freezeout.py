@@ -3,9 +3,10 @@
 import keras
 import numpy as np
 
-from freezeout_tf import adaptive as fo_adaptive
 from freezeout_tf import schedule, validation
-from freezeout_tf.schedule_state import NEVER
+from freezeout_tf.adaptive import criteria as fo_adaptive
+from freezeout_tf.core.model import FreezeOutModel
+from freezeout_tf.core.schedule_state import NEVER
 
 __all__ = ["FreezeOut"]
 
@@ -153,9 +154,6 @@ class FreezeOut(keras.callbacks.Callback):
         return f"FreezeOut(t_0={self.t_0!r}, adaptive={self.adaptive!r})"
 
     def on_train_begin(self, logs=None):
-        # Imported here: model.py imports this package's optimizer module.
-        from freezeout_tf.model import FreezeOutModel
-
         if not isinstance(self.model, FreezeOutModel):
             raise ValueError(
                 "FreezeOut needs a freezeout_tf.FreezeOutModel; got "

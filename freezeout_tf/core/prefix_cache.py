@@ -36,8 +36,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from freezeout_tf import side_inputs, validation
-from freezeout_tf.schedule_state import HOST
+from freezeout_tf import validation
+from freezeout_tf.core import side_inputs
+from freezeout_tf.core.schedule_state import HOST
 
 __all__ = ["EXAMPLE_ID", "INPUTS", "PrefixCache", "split_example_ids",
            "with_example_ids"]

@@ -129,7 +129,7 @@ def side_values(inputs, input_names):
 
 def is_chain_name(name):
     """Whether an input name is the hidden state's (`HIDDEN`) or a carried
-    tensor's (`HIDDEN` + `_<j>`: `freezeout_tf.functional`), the inputs a
+    tensor's (`HIDDEN` + `_<j>`: `freezeout_tf.split.functional`), the inputs a
     part takes from the part before it.
 
     Example:

@@ -87,7 +87,7 @@ def default_data_dir(data_dir: Optional[str] = None) -> str:
         data_dir: a directory, or None for the default.
 
     Example:
-        >>> from freezeout_tf.download import default_data_dir
+        >>> from freezeout_tf.recipes.download import default_data_dir
         >>> default_data_dir("/data/tfds")
         '/data/tfds'
     """
@@ -130,7 +130,7 @@ def is_prepared(name: str, data_dir: Optional[str] = None) -> bool:
         data_dir: the data directory (default as ``default_data_dir``).
 
     Example:
-        >>> from freezeout_tf.download import is_prepared
+        >>> from freezeout_tf.recipes.download import is_prepared
         >>> is_prepared("cifar10", "/nonexistent")
         False
     """
@@ -150,7 +150,7 @@ def download_size(name: str) -> int:
         name: a tensorflow-datasets name.
 
     Example:
-        >>> from freezeout_tf.download import download_size
+        >>> from freezeout_tf.recipes.download import download_size
         >>> round(download_size("cifar100") / 2**20, 1)
         160.7
     """
@@ -377,7 +377,7 @@ def prepare(
             proxy that refuses, an HTTP error, a checksum mismatch).
 
     Example:
-        >>> from freezeout_tf.download import prepare
+        >>> from freezeout_tf.recipes.download import prepare
         >>> prepare("cifar100", "~/tensorflow_datasets")  # doctest: +SKIP
         data: cifar100 is not prepared under /home/me/tensorflow_datasets: ...
         True

@@ -58,12 +58,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from freezeout_tf import text
-from freezeout_tf.adaptive import AdaptiveFreeze
-from freezeout_tf.benchmarking import StepTimer
-from freezeout_tf.callback import FreezeOut
-from freezeout_tf.model import FreezeOutModel
-from freezeout_tf.prefix_cache import with_example_ids
+from freezeout_tf.adaptive.criteria import AdaptiveFreeze
+from freezeout_tf.callbacks.freezeout import FreezeOut
+from freezeout_tf.core.model import FreezeOutModel
+from freezeout_tf.core.prefix_cache import with_example_ids
+from freezeout_tf.recipes import text
+from freezeout_tf.tools.benchmarking import StepTimer
 
 __all__ = [
     "ARMS",

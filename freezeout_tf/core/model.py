@@ -5,7 +5,7 @@ The train step (see docs/design.md for the measurements behind it):
 
 * **Forward, with no branch.** Each unit runs once, with `training=True`,
   but its BatchNormalization and Dropout layers take their mode from the
-  unit's in-graph "active" flag (`freezeout_tf.unit_mode`): a frozen unit
+  unit's in-graph "active" flag (`freezeout_tf.core.unit_mode`): a frozen unit
   computes exactly its inference-mode output and leaves its moving
   statistics as they are. Between units the activation passes through
   `tf.stop_gradient`, so the tape holds one short piece per unit.
@@ -20,7 +20,7 @@ The train step (see docs/design.md for the measurements behind it):
   XLA linear in the number of units.
 
 The optimizer skips frozen units' updates, slots and weight decay
-(`freezeout_tf.optimizer`)."""
+(`freezeout_tf.core.optimizer`)."""
 
 import logging
 import types
@@ -29,13 +29,14 @@ from typing import List, NamedTuple
 import keras
 import tensorflow as tf
 
-from freezeout_tf import keras_internals, layer_configs, lora
-from freezeout_tf import optimizer as fo_optimizer
-from freezeout_tf import ownership, prefix_cache, side_inputs, tf_internals
 from freezeout_tf import validation
-from freezeout_tf.adaptive import AdaptiveState
-from freezeout_tf.schedule_state import HOST, ScheduleState
-from freezeout_tf.unit_mode import mode_switched_leaves, unit_mode
+from freezeout_tf._internals import keras_internals, tf_internals
+from freezeout_tf.adaptive.criteria import AdaptiveState
+from freezeout_tf.core import optimizer as fo_optimizer
+from freezeout_tf.core import prefix_cache, side_inputs
+from freezeout_tf.core.schedule_state import HOST, ScheduleState
+from freezeout_tf.core.unit_mode import mode_switched_leaves, unit_mode
+from freezeout_tf.split import layer_configs, lora, ownership
 
 __all__ = ["FreezeOutModel"]
 
@@ -190,14 +191,14 @@ class FreezeOutModel(keras.Model):
             inputs is given. Each unit and the head is then a functional
             model with named inputs, `side_inputs.HIDDEN` for the hidden
             state and model input names for the side inputs it reads
-            (`freezeout_tf.side_inputs`). `None` (default): one plain input.
+            (`freezeout_tf.core.side_inputs`). `None` (default): one plain input.
         tied_owner: which part owns a variable read by one freeze unit and
             by the head (a causal LM's tied embedding, read by the lookup
             and the output projection): `"first"` (default), the unit, so
             it freezes with the bottom of the network and the head's
             gradient of it stops then; or `"head"`, so it trains to the end
             and frozen units keep passing the hidden-state gradient down
-            (`freezeout_tf.ownership`).
+            (`freezeout_tf.split.ownership`).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Raises:
@@ -259,7 +260,7 @@ class FreezeOutModel(keras.Model):
         # weights, so checkpoints save it; idle unless FreezeOut(adaptive=).
         self.adaptive_state = AdaptiveState(len(freeze_units))
         # Opt-in (cache_frozen_prefix): frozen units' outputs kept per
-        # example (freezeout_tf.prefix_cache).
+        # example (freezeout_tf.core.prefix_cache).
         self.prefix_cache = None
         # Set by from_config on a LoRA model (Keras saved the merged
         # kernels); checkpoint.load_checkpoint restores the factors.
@@ -311,7 +312,7 @@ class FreezeOutModel(keras.Model):
         """Splits a functional `keras.Model` into freeze units and a head.
 
         The result shares the layers and weights of `model`. See
-        `freezeout_tf.functional.split_model` for how the cut points are
+        `freezeout_tf.split.functional.split_model` for how the cut points are
         found and grouped.
 
         Args:
@@ -325,7 +326,7 @@ class FreezeOutModel(keras.Model):
                 by a unit and the head (see the constructor).
             **kwargs: passed to the constructor (e.g. `name`).
         """
-        from freezeout_tf.functional import split_model
+        from freezeout_tf.split.functional import split_model
 
         validation.check_tied_owner(tied_owner)  # before the split's work
         units, head = split_model(model, num_units=num_units,
@@ -377,8 +378,8 @@ class FreezeOutModel(keras.Model):
         """As `keras.Model.compile`, with three checks before any training.
 
         * The private Keras and TensorFlow internals FreezeOut relies on
-          are as expected (`freezeout_tf.keras_internals`,
-          `freezeout_tf.tf_internals`), else a clear error.
+          are as expected (`freezeout_tf._internals.keras_internals`,
+          `freezeout_tf._internals.tf_internals`), else a clear error.
         * Optimizer options that would move frozen variables are refused:
           `use_ema` (the average is written into every variable) and
           `gradient_accumulation_steps` (updates are applied outside the
@@ -481,7 +482,7 @@ class FreezeOutModel(keras.Model):
                 shape (one buffer holds one activation per example).
 
         Returns:
-            the `freezeout_tf.prefix_cache.PrefixCache`.
+            the `freezeout_tf.core.prefix_cache.PrefixCache`.
 
         Raises:
             ValueError: a bad argument, or (at `fit`) a run the cache does
@@ -664,7 +665,7 @@ class FreezeOutModel(keras.Model):
     def _forward_units(self, tape, x, ids, side, frozen):
         """The units' forward on `tape`: `(unit_inputs, unit_outputs,
         last_output)`. Every unit runs once; with `cache_frozen_prefix`,
-        the cache's runner (`freezeout_tf.prefix_cache`) decides how."""
+        the cache's runner (`freezeout_tf.core.prefix_cache`) decides how."""
         def run_unit(i, h):
             with unit_mode(self._unit_leaves(i), tf.logical_not(frozen[i]),
                            static_shapes=bool(self.jit_compile)):

@@ -59,7 +59,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from freezeout_tf import keras_internals
+from freezeout_tf._internals import keras_internals
 
 __all__ = ["mode_switched_leaves", "unit_mode"]
 

@@ -19,7 +19,7 @@ Several inputs (a transformer's token ids, segment ids and padding mask):
 the model's inputs, and whatever weightless calls compute from them alone
 (a mask reshaped, say), are *side inputs*. They are not on the chain: a
 unit that reads one gets it as an input of the same name
-(`freezeout_tf.side_inputs`), recomputing the weightless calls it needs,
+(`freezeout_tf.core.side_inputs`), recomputing the weightless calls it needs,
 and their uses do not count when cut points are found. So a BERT is cut
 after its embeddings and after each encoder block, though every block
 reads the padding mask. A model with one input is treated so too when a
@@ -58,8 +58,10 @@ import types
 
 import keras
 
-from freezeout_tf import (keras_internals, ownership, side_inputs, speedup,
-                          validation)
+from freezeout_tf import validation
+from freezeout_tf._internals import keras_internals
+from freezeout_tf.core import macs, side_inputs
+from freezeout_tf.split import ownership
 
 __all__ = ["cut_points", "split_model"]
 
@@ -314,14 +316,14 @@ class _Graph:
     def call_costs(self):
         """Forward multiply-accumulates of each chain call for one example,
         as `unit_flops` counts them (a `None` dimension as
-        `speedup.with_free_dimension` chooses)."""
+        `macs.with_free_dimension` chooses)."""
         ops = [c.op for c in self.all_calls
                if isinstance(c.op, keras.layers.Layer)]
 
         def count(free):
             values = self.zero_inputs(free)
             costs = {}
-            with speedup.count_macs(ops) as counter:
+            with macs.count_macs(ops) as counter:
                 for call in self.all_calls:
                     counter[0] = 0
                     args, kwargs = _fill_in(call, values)
@@ -333,7 +335,7 @@ class _Graph:
                     costs[id(call)] = int(counter[0])
             return [costs[id(c)] for c in self.calls]
 
-        return speedup.with_free_dimension(count)
+        return macs.with_free_dimension(count)
 
 
 def _live(calls, output_keys):
@@ -658,7 +660,7 @@ def split_model(model, num_units=None, boundaries=None):
             then be trained and frozen twice. A layer whose calls read
             disjoint weights (an untied reversible embedding), or a weight
             read by one unit and the head (a tied embedding), is allowed
-            (`freezeout_tf.ownership`).
+            (`freezeout_tf.split.ownership`).
 
     Example:
 
@@ -856,7 +858,7 @@ def _check_unshared(graph, parts, models):
     gives each variable the schedule of one unit. A layer called in several
     parts passes when its calls read disjoint weights (an untied reversible
     embedding) or a weight is read by one unit and the head (a tied one:
-    `freezeout_tf.ownership`); which part reads what is probed only for
+    `freezeout_tf.split.ownership`); which part reads what is probed only for
     such layers."""
     owner, readers = {}, {}
 

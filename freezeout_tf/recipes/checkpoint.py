@@ -12,7 +12,7 @@ resumed run with dropout would draw other masks than an uninterrupted one;
 that Keras ignores) and ``load_checkpoint`` restores them.
 
 Keras saves a LoRA layer's kernel merged with its factors and not the
-factors (``freezeout_tf.lora``): ``save_atomic`` adds the unmerged kernels
+factors (``freezeout_tf.split.lora``): ``save_atomic`` adds the unmerged kernels
 and the factors as another member, and ``load_checkpoint`` restores them, so
 a LoRA run resumes exactly.
 
@@ -37,7 +37,7 @@ from typing import List, Optional
 import keras
 import numpy as np
 
-from freezeout_tf import lora
+from freezeout_tf.split import lora
 
 __all__ = [
     "CheckpointError",
@@ -121,8 +121,8 @@ def load_checkpoint(path: str) -> keras.Model:
         )
     # Imported when needed; importing them registers the serializable classes.
     import freezeout_tf.models  # noqa: F401
-    import freezeout_tf.optimizer  # noqa: F401
-    from freezeout_tf.model import FreezeOutModel
+    import freezeout_tf.core.optimizer  # noqa: F401
+    from freezeout_tf.core.model import FreezeOutModel
 
     try:
         model = keras.saving.load_model(path, compile=True)
@@ -210,7 +210,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     An epoch whose training loss or state is not finite is not saved, so a
     diverged run keeps its last good checkpoint (see
-    ``freezeout_tf.divergence``). ``skipped`` lists such epochs (0-based).
+    ``freezeout_tf.callbacks.divergence``). ``skipped`` lists such epochs (0-based).
     """
 
     def __init__(self, path: str):

@@ -2,7 +2,7 @@
 
 FreezeOut itself needs nothing special under a strategy: build and compile
 the model inside `strategy.scope()` and `fit` as usual. The train step keeps
-its one traced graph, and the optimizer hooks (`freezeout_tf.optimizer`)
+its one traced graph, and the optimizer hooks (`freezeout_tf.core.optimizer`)
 skip both the update *and* the gradient all-reduce of frozen units.
 
 Example (it needs GPUs and data, so it is not run as a doctest)::

@@ -30,9 +30,9 @@ import time
 import keras
 import numpy as np
 
-from freezeout_tf import functional
-from freezeout_tf.callback import FreezeOut
-from freezeout_tf.model import FreezeOutModel
+from freezeout_tf.callbacks.freezeout import FreezeOut
+from freezeout_tf.core.model import FreezeOutModel
+from freezeout_tf.split import functional
 
 __all__ = ["TINY", "DEFAULTS", "OVERRIDES", "Nested", "STATUSES",
            "families", "tiny_kwargs", "try_family", "run", "summary",

@@ -17,7 +17,7 @@ MultiHeadAttention computes its attention and over which axes.
 
 They are listed here, once (`PRIVATE_NAMES`, each with the modules that
 use it and what breaks if it changes; the TensorFlow and tensorflow-datasets
-ones are in `freezeout_tf.tf_internals`). A test scans the package and fails
+ones are in `freezeout_tf._internals.tf_internals`). A test scans the package and fails
 when a module uses a private name not listed for it.
 
 `check()` runs at `compile` (and when the train step is built):
@@ -26,7 +26,7 @@ when a module uses a private name not listed for it.
   expected parameters;
 * a behavioural probe (`update_routing_problems`): a tiny SGD with momentum
   and weight decay, with FreezeOut's hooks attached (`freezeout_tf.
-  optimizer`), takes two eager steps on a frozen and an active variable;
+  core.optimizer`), takes two eager steps on a frozen and an active variable;
   the frozen one and its momentum must not move, the active one must. If
   `apply()` stopped routing updates through `_distributed_tf_update_step`
   or weight decay through `_apply_weight_decay`, frozen units would move
@@ -34,7 +34,7 @@ when a module uses a private name not listed for it.
 
 Example:
 
->>> from freezeout_tf import keras_internals
+>>> from freezeout_tf._internals import keras_internals
 >>> keras_internals.check()
 >>> keras_internals.SUPPORTED_KERAS
 '>=3.8,<4'
@@ -81,7 +81,7 @@ PRIVATE_NAMES = {
     "_distribution_strategy": (
         ("optimizer",), "the weight-decay hook's merge_call"),
     "_flatten_layers": (
-        ("functional", "lora", "ownership", "prefix_cache", "speedup",
+        ("functional", "lora", "ownership", "macs", "prefix_cache",
          "unit_mode"),
         "a unit's leaves and containers, its variables, MHA layers to "
         "count, a cached unit's activity regularizers"),
@@ -99,8 +99,8 @@ PRIVATE_NAMES = {
         "before Keras 3.11, (begin, end, iterator) since)"),
     "_loss_tracker": (("model",), "the loss reported by the train step"),
     "_compute_attention": (
-        ("speedup",), "counting attention's QK^T and AV MACs"),
-    "_attention_axes": (("speedup",), "the axes of those products"),
+        ("macs",), "counting attention's QK^T and AV MACs"),
+    "_attention_axes": (("macs",), "the axes of those products"),
     "_nodes_by_depth": (
         ("functional",), "cutting a functional model into units"),
     "_functional": (
@@ -113,7 +113,7 @@ PRIVATE_NAMES = {
         ("functional",), "a node's input tensors and call arguments (the "
         "class is keras.src.ops.node.Node, not public)"),
     "(instance-level call replacement)": (
-        ("unit_mode", "speedup"), "object.__setattr__(layer, 'call', ...): "
+        ("unit_mode", "macs"), "object.__setattr__(layer, 'call', ...): "
         "the mode switch and the MAC counter rely on Layer.__call__ calling "
         "self.call; if it called type(self).call, nothing would switch"),
     "(instance-level get_config replacement)": (
@@ -228,8 +228,8 @@ def update_routing_problems():
 
 def _probe():
     # Imported here: optimizer and schedule_state do not import this module.
-    from freezeout_tf import optimizer as fo_optimizer
-    from freezeout_tf.schedule_state import ScheduleState
+    from freezeout_tf.core import optimizer as fo_optimizer
+    from freezeout_tf.core.schedule_state import ScheduleState
 
     opt = keras.optimizers.SGD(**_PROBE)
     frozen = keras.Variable(np.ones(2, np.float32), name="probe_frozen")

@@ -7,7 +7,7 @@ remembers where it happened, so a script can say so and exit with its own
 status. Unlike ``keras.callbacks.TerminateOnNaN`` it keeps the step and the
 loss, and can append a final record to a ``MetricsLog``.
 
-``freezeout_tf.checkpoint.EpochCheckpoint`` refuses to save an epoch whose
+``freezeout_tf.recipes.checkpoint.EpochCheckpoint`` refuses to save an epoch whose
 loss or weights are not finite, so the last good checkpoint stays as it was.
 Keras still runs the stopped epoch's validation and ``on_epoch_end``
 callbacks (its ``fit`` loop always does).
@@ -40,7 +40,7 @@ class StopOnDivergence(keras.callbacks.Callback):
         loss: the non-finite loss value (``nan``, ``inf`` or ``-inf``).
 
     Args:
-        log: a ``freezeout_tf.training_log.MetricsLog``; if given, a final
+        log: a ``freezeout_tf.recipes.training_log.MetricsLog``; if given, a final
             record ``{"diverged": true, "step": ..., "epoch": ...,
             "loss": null}`` is appended at the end of training.
 

@@ -2,7 +2,7 @@
 
 `PRIVATE_NAMES` lists every private TensorFlow and tensorflow-datasets name
 the package uses, with the modules that use it and what breaks if it
-changes (the Keras ones are in `freezeout_tf.keras_internals`); a test scans
+changes (the Keras ones are in `freezeout_tf._internals.keras_internals`); a test scans
 the package and fails when a module uses one not listed for it. The one
 whose failure would be silent, `FuncGraph.capture`, is also checked by
 behaviour:
@@ -51,7 +51,7 @@ PRIVATE_NAMES = {
         ("distribute",), "the patch that lets Keras reduce nested logs "
         "under MirroredStrategy"),
     "(sys.modules namespaces)": (
-        ("speedup",), "count_macs rewrites, in every loaded module's "
+        ("macs",), "count_macs rewrites, in every loaded module's "
         "namespace, the functions it counts (tf.matmul, tf.nn.conv2d, ...) "
         "and restores them; a namespace that holds them under another "
         "name is not counted"),
@@ -137,7 +137,7 @@ def _branch_reads_a_constant():
 
 def _supported():
     # The one place the range is written (imported late: no cycle).
-    from freezeout_tf.keras_internals import SUPPORTED_TENSORFLOW
+    from freezeout_tf._internals.keras_internals import SUPPORTED_TENSORFLOW
 
     return SUPPORTED_TENSORFLOW
 

@@ -2,8 +2,8 @@
 
 A run called ``NAME`` in a directory keeps four things there (``RunFiles``):
 ``NAME.keras``, the checkpoint after the last completed epoch (written by
-``freezeout_tf.checkpoint.EpochCheckpoint``); ``NAME.jsonl``, the metrics
-log (``freezeout_tf.training_log``); ``NAME.args.json``, the options that
+``freezeout_tf.recipes.checkpoint.EpochCheckpoint``); ``NAME.jsonl``, the metrics
+log (``freezeout_tf.recipes.training_log``); ``NAME.args.json``, the options that
 define the run; and ``tensorboard/NAME/``.
 
 The resume protocol (``start_or_resume``, then ``open_log``):
@@ -42,8 +42,9 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import keras
 
-from freezeout_tf import checkpoint, models, training_log
-from freezeout_tf.optimizer import original_sgd
+from freezeout_tf import models
+from freezeout_tf.core.optimizer import original_sgd
+from freezeout_tf.recipes import checkpoint, training_log
 
 __all__ = [
     "ARCHITECTURES",
@@ -289,7 +290,7 @@ def start_or_resume(
     Raises:
         RunError: a new run over existing files; a resume with other
             options, or of a run that does not exist.
-        freezeout_tf.checkpoint.CheckpointError: the checkpoint is torn,
+        freezeout_tf.recipes.checkpoint.CheckpointError: the checkpoint is torn,
             foreign, or not a whole number of epochs; it is left as it is.
     """
     if not resume:

@@ -21,7 +21,7 @@ import typing
 import keras
 import tensorflow as tf
 
-from freezeout_tf.speedup import unit_flops
+from freezeout_tf.estimates.speedup import unit_flops
 
 __all__ = [
     "Report",
@@ -433,7 +433,8 @@ def sweep_table(result):
 def _commit():
     """The checked-out commit of the repository holding this package, with
     `+dirty` if it has uncommitted changes; "unknown" outside git."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
     try:
         def git(*args):
             return subprocess.run(

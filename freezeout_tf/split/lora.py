@@ -173,12 +173,12 @@ def check_trainable(model):
     Raises:
         ValueError: the model was loaded with its LoRA factors lost (by
             `keras.saving.load_model` rather than
-            `freezeout_tf.checkpoint.load_checkpoint`).
+            `freezeout_tf.recipes.checkpoint.load_checkpoint`).
     """
     if model._lora_factors_lost:
         raise ValueError(
             "This LoRA model was loaded by keras.saving, which keeps only "
             "the merged kernels (its LoRA factors are zero and would not "
             "train): resume from a checkpoint written by "
-            "freezeout_tf.checkpoint.save_atomic (or EpochCheckpoint), "
-            "loaded with freezeout_tf.checkpoint.load_checkpoint.")
+            "freezeout_tf.recipes.checkpoint.save_atomic (or EpochCheckpoint), "
+            "loaded with freezeout_tf.recipes.checkpoint.load_checkpoint.")
