@@ -439,7 +439,9 @@ def run_callbacks(
         num_units: the model's freeze units.
         epochs: the ``epochs`` of the ``fit`` call (the schedule spans them).
         steps_per_epoch: training steps per epoch.
-        t_0, how_scale, scale_lr: FreezeOut's schedule (see ``FreezeOut``).
+        t_0: FreezeOut's ``t_0`` (see ``FreezeOut``).
+        how_scale: FreezeOut's ``how_scale``.
+        scale_lr: FreezeOut's ``scale_lr``.
         stop_after: end ``fit`` after this epoch (1-based), or None.
 
     Returns:
