@@ -16,6 +16,7 @@ from freezeout_tf.estimates.speedup import (  # noqa: E402
     densenet_costs,
     estimate_speedup,
     gradient_bytes_saving,
+    same_time_epochs,
     speedup_from_costs,
     t0_for_speedup,
     unit_flops,
@@ -371,3 +372,14 @@ def test_gradient_bytes_saving_by_hand():
     saving = gradient_bytes_saving(model, 0.5, "linear")
     assert saving == pytest.approx((24 * 0.5 + 28 * 0.25) / 62)
     assert gradient_bytes_saving(model, 1.0, "linear") == 0.0
+
+
+def test_same_time_epochs():
+    assert same_time_epochs(100, 0.0) == 100
+    assert same_time_epochs(100, 0.2) == 125  # 100 / 0.8, not rounded up
+    assert same_time_epochs(100, 0.234) == 131  # 130.5... rounded up
+    assert same_time_epochs(3, np.float64(0.5)) == 6
+    for epochs, speedup in [(0, 0.2), (2.5, 0.2), (True, 0.2), (100, 1.0),
+                            (100, -0.1), (100, float("nan")), (100, "0.2")]:
+        with pytest.raises(ValueError, match="epochs|speedup"):
+            same_time_epochs(epochs, speedup)

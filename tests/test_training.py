@@ -119,3 +119,30 @@ def test_stop_after_and_atomic_json(tmp_path):
     with pytest.raises(ValueError):  # strict JSON: no NaN token
         training.write_json_atomic(path, {"a": float("nan")})
     assert json.load(open(path)) == {"a": 1}  # the old file is intact
+
+
+@pytest.mark.parametrize("stop_after", [None, 2])
+def test_run_callbacks(stop_after, tmp_path):
+    files = training.RunFiles(str(tmp_path), "run")
+    log = training_log.MetricsLog(files.log)
+    run = training.run_callbacks(
+        files, log, num_units=3, epochs=4, steps_per_epoch=10, t_0=0.5,
+        how_scale="linear", scale_lr=False, stop_after=stop_after)
+    kinds = [type(c).__name__ for c in run.callbacks]
+    assert kinds[:6] == ["FreezeOut", "StopOnDivergence", "MetricsLogger",
+                         "FreezeOutSummaries", "TensorBoard", "EpochCheckpoint"]
+    freezeout, divergence, logger, summaries, board, ckpt = run.callbacks[:6]
+    assert (freezeout.t_0, freezeout.how_scale, freezeout.scale_lr) == (
+        0.5, "linear", False)
+    assert run.divergence is divergence and divergence.log is log
+    assert (logger.log, logger.epochs, logger.num_units) == (log, 4, 3)
+    assert summaries.log_dir == os.path.join(files.tensorboard, "freezeout")
+    assert summaries.total_steps == 40 and summaries.scale_lr is False
+    assert board.log_dir == files.tensorboard
+    assert ckpt.path == files.checkpoint
+    if stop_after is None:
+        assert len(run.callbacks) == 6
+    else:  # after the checkpoint, so the last epoch is saved
+        (stop,) = run.callbacks[6:]
+        assert isinstance(stop, training.StopAfter) and stop.last == 2
+    assert not os.listdir(tmp_path)  # nothing written before fit

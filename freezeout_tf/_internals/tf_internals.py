@@ -68,6 +68,10 @@ PRIVATE_NAMES = {
     "(url_infos)": (
         ("download",), "DatasetBuilder.url_infos: the sizes that the "
         "download estimate sums (0 if it goes away)"),
+    "tensorflow.python.framework": (
+        ("train",), "config.is_op_determinism_enabled / "
+        "disable_op_determinism (only enabling is public): the CLI's main "
+        "(freezeout_tf/cli/train.py) leaves op determinism as it found it"),
 }
 
 # Constants of at most this many elements are copied into a branch (the

@@ -32,6 +32,7 @@ __all__ = [
     "densenet_costs",
     "estimate_speedup",
     "gradient_bytes_saving",
+    "same_time_epochs",
     "speedup_from_costs",
     "t0_for_speedup",
     "unit_flops",
@@ -316,6 +317,44 @@ def estimate_speedup(model, t_0=0.8, how_scale="cubic", input_shape=None):
     """
     fractions = schedule.freeze_fractions(model.num_units, t_0, how_scale)
     return speedup_from_costs(unit_flops(model, input_shape), fractions)
+
+
+def same_time_epochs(epochs, speedup):
+    """Epochs of a FreezeOut run that take the compute of `epochs` without it.
+
+    The original's `--const_time`: with a fraction `speedup` of training
+    compute saved, `epochs / (1 - speedup)` epochs cost what `epochs` plain
+    ones do; rounded up (a float error just above a whole number is not).
+
+    Args:
+        epochs: epochs of the run without FreezeOut, an int >= 1.
+        speedup: fraction of training compute saved, in [0, 1) (e.g.
+            `estimate_speedup`).
+
+    Returns:
+        int >= `epochs`.
+
+    Raises:
+        ValueError: `epochs` is not an int >= 1, or `speedup` is not a
+            number in [0, 1).
+
+    Example:
+
+    >>> same_time_epochs(100, 0.2), same_time_epochs(100, 0.234)
+    (125, 131)
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or (
+        epochs < 1
+    ):
+        raise ValueError(f"epochs must be an int >= 1; got {epochs!r}.")
+    if isinstance(speedup, bool) or not isinstance(speedup, numbers.Real) or not (
+        0 <= speedup < 1  # also refuses nan
+    ):
+        raise ValueError(
+            f"speedup must be a fraction of compute saved, in [0, 1); got "
+            f"{speedup!r}."
+        )
+    return int(math.ceil(epochs / (1.0 - speedup) - 1e-9))
 
 
 def _limit_fractions(num_units, how_scale):

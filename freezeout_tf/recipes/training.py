@@ -17,9 +17,9 @@ The resume protocol (``start_or_resume``, then ``open_log``):
 4. Nothing is written before all that checked out; the log is only ever
    appended to, with a ``{"resume": E, "step": S}`` record.
 
-``scripts/train_cifar.py`` is this module plus options and printing; a
-notebook resumes the same way (``train``, ``options`` and ``EPOCHS`` are
-yours)::
+``freezeout-train`` (``freezeout_tf.cli``, also ``scripts/train_cifar.py``)
+is this module plus options and printing; a notebook resumes the same way
+(``train``, ``options`` and ``EPOCHS`` are yours)::
 
     files = RunFiles("runs", "demo")
     start = start_or_resume(
@@ -28,9 +28,10 @@ yours)::
         compile=lambda m: compile_model(m, make_optimizer("sgd", 0.1)))
     log = open_log(files, options, resume=True,
                    initial_epoch=start.initial_epoch, steps_per_epoch=40)
+    run = run_callbacks(files, log, num_units=start.model.num_units,
+                        epochs=EPOCHS, steps_per_epoch=40)
     start.model.fit(train, epochs=EPOCHS, initial_epoch=start.initial_epoch,
-                    callbacks=[FreezeOut(), MetricsLogger(log, epochs=EPOCHS),
-                               EpochCheckpoint(files.checkpoint)])
+                    callbacks=run.callbacks)
 """
 
 from __future__ import annotations
@@ -38,17 +39,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import keras
 
 from freezeout_tf import models
+from freezeout_tf.callbacks import summaries
+from freezeout_tf.callbacks.divergence import StopOnDivergence
+from freezeout_tf.callbacks.freezeout import FreezeOut
 from freezeout_tf.core.optimizer import original_sgd
 from freezeout_tf.recipes import checkpoint, training_log
 
 __all__ = [
     "ARCHITECTURES",
     "OPTIMIZERS",
+    "RunCallbacks",
     "RunError",
     "RunFiles",
     "RunStart",
@@ -57,6 +62,7 @@ __all__ = [
     "compile_model",
     "make_optimizer",
     "open_log",
+    "run_callbacks",
     "start_or_resume",
     "vgg_config",
     "write_json_atomic",
@@ -392,3 +398,83 @@ class StopAfter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 >= self.last:
             self.model.stop_training = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCallbacks:
+    """The callbacks of a run (``run_callbacks``).
+
+    Attributes:
+        callbacks: the list for ``fit(callbacks=...)``, in order.
+        divergence: the ``StopOnDivergence`` among them: after ``fit``,
+            whether (and at which step) the training loss became non-finite.
+    """
+
+    callbacks: List[keras.callbacks.Callback]
+    divergence: StopOnDivergence
+
+
+def run_callbacks(
+    files: RunFiles,
+    log: training_log.MetricsLog,
+    *,
+    num_units: int,
+    epochs: int,
+    steps_per_epoch: int,
+    t_0: float = 0.8,
+    how_scale: str = "cubic",
+    scale_lr: bool = True,
+    stop_after: Optional[int] = None,
+) -> RunCallbacks:
+    """The callbacks of a run kept in ``files``, as ``freezeout-train`` uses them.
+
+    In this order: ``FreezeOut``'s schedule; ``StopOnDivergence`` (appends
+    its record to ``log``); the metrics log (``MetricsLogger``); TensorBoard,
+    the schedule's scalars under ``files.tensorboard/freezeout`` and Keras'
+    beside them; the checkpoint after every epoch (``EpochCheckpoint``); and,
+    if ``stop_after`` is given, ``StopAfter`` after the checkpoint, so the
+    last epoch is saved before ``fit`` ends.
+
+    Args:
+        files: the run's ``RunFiles``.
+        log: the run's ``MetricsLog`` (from ``open_log``).
+        num_units: the model's freeze units.
+        epochs: the ``epochs`` of the ``fit`` call (the schedule spans them).
+        steps_per_epoch: training steps per epoch.
+        t_0: FreezeOut's ``t_0`` (see ``FreezeOut``).
+        how_scale: FreezeOut's ``how_scale``.
+        scale_lr: FreezeOut's ``scale_lr``.
+        stop_after: end ``fit`` after this epoch (1-based), or None.
+
+    Returns:
+        A ``RunCallbacks``.
+
+    Example:
+
+    >>> files = RunFiles("/runs", "demo")
+    >>> log = training_log.MetricsLog(files.log)
+    >>> run = run_callbacks(files, log, num_units=3, epochs=4,
+    ...                     steps_per_epoch=10, stop_after=2)
+    >>> [type(c).__name__ for c in run.callbacks]  # doctest: +NORMALIZE_WHITESPACE
+    ['FreezeOut', 'StopOnDivergence', 'MetricsLogger', 'FreezeOutSummaries',
+     'TensorBoard', 'EpochCheckpoint', 'StopAfter']
+    """
+    divergence = StopOnDivergence(log)
+    callbacks = [
+        FreezeOut(t_0=t_0, how_scale=how_scale, scale_lr=scale_lr),
+        divergence,
+        training_log.MetricsLogger(log, epochs=epochs, num_units=num_units),
+        summaries.FreezeOutSummaries(
+            os.path.join(files.tensorboard, "freezeout"),
+            num_units=num_units,
+            total_steps=epochs * steps_per_epoch,
+            t_0=t_0,
+            how_scale=how_scale,
+            scale_lr=scale_lr,
+        ),
+        keras.callbacks.TensorBoard(log_dir=files.tensorboard, write_graph=False),
+        checkpoint.EpochCheckpoint(files.checkpoint),
+    ]
+    if stop_after is not None:
+        callbacks.append(StopAfter(stop_after))
+    return RunCallbacks(callbacks, divergence)
