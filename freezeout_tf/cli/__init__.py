@@ -40,8 +40,22 @@ Modules: ``options``, the parser and the checks of every value (standard
 library only, so a bad option is refused before TensorFlow loads);
 ``train``, ``main``: the run, which is ``freezeout_tf.recipes.training``, and what
 it prints.
+
+Layer: 7, the top. Imports only the standard library until the options are
+checked, then `recipes`, `estimates` and `callbacks`.
 """
 
-from freezeout_tf.cli.train import main
+from typing import TYPE_CHECKING
 
-__all__ = ["main"]
+from freezeout_tf._lazy import lazy_exports
+
+__all__ = ["main", "options", "train"]
+
+_NAMES = {"main": "freezeout_tf.cli.train"}
+_SUBMODULES = ["options", "train"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES, _SUBMODULES)
+
+if TYPE_CHECKING:  # what static tools (the API reference, IDEs) read
+    from freezeout_tf.cli import options, train
+    from freezeout_tf.cli.train import main
