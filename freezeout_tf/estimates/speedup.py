@@ -343,17 +343,10 @@ def same_time_epochs(epochs, speedup):
     >>> same_time_epochs(100, 0.2), same_time_epochs(100, 0.234)
     (125, 131)
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or (
-        epochs < 1
-    ):
-        raise ValueError(f"epochs must be an int >= 1; got {epochs!r}.")
-    if isinstance(speedup, bool) or not isinstance(speedup, numbers.Real) or not (
-        0 <= speedup < 1  # also refuses nan
-    ):
-        raise ValueError(
-            f"speedup must be a fraction of compute saved, in [0, 1); got "
-            f"{speedup!r}."
-        )
+    validation.check_int("epochs", epochs, 1, allowed="an int >= 1")
+    validation.check_number(
+        "speedup", speedup, 0, 1, high_open=True,
+        allowed="a fraction of compute saved, in [0, 1)")
     return int(math.ceil(epochs / (1.0 - speedup) - 1e-9))
 
 
