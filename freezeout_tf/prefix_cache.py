@@ -285,17 +285,25 @@ class PrefixCache:
         """The forward of one unit with the cache, for the default forward's
         loop over the units (`FreezeOutModel._forward_units`).
 
+        No branch: unit i (of the first K) runs, as in the default step
+        and on the tape, on the batch's rows whose cached level is at most
+        i (all of them while it trains: the levels are at most b); the
+        other rows take the cached activation. Where the whole batch is
+        cached past unit i, it runs on no row, which costs its ops'
+        dispatch only, and its backward is skipped as a frozen unit's.
+        After unit K - 1, one `tf.cond` writes the output at the boundary
+        b back, for the rows cached below it.
+
         Args:
             model: the `FreezeOutModel`.
             ids: the batch's example ids.
             side: the side inputs by name, or None.
             frozen: the units' frozen flags at this step.
-            run_unit: `run_unit(i, h)`, the default forward of unit i on
-                the tape (its input already cut and watched).
+            run_unit: `run_unit(i, h, side)`, the default forward of unit i
+                on the tape (its input already cut and watched).
 
         Returns:
-            `run(i, h)`: unit i's output, from the cache, or run off the
-            tape in inference mode, or `run_unit(i, h)`.
+            `run(i, h)`: unit i's output.
         """
         k = self.num_cached_units
         ids = tf.cast(ids, tf.int32)
@@ -308,40 +316,47 @@ class PrefixCache:
             levels = tf.gather(self.levels, ids)
             # A level above b was written under another schedule: unused.
             levels = tf.where(levels <= b, levels, 0)
-            m = tf.reduce_min(levels)
         cached = tf.gather(self.activations, ids)
-        rank = len(self.activations.shape)
+        outputs = []
 
-        def at_level(i):
-            # Examples whose cached activation is unit i's output.
-            return tf.reshape(tf.equal(levels, i + 1),
-                              [-1] + [1] * (rank - 1))
-
-        def inference(i, h):
-            out = model.freeze_units[i](model._part_arguments(i, h, side),
-                                        training=False)
-            out = tf.where(at_level(i), cached, out)
-
-            def write():
-                with tf.device(HOST):
-                    self.activations.scatter_update(
-                        tf.IndexedSlices(out, ids))
-                    self.levels.scatter_update(tf.IndexedSlices(
-                        tf.fill(tf.shape(ids), i + 1), ids))
-                return tf.identity(out)
-
-            return tf.cond(tf.equal(b, i + 1), write, lambda: out)
+        def rows_of(t, rows):
+            return None if t is None else tf.gather(t, rows)
 
         def run(i, h):
             if i >= k:
-                return run_unit(i, h)
-
-            def skip():
-                # Frozen and cacheable: below m the cache answers; from m
-                # on the unit runs in inference mode, off the tape.
-                return tf.stop_gradient(tf.cond(
-                    i < m, lambda: cached, lambda: inference(i, h)))
-
-            return tf.cond(i < b, skip, lambda: run_unit(i, h))
+                return run_unit(i, h, side)
+            # Rows whose cached activation is from before unit i.
+            rows = tf.where(levels <= i)
+            n = tf.shape(rows)[0]
+            # Never an empty batch: oneDNN's Conv2D gives one its input's
+            # shape (TF 2.21). With no row to run, the unit runs on row 0,
+            # whose output is then the cached one.
+            rows = tf.concat([rows, tf.zeros([1, 1], rows.dtype)],
+                             0)[:tf.maximum(n, 1)]
+            flat = rows[:, 0]
+            out = run_unit(
+                i, tf.nest.map_structure(lambda t: rows_of(t, flat), h),
+                None if side is None else
+                {name: rows_of(t, flat) for name, t in side.items()})
+            out = tf.where(n > 0, out, tf.gather(cached, flat))
+            out = tf.tensor_scatter_nd_update(cached, rows, out)
+            outputs.append(tf.stop_gradient(out))
+            if i == k - 1:
+                self._write_back(outputs, b, levels, ids)
+            return out
 
         return run
+
+    def _write_back(self, outputs, b, levels, ids):
+        """Stores the output of unit b - 1 (the boundary) for the batch's
+        rows cached below b, under one `tf.cond` off the tape."""
+        def write():
+            out = tf.gather(tf.stack(outputs), b - 1)
+            with tf.device(HOST):
+                self.activations.scatter_update(tf.IndexedSlices(out, ids))
+                self.levels.scatter_update(tf.IndexedSlices(
+                    tf.fill(tf.shape(ids), b), ids))
+            return tf.constant(True)
+
+        tf.cond(tf.reduce_any(levels < b), write,
+                lambda: tf.constant(False))

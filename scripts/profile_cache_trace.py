@@ -22,6 +22,8 @@ written with `write_report` to `--out`.
 Usage:
     python scripts/profile_cache_trace.py --phases trace fit --rounds 3 \\
         --out benchmarks/cache-first-step.json
+    python scripts/profile_cache_trace.py --trees before=/tmp/old after=. \\
+        --arms adaptive_cached --rounds 3
     python scripts/profile_cache_trace.py --quick --rounds 1 --out /tmp/p.json
 """
 
@@ -65,8 +67,13 @@ def child(args):
     print(json.dumps(result))
 
 
-def _run(args, task, arm, phase, no_grappler):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child",
+def _run(args, task, arm, phase, no_grappler, tree):
+    env = dict(os.environ)
+    script = os.path.abspath(__file__)
+    if tree is not None:  # another checkout of the project
+        env["PYTHONPATH"] = tree
+        script = os.path.join(tree, "scripts", os.path.basename(script))
+    cmd = [sys.executable, script, "--child",
            "--task", task, "--arm", arm, "--phase", phase,
            "--epochs", str(args.epochs)]
     if args.quick:
@@ -74,7 +81,7 @@ def _run(args, task, arm, phase, no_grappler):
     if no_grappler:
         cmd.append("--no-grappler")
     out = subprocess.run(cmd, capture_output=True, text=True,
-                         timeout=args.timeout)
+                         timeout=args.timeout, env=env)
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -98,6 +105,10 @@ def main(argv=None):
                    help="fit phase: epochs of each fit")
     p.add_argument("--no-grappler", action="store_true",
                    help="trace phase: also each arm with Grappler off")
+    p.add_argument("--trees", nargs="+", default=None, metavar="NAME=PATH",
+                   help="interleave checkouts of the project (e.g. "
+                   "before=/tmp/old after=.): adaptive_cached from each, "
+                   "the uncached arms from the last one only")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--out", default=None, help="JSON report to write")
@@ -112,19 +123,26 @@ def main(argv=None):
     if args.rounds < 1 or args.epochs < 1:
         p.error("--rounds and --epochs must be >= 1")
 
-    variants = [(a, False) for a in args.arms]
-    if args.no_grappler:
-        variants += [(a, True) for a in args.arms]
+    trees = [(None, None)]
+    if args.trees:
+        trees = [tuple(t.split("=", 1)) for t in args.trees]
+        if any(len(t) != 2 for t in trees):
+            p.error(f"--trees takes NAME=PATH items; got {args.trees}")
+        trees = [(n, os.path.abspath(t)) for n, t in trees]
+    variants = [(a, off, t) for off in (False, True)[:1 + args.no_grappler]
+                for t in trees for a in args.arms
+                if a == "adaptive_cached" or t == trees[-1]]
     results = {"uptime_start": _uptime(), "rounds": []}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
         for task in args.tasks:
             for phase in args.phases:
-                for arm, off in order:
+                for arm, off, (tree, path) in order:
                     if off and phase != "trace":
                         continue
-                    name = arm + (" (no grappler)" if off else "")
-                    figures = _run(args, task, arm, phase, off)
+                    name = ((f"{tree}: " if tree else "") + arm
+                            + (" (no grappler)" if off else ""))
+                    figures = _run(args, task, arm, phase, off, path)
                     results["rounds"].append({"round": r, "task": task,
                                               "phase": phase, "arm": name,
                                               **figures})
