@@ -15,14 +15,18 @@ frozen prefix"):
   reads belongs to a frozen part (a tied embedding whose owner trains is
   not). b is an in-graph value; it moves as units freeze, with no retrace.
 * Per example the cache holds one activation, the output of unit `l - 1`,
-  and its level `l` (0: nothing cached). Per batch, m is the batch's
-  smallest level: units below m do not run (their output is the cached
-  one); units m..b-1 run in inference mode, off the tape, each example
-  taking its cached activation at its own level; the output at b is
-  written back (level b). Units from b on run as in the default step.
-* Skipping a unit's forward needs a `tf.cond` around it, which the default
-  step avoids (docs/design.md); here it is only on the first `max_units`
-  units, and the step refuses XLA.
+  and its level `l` (0: nothing cached; levels above b are ignored). Each
+  of the first K units (`max_units`) runs once, as in the default step
+  and on the tape, but only on the batch's rows whose level is at most i;
+  the other rows take their cached activation. So while a unit trains
+  (i >= b) it runs on the whole batch, and once the batch is cached past
+  it, on none (one stand-in row: some kernels mis-shape an empty batch),
+  its backward skipped as any frozen unit's. After unit K - 1 one
+  `tf.cond`, off the tape, writes the output at b back (level b).
+* No branch around a unit's forward: an earlier version had one (and
+  traced each unit again in inference mode under it); differentiating
+  through those branches made the first step about 4x the uncached one
+  (docs/design.md). The step refuses XLA (the row counts are dynamic).
 
 The contract (what must be deterministic): everything the model receives
 up to the cached boundary, i.e. the input pipeline (no random augmentation
@@ -157,9 +161,9 @@ class PrefixCache:
         if model.jit_compile:
             raise ValueError(
                 "cache_frozen_prefix does not support jit_compile=True: the "
-                "cached step branches around unit forwards, which XLA "
-                "lowers slowly (docs/design.md). Compile with "
-                "jit_compile=False.")
+                "cached step runs each unit on as many rows as are not "
+                "cached yet, a shape XLA cannot fix when it compiles "
+                "(docs/design.md). Compile with jit_compile=False.")
         strategy = model.distribute_strategy
         # `_distribute_strategy`: set by Keras when the model was created
         # under a strategy's scope (keras_internals).
@@ -209,8 +213,8 @@ class PrefixCache:
                 if getattr(layer, "activity_regularizer", None) is not None:
                     raise ValueError(
                         f"cache_frozen_prefix: layer {layer.name!r} in unit "
-                        f"{i} has an activity regularizer; its loss would be "
-                        "computed inside the cached forward's branch. Cache "
+                        f"{i} has an activity regularizer; its loss would "
+                        "cover only the rows not cached. Cache "
                         f"fewer units (max_units <= {i}) or drop it.")
         self.num_cached_units = k
         # Rebuilt at every fit: a reloaded or resumed model recomputes the
