@@ -194,7 +194,9 @@ def trace_costs(model, batch):
     """Where the first call of a model's train step goes, in three parts.
 
     `model.train_step` is wrapped in a fresh `tf.function` (no AutoGraph,
-    as `FreezeOutModel.train_step` asks) and
+    as `FreezeOutModel.train_step` asks), for batches of any size, as
+    `fit` traces it from a dataset's batches (their batch size unknown to
+    the graph; a known one lets Grappler fold shapes `fit` cannot), and
 
     * traced (`get_concrete_function`: the Python code runs and builds the
       graph, the gradients included);
@@ -216,8 +218,10 @@ def trace_costs(model, batch):
         a step), and the graph's `graph_size`.
     """
     step = tf.function(model.train_step, autograph=False)
+    spec = tf.nest.map_structure(
+        lambda t: tf.TensorSpec([None] + t.shape[1:], t.dtype), batch)
     start = time.perf_counter()
-    concrete = step.get_concrete_function(batch)
+    concrete = step.get_concrete_function(spec)
     traced = time.perf_counter()
     float(step(batch)["loss"])
     first = time.perf_counter()
