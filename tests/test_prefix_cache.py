@@ -237,3 +237,67 @@ def test_example_ids_and_plain_inputs():
         model.predict(ds.map(lambda x, y: x).batch(3), verbose=0),
         model.predict(cnn_data().take(3).map(lambda x, y: x).batch(3),
                       verbose=0))
+
+
+def unbuilt_split(seed=0):
+    """A single-input functional model split by `from_model` and not built:
+    `fit` builds it from the first batch, which holds the example ids."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    h = inputs
+    for _ in range(3):
+        h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
+    logits = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h))
+    model = FreezeOutModel.from_model(keras.Model(inputs, logits))
+    assert not model.built
+    return model
+
+
+def test_unbuilt_single_input_split_fits_with_the_cache():
+    plain = train(unbuilt_split, cnn_data, cache=False)
+    cached = train(unbuilt_split, cnn_data, cache=True)
+    assert_same_run(plain, cached)
+    model = cached[0]
+    assert model.built and model.train_step_traces == 1
+    assert model.prefix_cache.levels.numpy().min() >= 1
+
+
+class RowCounter(keras.layers.Layer):
+    """Counts the examples its unit's forward runs on."""
+
+    def build(self, input_shape):
+        self.rows = self.add_weight(shape=(), dtype="int32",
+                                    initializer="zeros", trainable=False)
+
+    def call(self, x):
+        self.rows.assign_add(tf.shape(x)[0])
+        return x
+
+
+def test_cached_units_run_on_no_example():
+    def counted(seed=0):
+        keras.utils.set_random_seed(seed)
+        units = [keras.Sequential([keras.layers.Conv2D(8, 3, padding="same"),
+                                   RowCounter()]) for _ in range(3)]
+        model = FreezeOutModel(units, keras.Sequential(
+            [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]))
+        model.build((None, 8, 8, 3))
+        model.compile(keras.optimizers.SGD(0.1), LOSS)
+        return model
+
+    def rows(cache):
+        model = counted()
+        if cache:
+            model.cache_frozen_prefix(N, max_bytes=2**20)
+        ds = with_example_ids(cnn_data()).shuffle(N, seed=1).batch(BATCH)
+        # Units 0 and 1 frozen from the start, unit 2 trains throughout.
+        model.fit(ds, epochs=2, verbose=0,
+                  callbacks=[FreezeOut(t_0=1.0, frozen_from_start=2)])
+        return [int(u.layers[-1].rows.numpy()) for u in model.freeze_units]
+
+    assert rows(cache=False) == [2 * N] * 3
+    # The first epoch fills the cache at boundary 2; in the second the
+    # frozen units' forwards run on no example, only on the one stand-in
+    # row per step (`PrefixCache.unit_runner`: never an empty batch).
+    steps = N // BATCH
+    assert rows(cache=True) == [N + steps, N + steps, 2 * N]

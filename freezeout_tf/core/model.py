@@ -340,6 +340,9 @@ class FreezeOutModel(keras.Model):
 
     def build(self, input_shape):
         if self.input_names is None:
+            # Built by fit from a batch with example ids (a dict of shapes:
+            # the input's and the ids', `with_example_ids`).
+            input_shape, _ = prefix_cache.split_example_ids(input_shape)
             self.call(keras.KerasTensor(input_shape))
         self.built = True  # named parts are functional models, built
         self._switch_units()
@@ -666,16 +669,18 @@ class FreezeOutModel(keras.Model):
         """The units' forward on `tape`: `(unit_inputs, unit_outputs,
         last_output)`. Every unit runs once; with `cache_frozen_prefix`,
         the cache's runner (`freezeout_tf.core.prefix_cache`) decides how."""
-        def run_unit(i, h):
+        def run_unit(i, h, side):
             with unit_mode(self._unit_leaves(i), tf.logical_not(frozen[i]),
                            static_shapes=bool(self.jit_compile)):
                 return self.freeze_units[i](
                     self._part_arguments(i, h, side), training=True)
 
-        run = run_unit
         if self.prefix_cache is not None:
             run = self.prefix_cache.unit_runner(self, ids, side, frozen,
                                                 run_unit)
+        else:
+            def run(i, h):
+                return run_unit(i, h, side)
         unit_inputs, unit_outputs = [], []
         # Side inputs go to the units as they are, never watched.
         h = x if side is None else None

@@ -15,14 +15,18 @@ frozen prefix"):
   reads belongs to a frozen part (a tied embedding whose owner trains is
   not). b is an in-graph value; it moves as units freeze, with no retrace.
 * Per example the cache holds one activation, the output of unit `l - 1`,
-  and its level `l` (0: nothing cached). Per batch, m is the batch's
-  smallest level: units below m do not run (their output is the cached
-  one); units m..b-1 run in inference mode, off the tape, each example
-  taking its cached activation at its own level; the output at b is
-  written back (level b). Units from b on run as in the default step.
-* Skipping a unit's forward needs a `tf.cond` around it, which the default
-  step avoids (docs/design.md); here it is only on the first `max_units`
-  units, and the step refuses XLA.
+  and its level `l` (0: nothing cached; levels above b are ignored). Each
+  of the first K units (`max_units`) runs once, as in the default step
+  and on the tape, but only on the batch's rows whose level is at most i;
+  the other rows take their cached activation. So while a unit trains
+  (i >= b) it runs on the whole batch, and once the batch is cached past
+  it, on none (one stand-in row: some kernels mis-shape an empty batch),
+  its backward skipped as any frozen unit's. After unit K - 1 one
+  `tf.cond`, off the tape, writes the output at b back (level b).
+* No branch around a unit's forward: an earlier version had one (and
+  traced each unit again in inference mode under it); differentiating
+  through those branches made the first step about 4x the uncached one
+  (docs/design.md). The step refuses XLA (the row counts are dynamic).
 
 The contract (what must be deterministic): everything the model receives
 up to the cached boundary, i.e. the input pipeline (no random augmentation
@@ -149,9 +153,9 @@ class PrefixCache:
         if model.jit_compile:
             raise ValueError(
                 "cache_frozen_prefix does not support jit_compile=True: the "
-                "cached step branches around unit forwards, which XLA "
-                "lowers slowly (docs/design.md). Compile with "
-                "jit_compile=False.")
+                "cached step runs each unit on as many rows as are not "
+                "cached yet, a shape XLA cannot fix when it compiles "
+                "(docs/design.md). Compile with jit_compile=False.")
         strategy = model.distribute_strategy
         # `_distribute_strategy`: set by Keras when the model was created
         # under a strategy's scope (keras_internals).
@@ -201,8 +205,8 @@ class PrefixCache:
                 if getattr(layer, "activity_regularizer", None) is not None:
                     raise ValueError(
                         f"cache_frozen_prefix: layer {layer.name!r} in unit "
-                        f"{i} has an activity regularizer; its loss would be "
-                        "computed inside the cached forward's branch. Cache "
+                        f"{i} has an activity regularizer; its loss would "
+                        "cover only the rows not cached. Cache "
                         f"fewer units (max_units <= {i}) or drop it.")
         self.num_cached_units = k
         # Rebuilt at every fit: a reloaded or resumed model recomputes the
@@ -277,17 +281,25 @@ class PrefixCache:
         """The forward of one unit with the cache, for the default forward's
         loop over the units (`FreezeOutModel._forward_units`).
 
+        No branch: unit i (of the first K) runs, as in the default step
+        and on the tape, on the batch's rows whose cached level is at most
+        i (all of them while it trains: the levels are at most b); the
+        other rows take the cached activation. Where the whole batch is
+        cached past unit i, it runs on no row, which costs its ops'
+        dispatch only, and its backward is skipped as a frozen unit's.
+        After unit K - 1, one `tf.cond` writes the output at the boundary
+        b back, for the rows cached below it.
+
         Args:
             model: the `FreezeOutModel`.
             ids: the batch's example ids.
             side: the side inputs by name, or None.
             frozen: the units' frozen flags at this step.
-            run_unit: `run_unit(i, h)`, the default forward of unit i on
-                the tape (its input already cut and watched).
+            run_unit: `run_unit(i, h, side)`, the default forward of unit i
+                on the tape (its input already cut and watched).
 
         Returns:
-            `run(i, h)`: unit i's output, from the cache, or run off the
-            tape in inference mode, or `run_unit(i, h)`.
+            `run(i, h)`: unit i's output.
         """
         k = self.num_cached_units
         ids = tf.cast(ids, tf.int32)
@@ -300,40 +312,47 @@ class PrefixCache:
             levels = tf.gather(self.levels, ids)
             # A level above b was written under another schedule: unused.
             levels = tf.where(levels <= b, levels, 0)
-            m = tf.reduce_min(levels)
         cached = tf.gather(self.activations, ids)
-        rank = len(self.activations.shape)
+        outputs = []
 
-        def at_level(i):
-            # Examples whose cached activation is unit i's output.
-            return tf.reshape(tf.equal(levels, i + 1),
-                              [-1] + [1] * (rank - 1))
-
-        def inference(i, h):
-            out = model.freeze_units[i](model._part_arguments(i, h, side),
-                                        training=False)
-            out = tf.where(at_level(i), cached, out)
-
-            def write():
-                with tf.device(HOST):
-                    self.activations.scatter_update(
-                        tf.IndexedSlices(out, ids))
-                    self.levels.scatter_update(tf.IndexedSlices(
-                        tf.fill(tf.shape(ids), i + 1), ids))
-                return tf.identity(out)
-
-            return tf.cond(tf.equal(b, i + 1), write, lambda: out)
+        def rows_of(t, rows):
+            return None if t is None else tf.gather(t, rows)
 
         def run(i, h):
             if i >= k:
-                return run_unit(i, h)
-
-            def skip():
-                # Frozen and cacheable: below m the cache answers; from m
-                # on the unit runs in inference mode, off the tape.
-                return tf.stop_gradient(tf.cond(
-                    i < m, lambda: cached, lambda: inference(i, h)))
-
-            return tf.cond(i < b, skip, lambda: run_unit(i, h))
+                return run_unit(i, h, side)
+            # Rows whose cached activation is from before unit i.
+            rows = tf.where(levels <= i)
+            n = tf.shape(rows)[0]
+            # Never an empty batch: oneDNN's Conv2D gives one its input's
+            # shape (TF 2.21). With no row to run, the unit runs on row 0,
+            # whose output is then the cached one.
+            rows = tf.concat([rows, tf.zeros([1, 1], rows.dtype)],
+                             0)[:tf.maximum(n, 1)]
+            flat = rows[:, 0]
+            out = run_unit(
+                i, tf.nest.map_structure(lambda t: rows_of(t, flat), h),
+                None if side is None else
+                {name: rows_of(t, flat) for name, t in side.items()})
+            out = tf.where(n > 0, out, tf.gather(cached, flat))
+            out = tf.tensor_scatter_nd_update(cached, rows, out)
+            outputs.append(tf.stop_gradient(out))
+            if i == k - 1:
+                self._write_back(outputs, b, levels, ids)
+            return out
 
         return run
+
+    def _write_back(self, outputs, b, levels, ids):
+        """Stores the output of unit b - 1 (the boundary) for the batch's
+        rows cached below b, under one `tf.cond` off the tape."""
+        def write():
+            out = tf.gather(tf.stack(outputs), b - 1)
+            with tf.device(HOST):
+                self.activations.scatter_update(tf.IndexedSlices(out, ids))
+                self.levels.scatter_update(tf.IndexedSlices(
+                    tf.fill(tf.shape(ids), b), ids))
+            return tf.constant(True)
+
+        tf.cond(tf.reduce_any(levels < b), write,
+                lambda: tf.constant(False))

@@ -30,6 +30,7 @@ __all__ = [
     "fit_costs",
     "frozen_prefix_sweep",
     "frozen_saving",
+    "graph_size",
     "lower_train_step",
     "median_ms",
     "peak_step_bytes",
@@ -39,6 +40,7 @@ __all__ = [
     "read_report",
     "sweep_table",
     "timed_steps",
+    "trace_costs",
     "write_report",
 ]
 
@@ -148,6 +150,92 @@ def lower_train_step(model, batch):
         "lower_s": lowered - traced,
         "hlo_lines": hlo.count("\n"),
         "hlo_conditionals": hlo.count(" conditional("),
+    }
+
+
+_BRANCHING = ("If", "StatelessIf", "Case", "StatelessCase")
+
+
+def graph_size(graph_def):
+    """How big a traced graph is: its nodes, its functions (the branches of
+    its `tf.cond`s and their gradients) and its branching ops.
+
+    Args:
+        graph_def: a `tf.compat.v1.GraphDef`, e.g. of a concrete function's
+            `graph.as_graph_def()`.
+
+    Returns:
+        dict: `nodes` (the top level's), `function_nodes` (summed over the
+        function library), `functions`, `if_ops` (`If`/`Case` ops anywhere,
+        stateless or not) and `largest_functions` (the five largest, as
+        `[name, nodes]`).
+
+    Example:
+
+    >>> f = tf.function(lambda x: tf.cond(x > 0, lambda: x, lambda: -x))
+    >>> size = graph_size(f.get_concrete_function(
+    ...     tf.constant(1.0)).graph.as_graph_def())
+    >>> size["if_ops"], size["functions"]
+    (1, 2)
+    """
+    functions = graph_def.library.function
+    ops = [n.op for n in graph_def.node]
+    for f in functions:
+        ops.extend(n.op for n in f.node_def)
+    sizes = sorted(((f.signature.name, len(f.node_def)) for f in functions),
+                   key=lambda x: -x[1])
+    return {
+        "nodes": len(graph_def.node),
+        "function_nodes": sum(n for _, n in sizes),
+        "functions": len(sizes),
+        "if_ops": sum(op in _BRANCHING for op in ops),
+        "largest_functions": [list(x) for x in sizes[:5]],
+    }
+
+
+def trace_costs(model, batch):
+    """Where the first call of a model's train step goes, in three parts.
+
+    `model.train_step` is wrapped in a fresh `tf.function` (no AutoGraph,
+    as `FreezeOutModel.train_step` asks), for batches of any size, as
+    `fit` traces it from a dataset's batches (their batch size unknown to
+    the graph; a known one lets Grappler fold shapes `fit` cannot), and
+
+    * traced (`get_concrete_function`: the Python code runs and builds the
+      graph, the gradients included);
+    * called once: TensorFlow instantiates the function (Grappler's graph
+      optimisation, the lowering of `If` ops to switch/merge, placement,
+      the executors), then runs the step;
+    * called again: the step alone, as every later one.
+
+    The model's optimizer (and with `cache_frozen_prefix`, its cache:
+    `PrefixCache.prepare`) must be built; the two calls train it.
+
+    Args:
+        model: a compiled Keras model, built.
+        batch: one batch, `(x, y)` or `(x, y, sample_weight)` of tensors.
+
+    Returns:
+        dict: `trace_s`, `first_call_s`, `second_call_s`, `instantiate_s`
+        (`first_call_s - second_call_s`: what the first call costs beyond
+        a step), and the graph's `graph_size`.
+    """
+    step = tf.function(model.train_step, autograph=False)
+    spec = tf.nest.map_structure(
+        lambda t: tf.TensorSpec([None] + t.shape[1:], t.dtype), batch)
+    start = time.perf_counter()
+    concrete = step.get_concrete_function(spec)
+    traced = time.perf_counter()
+    float(step(batch)["loss"])
+    first = time.perf_counter()
+    float(step(batch)["loss"])
+    second = time.perf_counter()
+    return {
+        "trace_s": traced - start,
+        "first_call_s": first - traced,
+        "second_call_s": second - first,
+        "instantiate_s": (first - traced) - (second - first),
+        **graph_size(concrete.graph.as_graph_def()),
     }
 
 

@@ -63,7 +63,7 @@ from freezeout_tf.callbacks.freezeout import FreezeOut
 from freezeout_tf.core.model import FreezeOutModel
 from freezeout_tf.core.prefix_cache import with_example_ids
 from freezeout_tf.recipes import text
-from freezeout_tf.tools.benchmarking import StepTimer
+from freezeout_tf.tools.benchmarking import StepTimer, trace_costs
 
 __all__ = [
     "ARMS",
@@ -77,6 +77,7 @@ __all__ = [
     "arm_settings",
     "check_settings",
     "choose_settings",
+    "first_step_costs",
     "load_task",
     "report",
     "run_arm",
@@ -371,7 +372,36 @@ def _memory(reset):
         return None  # not the BFC allocator
 
 
-def run_arm(task, arm, setting, seed):
+def _arm(task, arm, setting, seed):
+    """One arm's untrained set-up: `(model, split, callbacks, extra)`, the
+    model compiled (`split`: the `FreezeOutModel` of the task's network,
+    which is `model` itself for the FreezeOut arms)."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}; got {arm!r}.")
+    keras.utils.set_random_seed(seed + 1)  # the same new head each arm
+    net = task.build()
+    split = task.split(net)
+    callbacks, extra = [], {}
+    if arm in ("full", "static"):
+        model = net
+        if arm == "static":
+            k = int(setting * split.num_units)
+            extra["frozen"] = _static_freeze(net, split, k)
+            extra["frozen_units"] = k
+    else:
+        model = split
+        if arm == "schedule":
+            callbacks.append(FreezeOut(t_0=setting))
+        else:
+            callbacks.append(FreezeOut(t_0=None,
+                                       adaptive=AdaptiveFreeze(**setting)))
+        if arm == "adaptive_cached":
+            model.cache_frozen_prefix(task.num_examples(), CACHE_BUDGET)
+    model.compile(task.optimizer(), _loss())
+    return model, split, callbacks, extra
+
+
+def run_arm(task, arm, setting, seed, epochs=None):
     """Fine-tunes the task's pretrained model one way; returns its figures.
 
     Args:
@@ -382,6 +412,9 @@ def run_arm(task, arm, setting, seed):
             keyword arguments; full, None.
         seed: seeds the new head and the data order (the same for every
             arm).
+        epochs: fine-tuning epochs; default the task's (`SIZES`). Fewer
+            serve to measure a fit's first step (`scripts/
+            profile_cache_trace.py`), never the benchmark's runs.
 
     Returns:
         dict: `quality` (accuracy, or held-out loss), `wall_s` (the whole
@@ -394,32 +427,12 @@ def run_arm(task, arm, setting, seed):
     Raises:
         ValueError: an unknown arm.
     """
-    if arm not in ARMS:
-        raise ValueError(f"arm must be one of {ARMS}; got {arm!r}.")
-    keras.utils.set_random_seed(seed + 1)  # the same new head each arm
-    net = task.build()
-    split = task.split(net)
-    callbacks, extra = [], {}
-    if arm in ("full", "static"):
-        model = net
-        if arm == "static":
-            k = int(setting * split.num_units)
-            frozen = _static_freeze(net, split, k)
-            before_fit = [v.numpy() for v in frozen]
-            extra["frozen_units"] = k
-    else:
-        model = split
-        if arm == "schedule":
-            callbacks.append(FreezeOut(t_0=setting))
-        else:
-            callbacks.append(FreezeOut(t_0=None,
-                                       adaptive=AdaptiveFreeze(**setting)))
-        if arm == "adaptive_cached":
-            model.cache_frozen_prefix(task.num_examples(), CACHE_BUDGET)
-    model.compile(task.optimizer(), _loss())
+    model, split, callbacks, extra = _arm(task, arm, setting, seed)
+    frozen = extra.pop("frozen", [])
+    before_fit = [v.numpy() for v in frozen]
     data = task.dataset(task.train, seed, ids=arm == "adaptive_cached")
     timer = _FitTimer()
-    epochs = task.size["epochs"]
+    epochs = task.size["epochs"] if epochs is None else epochs
     load_before = os.getloadavg()[0]
     before = _memory(reset=True)
     start = time.perf_counter()
@@ -448,6 +461,30 @@ def run_arm(task, arm, setting, seed):
         result["freeze_steps"] = [int(s) if s < len(timer.times) else None
                                   for s in steps]
     return result
+
+
+def first_step_costs(task, arm, setting, seed):
+    """Where one arm's first training step goes: its train step traced,
+    instantiated and run (`benchmarking.trace_costs`), readied as `fit`
+    readies it (the callbacks' `on_train_begin`, which adds the adaptive
+    criterion to the step; the optimizer built; the cache prepared).
+
+    Args:
+        task, arm, setting, seed: as `run_arm`.
+
+    Returns:
+        `trace_costs`' dict.
+    """
+    model, _, callbacks, _ = _arm(task, arm, setting, seed)
+    data = task.dataset(task.train, seed, ids=arm == "adaptive_cached")
+    batch = next(iter(data))
+    keras.callbacks.CallbackList(
+        callbacks, model=model, epochs=task.size["epochs"],
+        steps=task.steps_per_epoch(), verbose=0).on_train_begin()
+    if getattr(model, "prefix_cache", None) is not None:
+        model.prefix_cache.prepare(model, batch)
+    model.optimizer.build(model.trainable_variables)
+    return trace_costs(model, batch)
 
 
 def _rotated(names, seed):
