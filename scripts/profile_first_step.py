@@ -14,9 +14,9 @@ model, its optimizer built (so plain Keras traces once too), has its
   passes, Grappler, the executor);
 * `grappler` (with `--grappler`): Grappler's own time in the first call,
   from TensorFlow's log (`benchmarking.grappler_times`), and per pass.
-  Logging slows the trace and the first call down (by 0.5-1 s on the conv
-  net), so the other figures of such a run are not comparable to those
-  of a run without it;
+  Logging slows the trace and the first call down (about 2x on the conv
+  net), so the other figures of such a run do not compare with those of
+  a run without it;
 * the graph: nodes, `If` ops and their inputs, branch function sizes.
 
 Medians over rounds per arm, and FreezeOut's over plain's, paired by
