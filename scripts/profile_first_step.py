@@ -13,10 +13,9 @@ model, its optimizer built (so plain Keras traces once too), has its
 * `prepare`: the first call less a steady one (the runtime's graph
   passes, Grappler, the executor);
 * `grappler` (with `--grappler`): Grappler's own time in the first call,
-  from TensorFlow's log (`benchmarking.grappler_times`), and per pass.
-  Logging slows the trace and the first call down (about 2x on the conv
-  net), so the other figures of such a run do not compare with those of
-  a run without it;
+  from TensorFlow's log (`benchmarking.grappler_times`), and per pass
+  (the log did not measurably slow the conv net's first call at load
+  1.5);
 * the graph: nodes, `If` ops and their inputs, branch function sizes.
 
 Medians over rounds per arm, and FreezeOut's over plain's, paired by
