@@ -100,6 +100,30 @@ def test_single_trace_across_every_freeze_event(data):
     assert model.head.trainable
 
 
+def test_fit_setup_runs_no_unit_forward_before_the_one_trace(data):
+    # Keras' symbolic build (before the first step) needs only the output's
+    # shape: the units' own shape inference gives it, so each unit runs its
+    # forward once before training (in the one trace of the train step),
+    # not once more in a scratch graph (issue 24: fit's setup).
+    x, y = data
+    model = tiny_model()
+    calls = []
+    unit = model.freeze_units[0]
+    plain_call = unit.call
+
+    def counted(*args, **kwargs):
+        calls.append(model.train_step_traces)
+        return plain_call(*args, **kwargs)
+
+    object.__setattr__(unit, "call", counted)
+    model.compile(keras.optimizers.SGD(0.1), LOSS, metrics=["accuracy"])
+    history = model.fit(x[:32], y[:32], batch_size=16, epochs=1, verbose=0,
+                        callbacks=[FreezeOut()])
+    assert calls == [1]  # inside the train step's trace, never before
+    assert model.train_step_traces == 1
+    assert 0.0 <= history.history["accuracy"][0] <= 1.0
+
+
 def _plain_gradients(model, x, y, k):
     """Reference: a plain GradientTape over the same model in the same modes
     (units < k in inference mode, the rest in training mode)."""

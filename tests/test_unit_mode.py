@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import LOSS
+from conftest import LOSS, tiny_model
 from freezeout_tf import FreezeOutModel
+from freezeout_tf.tools import benchmarking
 from freezeout_tf.core.unit_mode import (
     _moments_while, mode_switched_leaves, unit_mode,
 )
@@ -209,6 +210,53 @@ def test_moments_gradient_is_that_of_tf_nn_moments(axes):
     np.testing.assert_array_equal(
         gradient(lambda: _moments_while(tf.constant(False), x, axes)),
         np.zeros(x.shape, "float32"))
+
+
+def test_moments_select_the_moving_statistics_inside_their_gradient():
+    # BatchNorm passes its moving statistics in: frozen, they are the
+    # result, bit for bit, and the input's gradient is still zero; active,
+    # the batch moments and tf.nn.moments' gradient, as without them.
+    x = tf.constant(np.random.default_rng(4).normal(
+        size=(6, 4, 4, 3)).astype("float32"))
+    moving = (tf.constant([0.5, -1.0, 2.0]), tf.constant([1.5, 0.25, 3.0]))
+    axes = [0, 1, 2]
+
+    def gradient(flag, otherwise):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            mean, variance = _moments_while(tf.constant(flag), x, axes,
+                                            otherwise=otherwise)
+            loss = tf.reduce_sum(mean * [1.0, 2.0, 3.0] + 2.0 * variance)
+        return (mean, variance), tape.gradient(loss, x).numpy()
+
+    (mean, variance), frozen = gradient(False, moving)
+    np.testing.assert_array_equal(mean, moving[0])
+    np.testing.assert_array_equal(variance, moving[1])
+    np.testing.assert_array_equal(frozen, np.zeros(x.shape, "float32"))
+    (mean, variance), active = gradient(True, moving)
+    (reference_mean, _), reference = gradient(True, None)
+    np.testing.assert_array_equal(mean, reference_mean)
+    np.testing.assert_array_equal(active, reference)
+    assert np.abs(active).max() > 1e-3
+
+
+def test_batch_norm_backward_branch_has_no_broadcast_reduction():
+    # The mode switch's selects used to be differentiated op by op: per
+    # BatchNorm two SelectV2 gradients, each a BroadcastGradientArgs, Sum
+    # and Reshape, traced into every unit's backward branch (issue 24: the
+    # first step's trace and graph optimisation).
+    model = tiny_model(num_units=2)
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    model.optimizer.build(model.trainable_variables)
+    x = tf.zeros((4, 8, 8, 3))
+    y = tf.zeros((4,), tf.int32)
+    step = tf.function(model.train_step, autograph=False)
+    graph = step.get_concrete_function((x, y)).graph.as_graph_def()
+    branch_ops = [n.op for f in graph.library.function for n in f.node_def]
+    assert "Conv2DBackpropFilter" in branch_ops  # the backward branches
+    assert "BroadcastGradientArgs" not in branch_ops
+    assert benchmarking.graph_counts(
+        step.get_concrete_function((x, y)))["conds"] == 2 + 3
 
 
 def test_under_xla_a_frozen_batch_norm_keeps_static_shapes():

@@ -81,10 +81,11 @@ PRIVATE_NAMES = {
     "_distribution_strategy": (
         ("optimizer",), "the weight-decay hook's merge_call"),
     "_flatten_layers": (
-        ("functional", "lora", "ownership", "macs", "prefix_cache",
+        ("functional", "lora", "macs", "model", "ownership", "prefix_cache",
          "unit_mode"),
         "a unit's leaves and containers, its variables, MHA layers to "
-        "count, a cached unit's activity regularizers"),
+        "count, a cached unit's activity regularizers, whether every "
+        "layer is built (fit's shapes-only symbolic build)"),
     "_trainable_variables": (
         ("ownership",),
         "the variables of a unit that is already frozen; which variables a "

@@ -6,11 +6,13 @@ wall-clock sum hides stalls. These helpers give the scripts one way to do
 that.
 """
 
+import collections
 import datetime
 import json
 import os
 import platform
 import random
+import re
 import shlex
 import statistics
 import subprocess
@@ -27,10 +29,12 @@ __all__ = [
     "Report",
     "StepTimer",
     "alternate_steps",
+    "first_call_costs",
     "fit_costs",
     "frozen_prefix_sweep",
     "frozen_saving",
-    "graph_size",
+    "graph_counts",
+    "grappler_times",
     "lower_train_step",
     "median_ms",
     "peak_step_bytes",
@@ -153,63 +157,59 @@ def lower_train_step(model, batch):
     }
 
 
-_BRANCHING = ("If", "StatelessIf", "Case", "StatelessCase")
-
-
-def graph_size(graph_def):
-    """How big a traced graph is: its nodes, its functions (the branches of
-    its `tf.cond`s and their gradients) and its branching ops.
+def first_call_costs(function, args, steady_calls=3):
+    """Splits the first call of a `tf.function` (a train step) into the
+    trace and the preparation of its graph, and counts the graph's parts.
 
     Args:
-        graph_def: a `tf.compat.v1.GraphDef`, e.g. of a concrete function's
-            `graph.as_graph_def()`.
+        function: a `tf.function` not yet traced for `args` (its variables
+            already made: a built model and optimizer).
+        args: the positional arguments of one call, e.g. `((x, y),)`.
+        steady_calls: calls after the first, timed to take one run's time
+            out of the first call's.
 
     Returns:
-        dict: `nodes` (the top level's), `function_nodes` (summed over the
-        function library), `functions`, `if_ops` (`If`/`Case` ops anywhere,
-        stateless or not) and `largest_functions` (the five largest, as
-        `[name, nodes]`).
+        dict: `trace_s` (`get_concrete_function`: the Python trace and the
+        function definitions made from it), `first_call_s` (the first run:
+        the runtime's graph passes, Grappler, the executor, one step),
+        `steady_s` (median of the next calls), `prepare_s` (`first_call_s`
+        less `steady_s`) and `graph` (`graph_counts`).
 
     Example:
 
     >>> f = tf.function(lambda x: tf.cond(x > 0, lambda: x, lambda: -x))
-    >>> size = graph_size(f.get_concrete_function(
-    ...     tf.constant(1.0)).graph.as_graph_def())
-    >>> size["if_ops"], size["functions"]
-    (1, 2)
+    >>> costs = first_call_costs(f, (tf.constant(1.0),))
+    >>> costs["graph"]["conds"]
+    1
     """
-    functions = graph_def.library.function
-    ops = [n.op for n in graph_def.node]
-    for f in functions:
-        ops.extend(n.op for n in f.node_def)
-    sizes = sorted(((f.signature.name, len(f.node_def)) for f in functions),
-                   key=lambda x: -x[1])
-    return {
-        "nodes": len(graph_def.node),
-        "function_nodes": sum(n for _, n in sizes),
-        "functions": len(sizes),
-        "if_ops": sum(op in _BRANCHING for op in ops),
-        "largest_functions": [list(x) for x in sizes[:5]],
-    }
+    def run():
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), function(*args))
+        return time.perf_counter() - start
+
+    start = time.perf_counter()
+    concrete = function.get_concrete_function(*args)
+    trace = time.perf_counter() - start
+    first = run()
+    steady = statistics.median(run() for _ in range(steady_calls))
+    return {"trace_s": trace, "first_call_s": first, "steady_s": steady,
+            "prepare_s": first - steady, "graph": graph_counts(concrete)}
 
 
 def trace_costs(model, batch):
-    """Where the first call of a model's train step goes, in three parts.
+    """Where the first call of a model's train step goes, as `fit` meets it.
 
-    `model.train_step` is wrapped in a fresh `tf.function` (no AutoGraph,
-    as `FreezeOutModel.train_step` asks), for batches of any size, as
-    `fit` traces it from a dataset's batches (their batch size unknown to
-    the graph; a known one lets Grappler fold shapes `fit` cannot), and
-
-    * traced (`get_concrete_function`: the Python code runs and builds the
-      graph, the gradients included);
-    * called once: TensorFlow instantiates the function (Grappler's graph
-      optimisation, the lowering of `If` ops to switch/merge, placement,
-      the executors), then runs the step;
-    * called again: the step alone, as every later one.
+    `first_call_costs` of `model.train_step` wrapped in a fresh
+    `tf.function` (no AutoGraph, as `FreezeOutModel.train_step` asks) for
+    batches of any size, as `fit` traces it from a dataset's batches (their
+    batch size unknown to the graph; a known one lets Grappler fold shapes
+    `fit` cannot): traced (the Python code runs and builds the graph, the
+    gradients included); called once (TensorFlow instantiates the function:
+    Grappler, the lowering of `If` ops to switch/merge, placement, the
+    executors; then one step); called again (the step alone).
 
     The model's optimizer (and with `cache_frozen_prefix`, its cache:
-    `PrefixCache.prepare`) must be built; the two calls train it.
+    `PrefixCache.prepare`) must be built; the calls train it.
 
     Args:
         model: a compiled Keras model, built.
@@ -218,25 +218,98 @@ def trace_costs(model, batch):
     Returns:
         dict: `trace_s`, `first_call_s`, `second_call_s`, `instantiate_s`
         (`first_call_s - second_call_s`: what the first call costs beyond
-        a step), and the graph's `graph_size`.
+        a step), and the graph's `graph_counts`, flattened.
     """
-    step = tf.function(model.train_step, autograph=False)
     spec = tf.nest.map_structure(
         lambda t: tf.TensorSpec([None] + t.shape[1:], t.dtype), batch)
-    start = time.perf_counter()
-    concrete = step.get_concrete_function(spec)
-    traced = time.perf_counter()
-    float(step(batch)["loss"])
-    first = time.perf_counter()
-    float(step(batch)["loss"])
-    second = time.perf_counter()
+    step = tf.function(model.train_step, autograph=False,
+                       input_signature=[spec])
+    costs = first_call_costs(step, (batch,), steady_calls=1)
+    graph = costs.pop("graph")
+    return {"trace_s": costs["trace_s"], "first_call_s": costs["first_call_s"],
+            "second_call_s": costs["steady_s"],
+            "instantiate_s": costs["prepare_s"], **graph,
+            "if_ops": graph["conds"]}
+
+
+_CONDS = ("If", "StatelessIf")
+
+
+def graph_counts(concrete):
+    """Sizes of a traced function's graph: what the runtime prepares.
+
+    Args:
+        concrete: a `tf.types.experimental.ConcreteFunction`.
+
+    Returns:
+        dict: `nodes` (the top-level graph's), `op_types` (count per op type
+        there), `conds` (`If`/`StatelessIf` ops in the whole graph, branches
+        included), `cond_inputs` (their inputs, summed: each is a tensor the
+        branches capture), `functions` (in the library) and
+        `function_nodes` (their nodes, summed), `branch_nodes` (nodes of
+        each cond's then and else branch, in graph order).
+    """
+    graph_def = concrete.graph.as_graph_def()
+    library = {f.signature.name: f for f in graph_def.library.function}
+    op_types = collections.Counter(n.op for n in graph_def.node)
+    conds = [n for n in graph_def.node if n.op in _CONDS]
+    conds += [n for f in library.values() for n in f.node_def
+              if n.op in _CONDS]
     return {
-        "trace_s": traced - start,
-        "first_call_s": first - traced,
-        "second_call_s": second - first,
-        "instantiate_s": (first - traced) - (second - first),
-        **graph_size(concrete.graph.as_graph_def()),
+        "nodes": len(graph_def.node),
+        "op_types": dict(op_types.most_common()),
+        "conds": len(conds),
+        "cond_inputs": sum(len(n.input) for n in conds),
+        "functions": len(library),
+        "function_nodes": sum(len(f.node_def) for f in library.values()),
+        "branch_nodes": [[len(library[n.attr[b].func.name].node_def)
+                          for b in ("then_branch", "else_branch")]
+                         for n in conds],
     }
+
+
+_GRAPPLER_ITEM = re.compile(
+    r"(?:Starting optimization|Optimization results) for grappler item: "
+    r"(\S+)")
+_GRAPPLER_PASS = re.compile(
+    r"(?:\] |^\s*)([\w-]+)\S*: Graph size after: .*time = ([0-9.]+)ms")
+
+
+def grappler_times(log):
+    """Grappler's own timings, read from TensorFlow's log.
+
+    TensorFlow logs them when started with `TF_CPP_MIN_LOG_LEVEL=0` and
+    `TF_CPP_VMODULE=meta_optimizer=1` (set before TensorFlow loads: run the
+    measured code in a child process and read its stderr).
+
+    Args:
+        log: the log text.
+
+    Returns:
+        list, one dict per optimized graph ("grappler item": a function's
+        graph), in log order: `item`, `ms` (all passes) and `passes`
+        (ms per pass name, summed over the meta-optimizer's iterations).
+
+    Example:
+
+    >>> grappler_times("Optimization results for grappler item: f\\n"
+    ...                "  constant_folding: Graph size after: 3 nodes (0), "
+    ...                "2 edges (0), time = 1.5ms.")
+    [{'item': 'f', 'ms': 1.5, 'passes': {'constant_folding': 1.5}}]
+    """
+    items = []
+    for line in log.splitlines():
+        item = _GRAPPLER_ITEM.search(line)
+        if item:
+            items.append({"item": item.group(1), "ms": 0.0, "passes": {}})
+            continue
+        found = _GRAPPLER_PASS.search(line)
+        if found and items:
+            name, ms = found.group(1), float(found.group(2))
+            passes = items[-1]["passes"]
+            passes[name] = passes.get(name, 0.0) + ms
+            items[-1]["ms"] += ms
+    return items
 
 
 def median_ms(times):
