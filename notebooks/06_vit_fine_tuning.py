@@ -28,11 +28,10 @@
 #
 # **What to expect** (measured by the pre-registered benchmark on this ViT,
 # `scripts/benchmark_finetune.py`, 3 seeds, `benchmarks/finetune/report.md`):
-# on a 12-epoch fit (about 20 s on a quiet 2-core CPU) the adaptive default
-# took 1.25x less wall-clock than no freezing (1.42x on the steps after the
-# first) at 2.1 points lower accuracy; with the cache, the first step (the
-# trace) took 31-35 s, so the whole fit was 0.53x. The wall-clock of a fit
-# this short is half its first step.
+# on a 12-epoch fit (about 18 s on a quiet 2-core CPU) the adaptive default
+# took 1.46x less wall-clock than no freezing (1.58x on the steps after the
+# first) at 2.1 points lower accuracy, and 1.51x with the frozen prefix
+# cached. A third of a fit this short is its first step (the trace).
 #
 # `FreezeOutModel.from_model` splits the ViT block by block although its
 # blocks sit inside one `ViTEncoder` layer: it looks into layers that hold a
