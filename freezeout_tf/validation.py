@@ -71,7 +71,8 @@ def check_int(name, value, low=None, high=None, *, allowed=None, call=None):
     Args:
         name: the argument's name, for the message.
         value: the value to check.
-        low, high: inclusive bounds (None: unbounded).
+        low: the inclusive lower bound (None: unbounded).
+        high: the inclusive upper bound (None: unbounded).
         allowed: what the message says is allowed (by default from the
             bounds: "an integer >= 1", "an integer in [0, 4]").
         call: name of the callable the value was given to, for the message
@@ -137,8 +138,10 @@ def check_number(name, value, low=None, high=None, *, low_open=False,
     Args:
         name: the argument's name, for the message.
         value: the value to check.
-        low, high: the bounds (None: unbounded).
-        low_open, high_open: whether the bound itself is excluded.
+        low: the lower bound (None: unbounded).
+        high: the upper bound (None: unbounded).
+        low_open: whether `low` itself is excluded.
+        high_open: whether `high` itself is excluded.
         allowed: what the message says is allowed (by default from the
             bounds: "a number in (0, 1]", "a finite number > 0").
         call: as in `check_int`.

@@ -470,7 +470,10 @@ def first_step_costs(task, arm, setting, seed):
     criterion to the step; the optimizer built; the cache prepared).
 
     Args:
-        task, arm, setting, seed: as `run_arm`.
+        task: as `run_arm`.
+        arm: as `run_arm`.
+        setting: as `run_arm`.
+        seed: as `run_arm`.
 
     Returns:
         `trace_costs`' dict.
