@@ -93,14 +93,7 @@ def check_int(name, value, low=None, high=None, *, allowed=None, call=None):
             and (high is None or value <= high)):
         return
     if allowed is None:
-        if low is not None and high is not None:
-            allowed = f"an integer in [{low}, {high}]"
-        elif low is not None:
-            allowed = f"an integer >= {low}"
-        elif high is not None:
-            allowed = f"an integer <= {high}"
-        else:
-            allowed = "an integer"
+        allowed = _bounds("an integer", "an integer", low, high)
     _refuse(name, value, allowed, call)
 
 
@@ -126,9 +119,18 @@ def check_positive_int(name, value, allowed="a positive integer", call=None):
     check_int(name, value, low=1, allowed=allowed, call=call)
 
 
-def _interval(low, high, low_open, high_open):
-    return (f"{'(' if low_open else '['}{low}, {high}"
-            f"{')' if high_open else ']'}")
+def _bounds(in_range, bounded, low, high, low_open=False, high_open=False):
+    """What a bounded check allows, for its message: `in_range` (e.g. "a
+    number") with both bounds, `bounded` ("a finite number") with one or
+    none."""
+    if low is not None and high is not None:
+        return (f"{in_range} in {'(' if low_open else '['}{low}, {high}"
+                f"{')' if high_open else ']'}")
+    if low is not None:
+        return f"{bounded} {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{bounded} {'<' if high_open else '<='} {high}"
+    return bounded
 
 
 def check_number(name, value, low=None, high=None, *, low_open=False,
@@ -171,14 +173,8 @@ def check_number(name, value, low=None, high=None, *, low_open=False,
     if ok:
         return
     if allowed is None:
-        if low is not None and high is not None:
-            allowed = f"a number in {_interval(low, high, low_open, high_open)}"
-        elif low is not None:
-            allowed = f"a finite number {'>' if low_open else '>='} {low}"
-        elif high is not None:
-            allowed = f"a finite number {'<' if high_open else '<='} {high}"
-        else:
-            allowed = "a finite number"
+        allowed = _bounds("a number", "a finite number", low, high,
+                          low_open, high_open)
     _refuse(name, value, allowed, call)
 
 
