@@ -11,13 +11,13 @@ or a unit's backward outside any active branch, may not."""
 
 import inspect
 import re
-import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tf_with
 from hub_models import bert_classifier, text_data
 from freezeout_tf import FreezeOut, FreezeOutModel, with_example_ids
 from freezeout_tf.core import model as model_module
@@ -200,29 +200,20 @@ def test_cached_step_frozen_branches_hold_no_gradient_op():
     assert_frozen_units_cost_no_backward(model)
 
 
-class _FullBackwardTimesZero(types.ModuleType):
-    """`tf` as core/model.py sees it, with every `tf.cond(frozen, frozen_fn,
-    active_fn)` made to run the active branch while frozen and multiply its
-    results by zero: the same values, the full backward's cost (issue 34's
-    mutation)."""
-
-    def __init__(self):
-        super().__init__("tf_mutated")
-
-    def __getattr__(self, name):
-        return getattr(tf, name)
-
-    @staticmethod
-    def cond(pred, true_fn, false_fn, name=None):
-        def times_zero():
-            return tf.nest.map_structure(lambda t: t * tf.zeros((), t.dtype),
-                                         false_fn())
-        return tf.cond(pred, times_zero, false_fn, name=name)
+def full_backward_times_zero(pred, true_fn, false_fn, name=None):
+    """`tf.cond(frozen, frozen_fn, active_fn)` made to run the active branch
+    while frozen and multiply its results by zero: the same values, the
+    full backward's cost (issue 34's mutation)."""
+    def times_zero():
+        return tf.nest.map_structure(lambda t: t * tf.zeros((), t.dtype),
+                                     false_fn())
+    return tf.cond(pred, times_zero, false_fn, name=name)
 
 
 def test_the_check_fails_when_the_frozen_branch_runs_the_backward(
         monkeypatch):
-    monkeypatch.setattr(model_module, "tf", _FullBackwardTimesZero())
+    monkeypatch.setattr(model_module, "tf",
+                        tf_with(cond=full_backward_times_zero))
     model = fit_cnn()
     with pytest.raises(AssertionError, match="(?s)a frozen branch holds "
                        "gradient ops.*Conv2DBackprop"):
