@@ -6,7 +6,9 @@ copies the tree to a temporary directory (never edits this checkout),
 runs the named tests there once unmutated (they must pass, or a failure
 would mean nothing), then, one mutation at a time, applies the edit, runs
 the tests with that copy first on PYTHONPATH, and puts the file back. A
-mutation is "caught" when the tests fail, "survived" when they pass. An
+mutation is "caught" when tests fail (pytest's exit code 1), "survived"
+when they pass, "no verdict" on any other exit (nothing selected, a
+collection error, a timeout). An
 old text found zero or several times is reported as "anchor missing" /
 "anchor ambiguous" (the code moved: re-anchor the table), never skipped
 silently.
@@ -272,7 +274,10 @@ def check(mutation, tree, timeout):
     finally:
         for path, text in originals.items():
             (tree / path).write_text(text)
-    status = "survived" if code == 0 else "caught"
+    # pytest's exit codes: 1 = tests failed. Anything else (no test
+    # selected, a collection error, a timeout) proves nothing about the
+    # mutation and is reported as such.
+    status = {0: "survived", 1: "caught"}.get(code, f"no verdict (rc={code})")
     return dict(row, status=status, returncode=code, detail=last,
                 seconds=round(seconds, 1))
 
