@@ -1,15 +1,16 @@
 """The core claim, read from the traced graph: a frozen unit costs no
-backward compute. In the train function Keras traces for `fit`, the branch
-of a unit's backward `If` that runs while the unit is frozen holds no
-gradient op, and every gradient op of a unit sits in a branch that runs
-only while it is active: for a CNN, a KerasHub transformer and the step
-with the frozen prefix cached (`cache_frozen_prefix`).
+backward compute. In the train step, traced as `fit` traces it after a
+`fit` with FreezeOut, the branch of every `If` on a frozen flag (a
+predicate computed from the schedule's freeze steps) that runs while the
+unit is frozen holds no gradient op, and every gradient op of a unit sits
+in a branch that runs only while a unit is active: for a CNN, a KerasHub
+transformer and the step with the frozen prefix cached
+(`cache_frozen_prefix`).
 
 The test reads properties, not today's op layout: which `If` ops exist and
 how the step nests them may change; a frozen branch doing backward work,
 or a unit's backward outside any active branch, may not."""
 
-import inspect
 import re
 
 import keras
@@ -28,14 +29,30 @@ IFS = ("If", "StatelessIf")
 GRADIENT_TYPES = re.compile(r"Backprop|Grad$|GradV\d$|GradGrad$")
 
 
-def train_graph(model):
-    """The GraphDef of the train function `fit` traced (Keras keeps the
-    tf.function in the closure of `model.train_function`)."""
-    fn = inspect.getclosurevars(model.train_function).nonlocals[
-        "multi_step_on_iterator"]
-    concrete = fn._list_all_concrete_functions()
-    assert len(concrete) == 1, "one trace for the whole run"
-    return concrete[0].graph.as_graph_def()
+def step_graph(model, batch):
+    """The train step traced as `fit` traces it (no AutoGraph), for one
+    batch: a FuncGraph, whose captures say which state a predicate reads."""
+    step = tf.function(model.train_step, autograph=False)
+    return step.get_concrete_function(batch).graph
+
+
+def _reads_freeze_steps(graph, if_op, state):
+    """Whether the `If` op's predicate is computed from the schedule's
+    freeze steps: a unit's frozen flag (`step >= freeze_steps[u]`), true
+    while frozen. Other conds (the cache's) are not classified."""
+    captured = {internal.op.name: external
+                for external, internal in graph.captures}
+    todo, seen = [if_op.inputs[0].op], set()
+    while todo:
+        op = todo.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        source = captured.get(op.name)
+        if source is not None and source is state.freeze_steps.handle:
+            return True
+        todo.extend(t.op for t in op.inputs)
+    return False
 
 
 def _called(node):
@@ -97,25 +114,28 @@ def unit_of(op_name, names):
     return None
 
 
-def assert_frozen_units_cost_no_backward(model):
-    graph = train_graph(model)
-    library = {f.signature.name: f for f in graph.library.function}
-    ifs = [n for f in library.values() for n in f.node_def if n.op in IFS]
-    ifs += [n for n in graph.node if n.op in IFS]
-    # Every If of the step branches on a frozen flag (`tf.cond(frozen,
-    # frozen_fn, active_fn)`): its then-branch runs while frozen.
-    frozen_fns = _closure(library, [n.attr["then_branch"].func.name
-                                    for n in ifs])
-    active_fns = _closure(library, [n.attr["else_branch"].func.name
-                                    for n in ifs])
+def assert_frozen_units_cost_no_backward(model, batch):
+    graph = step_graph(model, batch)
+    library = {f.signature.name: f
+               for f in graph.as_graph_def().library.function}
+    flags = [op for op in graph.get_operations()
+             if op.type in IFS
+             and _reads_freeze_steps(graph, op, model.schedule_state)]
+    assert len(flags) >= model.num_units  # a backward cond per unit
+    # `tf.cond(frozen, frozen_fn, active_fn)`: the then-branch runs while
+    # the unit is frozen (with every cond nested in it).
+    frozen_fns = _closure(library, [op.get_attr("then_branch").name
+                                    for op in flags])
+    active_fns = _closure(library, [op.get_attr("else_branch").name
+                                    for op in flags])
     names = unit_names(model)
     in_frozen = sorted(f"{n.name} ({n.op}) in {fn}" for fn in frozen_fns
                        for n in library[fn].node_def if is_gradient(n))
     assert not in_frozen, (
         "a frozen branch holds gradient ops:\n" + "\n".join(in_frozen[:20]))
     placed = {}  # unit -> {"active": n, "elsewhere": [op names]}
-    functions = [(None, graph.node)] + [(fn, f.node_def)
-                                        for fn, f in library.items()]
+    functions = [(None, graph.as_graph_def().node)] + [
+        (fn, f.node_def) for fn, f in library.items()]
     for fn, nodes in functions:
         for node in nodes:
             if not is_gradient(node):
@@ -166,18 +186,19 @@ def fit_cnn(cache=False):
     x, y = cnn_data()
     if cache:
         model.cache_frozen_prefix(len(x), max_bytes=2**20)
-        ds = with_example_ids(tf.data.Dataset.from_tensor_slices((x, y)))
-        model.fit(ds.batch(4), epochs=2, verbose=0, shuffle=False,
+        ds = with_example_ids(
+            tf.data.Dataset.from_tensor_slices((x, y))).batch(4)
+        model.fit(ds, epochs=2, verbose=0, shuffle=False,
                   callbacks=[FreezeOut(t_0=0.5, frozen_from_start=1)])
-    else:
-        model.fit(x, y, batch_size=4, epochs=2, verbose=0,
-                  callbacks=[FreezeOut(t_0=0.5)])
-    return model
+        return model, next(iter(ds))
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+              callbacks=[FreezeOut(t_0=0.5)])
+    return model, (tf.constant(x[:4]), tf.constant(y[:4]))
 
 
 def test_cnn_frozen_branches_hold_no_gradient_op():
-    model = fit_cnn()
-    placed = assert_frozen_units_cost_no_backward(model)
+    model, batch = fit_cnn()
+    placed = assert_frozen_units_cost_no_backward(model, batch)
     # The CNN's kernels' gradients are among them.
     for unit in range(model.num_units):
         assert any("Conv2DBackpropFilter" in op
@@ -191,13 +212,15 @@ def test_transformer_frozen_branches_hold_no_gradient_op():
     model.fit(x, y, batch_size=4, epochs=2, verbose=0,
               callbacks=[FreezeOut(t_0=0.5)])
     assert model.num_units >= 2
-    assert_frozen_units_cost_no_backward(model)
+    batch = ({n: tf.constant(v[:4]) for n, v in x.items()},
+             tf.constant(y[:4]))
+    assert_frozen_units_cost_no_backward(model, batch)
 
 
 def test_cached_step_frozen_branches_hold_no_gradient_op():
-    model = fit_cnn(cache=True)
+    model, batch = fit_cnn(cache=True)
     assert model.prefix_cache.num_cached_units >= 1  # the cache was used
-    assert_frozen_units_cost_no_backward(model)
+    assert_frozen_units_cost_no_backward(model, batch)
 
 
 def full_backward_times_zero(pred, true_fn, false_fn, name=None):
@@ -214,7 +237,7 @@ def test_the_check_fails_when_the_frozen_branch_runs_the_backward(
         monkeypatch):
     monkeypatch.setattr(model_module, "tf",
                         tf_with(cond=full_backward_times_zero))
-    model = fit_cnn()
+    model, batch = fit_cnn()
     with pytest.raises(AssertionError, match="(?s)a frozen branch holds "
                        "gradient ops.*Conv2DBackprop"):
-        assert_frozen_units_cost_no_backward(model)
+        assert_frozen_units_cost_no_backward(model, batch)
