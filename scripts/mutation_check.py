@@ -81,7 +81,12 @@ MUTATIONS = [
         edits=[("freezeout_tf/core/optimizer.py",
                 "                skip_frozen(flags[unit], decay)\n",
                 "                decay()\n")],
-        tests="tests/test_internals_guard.py -k probe_finds"),
+        tests="tests/test_internals_guard.py -k probe_finds",
+        note="caught by the guard's probe only: while a unit anneals its "
+             "multiplier is 0 when frozen, so the decay is 0 in a fit; the "
+             "probe (multipliers 1) reports it as a Keras change, since "
+             "FreezeOut's decay hook is not instrumented like its update "
+             "hook"),
     dict(
         name="frozen-batchnorm-keeps-training-its-statistics",
         claim="frozen state: BatchNorm statistics",
@@ -333,6 +338,9 @@ def readme(report, command):
               + ("none." if not survivors else "")]
     for r in survivors:
         lines.append(f"- {r['name']}: {r['status']} ({r['detail']})")
+    notes = [(m["name"], m["note"]) for m in MUTATIONS if m.get("note")]
+    if notes:
+        lines += ["", "Notes:"] + [f"- {name}: {note}" for name, note in notes]
     lines += ["", "Files: `mutation.json` (`benchmarking.write_report`: "
               "every row, with the commit, versions, machine, command "
               "and time).", ""]
