@@ -1,6 +1,7 @@
 """Shared tiny models and data for the tests (seconds, not minutes)."""
 
 import os
+import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -48,6 +49,17 @@ def tiny_data(n=64, size=8, num_classes=5, seed=0):
 
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def tf_with(**overrides):
+    """`tensorflow` with some names replaced, for a module's `tf` in a
+    mutation test: `monkeypatch.setattr(module, "tf", tf_with(cond=...))`."""
+    import tensorflow as tf
+
+    proxy = types.ModuleType("tensorflow_mutated")
+    proxy.__getattr__ = lambda name: getattr(tf, name)
+    proxy.__dict__.update(overrides)
+    return proxy
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import LOSS, tiny_data, tiny_model
-from freezeout_tf import FreezeOut, original_sgd, schedule
+from freezeout_tf import FreezeOut, original_sgd
 from freezeout_tf.recipes.distribute import make_strategy, set_mixed_precision
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -28,6 +28,10 @@ TIMEOUT = 240  # seconds per subprocess; a hung collective fails, not hangs
 # recent Keras, its base class's in Keras 3.8 (CI's oldest lane).
 OPTIMIZER_SCOPES = ("sgd_with_l2", "SGD/")
 NUM_UNITS, STEPS = 4, 12  # the workers' run: 4 units, 3 epochs of 4 steps
+# Its freeze steps by hand (t_0 = 0.4, cubic): t_i = (0.4 + 0.6 i / 4) ** 3
+# = 0.064, 0.166, 0.343, 0.614; t_i * 12 = 0.77, 2.0 (1.9965), 4.1, 7.4;
+# floor + 1.
+HAND_FREEZE_STEPS = [1, 2, 5, 8]
 
 
 def _env(**extra):
@@ -114,8 +118,7 @@ def test_mirrored_two_devices_matches_one_device(tmp_path):
     _assert_per_unit_conds(r["graph_collectives"], per_branch=2)
     # ... and at run time only active units and the head launched one.
     freeze = np.asarray(r["freeze_steps"])
-    assert list(freeze) == list(schedule.freeze_steps(
-        STEPS, schedule.freeze_fractions(NUM_UNITS, 0.4, "cubic"))[:-1])
+    assert list(freeze) == HAND_FREEZE_STEPS
     active = [NUM_UNITS - int(np.sum(j >= freeze)) for j in range(STEPS)]
     assert int(r["executed_collectives"]) == 2 * sum(a + 1 for a in active)
     assert int(r["executed_collectives"]) < 2 * STEPS * (NUM_UNITS + 1)
@@ -209,8 +212,7 @@ def test_mixed_precision_trains_and_keeps_frozen_units(name, restore_policy):
     x, y = tiny_data()
     model = tiny_model()
     model.compile(original_sgd(), LOSS)
-    first = int(schedule.freeze_steps(
-        STEPS, schedule.freeze_fractions(NUM_UNITS, 0.4, "cubic"))[0])
+    first = HAND_FREEZE_STEPS[0]
     snaps = {}
 
     class Snap(keras.callbacks.Callback):

@@ -80,3 +80,24 @@ def test_progress_bar_shows_an_integer_count_and_the_unit_rate(capsys):
     )
     np.testing.assert_allclose(history.history["learning_rate"], [0.1, 0.1])
     assert history.history["active_units"] == [2, 0]
+
+
+def test_epoch_checkpoint_checks_the_loss_and_the_weights_each(tmp_path):
+    # Issue 34: dropping either check alone survived the run above (its
+    # NaN batch makes both the loss and the weights non-finite).
+    model = tiny_model(num_units=1)
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    model.optimizer.build(model.trainable_variables)
+    path = tmp_path / "run.keras"
+    saver = checkpoint.EpochCheckpoint(str(path))
+    saver.set_model(model)
+    saver.on_epoch_end(0, {"loss": float("nan")})  # finite weights
+    assert saver.skipped == [0] and not path.exists()
+    kernel = model.freeze_units[0].trainable_weights[0]
+    good = kernel.numpy()
+    kernel.assign(np.full(good.shape, np.inf, good.dtype))
+    saver.on_epoch_end(1, {"loss": 0.5})  # a finite loss
+    assert saver.skipped == [0, 1] and not path.exists()
+    kernel.assign(good)
+    saver.on_epoch_end(2, {"loss": 0.5})
+    assert saver.skipped == [0, 1] and path.exists()

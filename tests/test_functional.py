@@ -167,9 +167,8 @@ def test_fit_traces_once_and_frozen_unit_is_bit_identical(tmp_path):
     model = FreezeOutModel.from_model(original)
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), LOSS)
     steps_per_epoch, epochs, t_0 = 4, 4, 0.3
-    fractions = schedule.freeze_fractions(model.num_units, t_0, "cubic")
-    snap = Snapshot(at_step=schedule.freeze_steps(
-        steps_per_epoch * epochs, fractions)[0])
+    # By hand: unit 0's t = 0.3 ** 3 = 0.027; 0.027 * 16 = 0.43 -> step 1.
+    snap = Snapshot(at_step=1)
     model.fit(x, y, batch_size=16, epochs=epochs, verbose=0,
               callbacks=[FreezeOut(t_0=t_0), snap])
     assert model.train_step_traces == 1
@@ -211,8 +210,8 @@ def test_keras_application_mobilenet_v2():
 
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy())
-    snap = Snapshot(at_step=schedule.freeze_steps(
-        4, schedule.freeze_fractions(3, 0.25, "linear"))[0])
+    # By hand: unit 0's t = 0.25 of 4 steps: floor(1.0) + 1 = 2.
+    snap = Snapshot(at_step=2)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0,
               callbacks=[FreezeOut(t_0=0.25, how_scale="linear"), snap])
     assert model.train_step_traces == 1

@@ -8,8 +8,10 @@ import re
 
 import keras
 import pytest
+import tensorflow as tf
 from packaging.requirements import Requirement
 
+from conftest import tf_with
 from freezeout_tf._internals import keras_internals, tf_internals
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -39,8 +41,9 @@ def test_probe_raises_when_apply_bypasses_the_update_hook(monkeypatch,
 
     monkeypatch.setattr(keras.optimizers.SGD, "_backend_update_step", bypass)
     with pytest.raises(keras_internals.KerasInternalsError,
-                       match=rf"Keras {keras.__version__}: a frozen variable "
-                       "moved.*_distributed_tf_update_step"):
+                       match=rf"Keras {keras.__version__}: optimizer\.apply "
+                       "never called FreezeOut's _distributed_tf_update_step "
+                       "hook; a frozen variable moved"):
         keras_internals.check()
     assert not keras_internals._checked
 
@@ -241,3 +244,71 @@ def test_every_listed_name_is_used_where_listed():
                 continue  # not an attribute or module: not scanned
             for module in modules:
                 assert (module, name) in uses, (name, module)
+
+
+def test_guard_detects_a_renamed_parameter(monkeypatch, unchecked):
+    # As if Keras renamed _var_key's parameter: the signature check itself
+    # must see it (issue 34: problems() was only ever replaced wholesale).
+    monkeypatch.setattr(keras.optimizers.SGD, "_var_key",
+                        lambda self, var: id(var), raising=False)
+    assert keras_internals.problems() == [
+        "optimizer._var_key('var',) does not take ('variable',)"]
+    with pytest.raises(keras_internals.KerasInternalsError,
+                       match=rf"Keras {keras.__version__}: optimizer\._var_key"
+                       r"\('var',\) does not take \('variable',\)"):
+        keras_internals.check()
+
+
+def test_guard_detects_a_missing_attribute(monkeypatch, unchecked):
+    # A stand-in Keras object: MultiHeadAttention whose __init__ no longer
+    # sets _attention_axes.
+    class WithoutAxes(keras.layers.MultiHeadAttention):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            object.__delattr__(self, "_attention_axes")
+
+    monkeypatch.setattr(keras.layers, "MultiHeadAttention", WithoutAxes)
+    assert keras_internals.problems() == [
+        "multi_head_attention._attention_axes is missing"]
+    with pytest.raises(keras_internals.KerasInternalsError,
+                       match="multi_head_attention._attention_axes is "
+                       "missing"):
+        keras_internals.check()
+
+
+def test_probe_blames_freezeout_not_keras_for_wrong_frozen_flags(
+        monkeypatch, unchecked):
+    # Issue 34: an off-by-one in the project's own part_flags surfaced as
+    # "freezeout_tf does not support Keras 3.15.1".
+    from freezeout_tf.core.schedule_state import ScheduleState
+
+    def off_by_one(self, step):
+        return tf.unstack(tf.cast(step, tf.int64) > self.freeze_steps,
+                          num=self.num_units + 1)
+
+    monkeypatch.setattr(ScheduleState, "part_flags", off_by_one)
+    with pytest.raises(keras_internals.FreezeOutInternalError,
+                       match=r"freezeout_tf's own code is wrong, not Keras .*"
+                       r"part_flags gave the frozen flags \[False, False\].*"
+                       r"expected \[True, False\].*bug of freezeout_tf"):
+        keras_internals.check()
+    assert not keras_internals._checked
+
+
+def test_probe_blames_freezeout_when_its_hook_updates_a_frozen_unit(
+        monkeypatch, unchecked):
+    # The hook itself inverted (freezeout_tf.core.optimizer): Keras called
+    # it as expected, so the fault is the project's.
+    from freezeout_tf.core import optimizer as fo_optimizer
+
+    plain_cond = tf.cond
+
+    def inverted(pred, true_fn, false_fn, name=None):
+        return plain_cond(tf.logical_not(pred), true_fn, false_fn, name=name)
+
+    monkeypatch.setattr(fo_optimizer, "tf", tf_with(cond=inverted))
+    with pytest.raises(keras_internals.FreezeOutInternalError,
+                       match="updated the frozen variable; .*skipped the "
+                       "active variable"):
+        keras_internals.check()
+

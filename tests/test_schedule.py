@@ -118,3 +118,37 @@ def test_state_without_schedule_is_plain_training():
     state = ScheduleState(3)
     assert float(state.multiplier(tf.constant(10**6, tf.int64), 0)) == 1.0
     assert not bool(state.frozen(tf.constant(10**6, tf.int64), 0))
+
+
+# Every unit's freeze step by hand, floor(t_i * T) + 1 with t_i of
+# test_freeze_fractions_by_hand (t_0 = 0.8, four units) and T = 999 (no
+# t_i * T an integer): unit 0 and the head alone let an off-by-one in
+# another unit through (issue 34).
+@pytest.mark.parametrize(
+    "how_scale, expected",
+    [
+        # 0.8 * 999 = 799.2, 0.85 * 999 = 849.15, 0.9 * 999 = 899.1, ...
+        ("linear", [800, 850, 900, 950, 1000]),
+        # 0.512 * 999 = 511.488, 0.614125 * 999 = 613.51, 0.729 * 999 =
+        # 728.27, 0.857375 * 999 = 856.52
+        ("cubic", [512, 614, 729, 857, 1000]),
+    ],
+)
+def test_every_units_freeze_step_by_hand(how_scale, expected):
+    fr = schedule.freeze_fractions(4, 0.8, how_scale)
+    np.testing.assert_array_equal(schedule.freeze_steps(999, fr), expected)
+    # The in-graph state freezes each unit at that step, not one earlier.
+    state = ScheduleState(4)
+    state.set(999, fr)
+    for unit, at in enumerate(expected):
+        before = state.part_flags(tf.constant(at - 1, tf.int64))
+        after = state.part_flags(tf.constant(at, tf.int64))
+        assert not bool(before[unit]) and bool(after[unit]), (unit, at)
+    assert schedule.num_frozen(999, 999, fr) == 4
+    # Two units frozen from the start: units 2, 3 and the head follow the
+    # schedule of two units (t_0 + 0.2 * i / 2: unit 0's, 2's and the
+    # head's t_i above).
+    fr = schedule.freeze_fractions(4, 0.8, how_scale, frozen_from_start=2)
+    np.testing.assert_array_equal(
+        schedule.freeze_steps(999, fr, frozen_from_start=2),
+        [0, 0, expected[0], expected[2], expected[4]])

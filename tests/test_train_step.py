@@ -68,8 +68,8 @@ def test_frozen_unit_is_bit_identical_from_its_freeze_step(opt, data):
     model = tiny_model()
     model.compile(OPTIMIZERS[opt](), LOSS)
     steps_per_epoch, epochs = 4, 6
-    fr = schedule.freeze_fractions(model.num_units, 0.3, "cubic")
-    first_frozen = schedule.freeze_steps(steps_per_epoch * epochs, fr)[0]
+    # By hand: t = 0.3 ** 3 = 0.027, T = 24: floor(0.648) + 1.
+    first_frozen = 1
     snap = Snapshot(at_step=first_frozen)
     model.optimizer.build(model.trainable_variables)
     start_last = unit_state(model, model.num_units - 1)
@@ -397,3 +397,77 @@ def test_gradients_with_weight_and_activity_regularisers(k):
     for v, r in zip(active, tape.gradient(loss, active)):
         np.testing.assert_allclose(by_var[id(v)].numpy(), r.numpy(),
                                    rtol=1e-5, atol=1e-6)
+
+
+def _tape_gradients(model, x, y):
+    with tf.GradientTape() as tape:
+        loss = LOSS(y, model(x, training=True))
+    return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+
+@pytest.mark.parametrize("scale_lr", [True, False])
+def test_scale_lr_reaches_the_weights_through_fit(scale_lr):
+    # Issue 34: the callback always passing scale_lr=True, or the
+    # optimizer's multipliers() ignoring it, survived every test. Plain SGD:
+    # each step moves a variable by lr * multiplier * gradient, with the
+    # multiplier of docs/algorithm.md §2 worked out by hand here: linear
+    # scaling, t_0 = 0.5, two units -> t = 0.5, 0.75 and 1 (head);
+    # initially 1/t scaled, 1 unscaled; times the cosine
+    # 0.5 * (1 + cos(pi * j / (t * T))) at step j.
+    t = [0.5, 0.75, 1.0]
+    total, lr = 8, 0.1
+    x, y = tiny_data(n=16)
+    model = tiny_model(num_units=2)
+    model.compile(keras.optimizers.SGD(lr), LOSS)
+    units = model.variable_units(model.trainable_variables)
+    assert sorted(set(units)) == [0, 1, 2]
+    for step in range(2):
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        grads = _tape_gradients(model, x, y)
+        model.fit(x, y, batch_size=16, initial_epoch=step, epochs=step + 1,
+                  verbose=0, shuffle=False,
+                  callbacks=[FreezeOut(t_0=0.5, how_scale="linear",
+                                       scale_lr=scale_lr, total_steps=total)])
+        for v, b, g, unit in zip(model.trainable_variables, before, grads,
+                                 units):
+            multiplier = ((1 / t[unit] if scale_lr else 1.0)
+                          * 0.5 * (1 + np.cos(np.pi * step
+                                              / (t[unit] * total))))
+            np.testing.assert_allclose(
+                b - v.numpy(), lr * multiplier * g, rtol=2e-4, atol=1e-7,
+                err_msg=f"{v.path} (unit {unit}) at step {step}")
+
+
+class KernelMoves(keras.callbacks.Callback):
+    """For each step, which units' first kernel the step moved."""
+
+    def __init__(self):
+        super().__init__()
+        self.moved = []
+
+    def _kernels(self):
+        return [u.trainable_weights[0].numpy().copy() if u.trainable_weights
+                else u.weights[0].numpy().copy()
+                for u in self.model.freeze_units]
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._before = self._kernels()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.moved.append([not np.array_equal(a, b) for a, b in
+                           zip(self._before, self._kernels())])
+
+
+def test_every_unit_stops_moving_at_its_hand_computed_step():
+    # Linear scaling, t_0 = 0.5, three units, T = 10 steps: t = 0.5, 2/3,
+    # 5/6, so units freeze from floor(t * T) + 1 = 6, 7 and 9. SGD with
+    # momentum: an active unit moves at every step, even at its last one
+    # where the cosine multiplier is zero; a frozen one never moves again.
+    x, y = tiny_data(n=40)
+    model = tiny_model(num_units=3)
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), LOSS)
+    moves = KernelMoves()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False,
+              callbacks=[FreezeOut(t_0=0.5, how_scale="linear"), moves])
+    want = [[step < at for at in (6, 7, 9)] for step in range(10)]
+    assert moves.moved == want

@@ -31,6 +31,10 @@ when a module uses a private name not listed for it.
   `apply()` stopped routing updates through `_distributed_tf_update_step`
   or weight decay through `_apply_weight_decay`, frozen units would move
   silently; the probe makes that a loud error with the version instead.
+  The probe also records what FreezeOut's own code did in it (the frozen
+  flags its hook read, which variables the hook updated): a wrong result
+  there is a bug of freezeout_tf, not a change of Keras, and raises
+  `FreezeOutInternalError` saying so, not `KerasInternalsError`.
 
 Example:
 
@@ -49,8 +53,9 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["PRIVATE_NAMES", "SUPPORTED_KERAS", "SUPPORTED_TENSORFLOW",
-           "TESTED_KERAS", "KerasInternalsError", "check", "problems",
-           "record_symbolic_call", "update_routing_problems"]
+           "TESTED_KERAS", "FreezeOutInternalError", "KerasInternalsError",
+           "check", "problems", "record_symbolic_call",
+           "update_routing_problems"]
 
 # The supported ranges: pyproject.toml's dependency specifiers must say the
 # same (tests/test_internals_guard.py checks it).
@@ -170,6 +175,11 @@ class KerasInternalsError(RuntimeError):
     """A private Keras internal FreezeOut relies on has changed."""
 
 
+class FreezeOutInternalError(RuntimeError):
+    """freezeout_tf's own code gave a wrong result in the guard's probe
+    (a bug of freezeout_tf; Keras did what the probe expects of it)."""
+
+
 def _samples():
     # Small unbuilt instances: their __init__ sets the attributes checked.
     return {
@@ -208,6 +218,12 @@ def update_routing_problems():
     over two steps of SGD with momentum and weight decay; an active one
     must. Eager and tiny.
 
+    Raises:
+        FreezeOutInternalError: when the fault is freezeout_tf's own (its
+            schedule state gave the hook wrong frozen flags, or its hook
+            updated the frozen variable or skipped the active one), naming
+            what was wrong: not a Keras change.
+
     It runs in a thread of its own: there no `tf.distribute` strategy scope,
     `tf.function` trace or Keras dtype policy of the caller applies (all
     are per thread), so the probe sees stock Keras on one device."""
@@ -238,13 +254,51 @@ def _probe():
     clock = keras.Variable(0, dtype="int64", trainable=False)
     state = ScheduleState(1, clock)
     state.freeze_prefix(1)  # unit 0 frozen, the head (unit 1) active
+    # What FreezeOut's own code does in the probe: the flags its hook reads
+    # and the variables its hook hands to the optimizer's update_step.
+    seen = {"flags": [], "updated": set(), "in_hook": False, "calls": 0}
+    part_flags, plain_update_step = state.part_flags, opt.update_step
+
+    def recorded_flags(step):
+        flags = part_flags(step)
+        seen["flags"].append([bool(f) for f in flags])
+        return flags
+
+    def recorded_update_step(gradient, variable, learning_rate):
+        if seen["in_hook"]:
+            seen["updated"].add(variable.name)
+        return plain_update_step(gradient, variable, learning_rate)
+
+    state.part_flags = recorded_flags
+    opt.update_step = recorded_update_step
     fo_optimizer.attach_schedule(opt, [frozen, active], [0, 1], state)
+    hook = opt._distributed_tf_update_step
+
+    def recorded_hook(*args, **kwargs):
+        seen["in_hook"] = True
+        seen["calls"] += 1
+        try:
+            return hook(*args, **kwargs)
+        finally:
+            seen["in_hook"] = False
+
+    opt._distributed_tf_update_step = recorded_hook
     opt.build([frozen, active])
     grad = tf.ones(2)
     for _ in range(2):
         opt.apply([grad, grad], [frozen, active])
         clock.assign_add(1)
+    own = _own_faults(seen)
+    if own:
+        raise FreezeOutInternalError(
+            f"freezeout_tf's own code is wrong, not Keras "
+            f"{keras.__version__}: {'; '.join(own)}. This is a bug of "
+            "freezeout_tf (freezeout_tf.core.schedule_state / "
+            "freezeout_tf.core.optimizer); please report it.")
     found = []
+    if not seen["calls"]:
+        found.append("optimizer.apply never called FreezeOut's "
+                     "_distributed_tf_update_step hook")
     if not np.array_equal(keras.ops.convert_to_numpy(frozen), [1, 1]):
         found.append("a frozen variable moved (optimizer.apply no longer "
                      "routes updates through _distributed_tf_update_step, "
@@ -255,6 +309,28 @@ def _probe():
     return found
 
 
+def _own_faults(seen):
+    """FreezeOut's own wrong results in the probe, from what it recorded:
+    unit 0 is frozen and the head active at both steps (by hand:
+    `freeze_prefix(1)` sets freeze steps [0, never])."""
+    faults = []
+    wrong = [flags for flags in seen["flags"] if flags != [True, False]]
+    if wrong:
+        faults.append(
+            f"ScheduleState.part_flags gave the frozen flags {wrong[0]} for "
+            "unit 0 frozen from step 0 and the head active, expected "
+            "[True, False]")
+    if seen["calls"]:  # the hook ran (else Keras no longer calls it)
+        updated = " ".join(sorted(seen["updated"]))
+        if "probe_frozen" in updated:
+            faults.append("FreezeOut's update hook updated the frozen "
+                          "variable")
+        if "probe_active" not in updated:
+            faults.append("FreezeOut's update hook skipped the active "
+                          "variable")
+    return faults
+
+
 def check():
     """Raises `KerasInternalsError` if an internal has changed (once per
     process; cheap afterwards).
@@ -262,6 +338,8 @@ def check():
     Raises:
         KerasInternalsError: naming each change, the Keras version and the
             supported range.
+        FreezeOutInternalError: when the probe finds freezeout_tf's own
+            code at fault instead (`update_routing_problems`).
     """
     global _checked
     if _checked:
