@@ -289,7 +289,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         action="store_const",
         const="validate",
         default="validate",
-        help="hold out the last 5,000 training images and evaluate on them (default)",
+        help="hold out the last 5,000 training images and evaluate on them",
     )
     val.add_argument(
         "--no-validate",
