@@ -103,8 +103,8 @@ print("units:", ", ".join(unit.name for unit in model.freeze_units))
 # The callback works out the run's length (`epochs * steps_per_epoch`) and
 # places the schedule; from then on the train step itself freezes units at
 # the exact step, inside one traced graph. It adds two logs: `active_units`
-# (units still training, head not counted) and `learning_rate` (the base
-# rate).
+# (units still training, head not counted) and `first_active_lr` (the
+# learning rate of the first unit still training).
 #
 # `StepTimer` is a small callback of our own: the wall-clock time of every
 # training step. It comes after `FreezeOut` in the list.
@@ -174,8 +174,9 @@ plt.show()
 # zero at its freeze step. The head (black) follows the same curve over the
 # whole run.
 #
-# The logged `learning_rate` is only the optimizer's base rate (0.1 here, constant);
-# the train step multiplies it by these per-unit factors.
+# The optimizer's base rate (0.1 here) stays constant; the train step
+# multiplies it by these per-unit factors, and the logged `first_active_lr`
+# is the rate of the first unit still training.
 
 # %%
 total_steps = EPOCHS * data.steps_per_epoch

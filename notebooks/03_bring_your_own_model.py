@@ -151,7 +151,7 @@ print(model2.num_units, "units; output", model2(x_val[:2]).shape,
 #
 # Put `FreezeOut` first in the callback list: the callbacks after it
 # (`CSVLogger`, `TensorBoard`, ...) then see its `active_units` and
-# `learning_rate` logs. Besides Keras' own `CSVLogger` and `TensorBoard`, this
+# `first_active_lr` logs. Besides Keras' own `CSVLogger` and `TensorBoard`, this
 # uses two helpers of the package that the training script uses too:
 # `MetricsLogger` (a JSON-lines log) and `FreezeOutSummaries` (per-unit
 # learning-rate multipliers for TensorBoard).

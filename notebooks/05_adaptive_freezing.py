@@ -142,8 +142,8 @@ print("train step traced", model.train_step_traces, "time(s)")
 # %% [markdown]
 # ## The freeze steps it chose, and what they skipped
 #
-# `FreezeOut` logs each unit's freeze step (`-1`: not frozen) and its last
-# relative change per epoch; the in-graph freeze steps say the same. A unit
+# `FreezeOut` keeps each unit's freeze step (`-1`: not frozen) and its last
+# relative change per epoch in its `unit_history` (out of the progress bar); the in-graph freeze steps say the same. A unit
 # frozen from step s skips its backward pass (and its updates) for the
 # remaining `TOTAL - s` steps.
 
@@ -152,7 +152,7 @@ freeze = model.schedule_state.host_freeze_steps()[:-1]
 for i, at in enumerate(freeze):
     when = f"step {at} of {TOTAL}" if at < TOTAL else "never"
     print(f"unit {i}: frozen from {when}; last change "
-          f"{history.history[f'unit{i}_change'][-1]:.3f}")
+          f"{freezeout.unit_history[f'unit{i}_change'][-1]:.3f}")
 print("active units per epoch:", history.history["active_units"])
 skipped = np.clip(TOTAL - freeze, 0, None).sum() / (NUM_UNITS * TOTAL)
 print(f"unit backward passes skipped: {100 * skipped:.0f} %")

@@ -3,7 +3,9 @@
 Tiny model, 64 random samples, 4 steps per epoch: each fit takes seconds.
 """
 
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -283,8 +285,8 @@ def test_adaptive_only_freezes_a_prefix_in_one_trace_and_frozen_means_frozen(
     criterion = ALL[name]
     model = _compiled()
     snap = SnapshotAtFreeze()
-    history = _fit(model, FreezeOut(t_0=None, adaptive=criterion),
-                   extra=[snap])
+    callback = FreezeOut(t_0=None, adaptive=criterion)
+    history = _fit(model, callback, extra=[snap])
     freeze = _freeze_steps(model)
     total = EPOCHS * STEPS_PER_EPOCH
     # At least two units froze adaptively, as a prefix, before the end.
@@ -294,13 +296,14 @@ def test_adaptive_only_freezes_a_prefix_in_one_trace_and_frozen_means_frozen(
     decided, change = model.adaptive_state.host_values()
     assert list(decided[freeze < total]) == list(freeze[freeze < total])
     # Learning rates follow the optimizer: no schedule, no annealing.
-    assert history.history["first_active_lr"] == history.history["learning_rate"]
-    # Logs: each unit's freeze step and criterion value, per epoch.
-    h = history.history
+    assert history.history["first_active_lr"] == pytest.approx([0.1] * EPOCHS)
+    # Each unit's freeze step and criterion value, per epoch, on the callback.
+    h = callback.unit_history
+    assert all(len(v) == EPOCHS for v in h.values())
     for i, at in enumerate(freeze):
         assert h[f"unit{i}_freeze_step"][-1] == (at if at < total else NOT_YET)
         assert h[f"unit{i}_change"][-1] == pytest.approx(change[i])
-    assert h["active_units"][-1] == np.sum(freeze >= total)
+    assert history.history["active_units"][-1] == np.sum(freeze >= total)
     # Frozen units' weights, BN statistics and momentum never moved again.
     assert sorted(snap.values) == [i for i in range(4) if freeze[i] < total]
     for i, before in snap.values.items():
@@ -412,6 +415,51 @@ def test_mirrored_replicas_decide_identically(tmp_path):
     assert int(r["num_snap"]) >= 4
     for i in range(int(r["num_snap"])):
         assert np.array_equal(r[f"snap_{i}"], r[f"end_{i}"]), i
+
+
+def test_unit_figures_go_to_the_json_log_and_tensorboard_not_the_bar(
+        tmp_path, capsys):
+    from freezeout_tf.callbacks.summaries import FreezeOutSummaries
+    from freezeout_tf.recipes import training_log
+
+    model = _compiled()
+    log = training_log.MetricsLog(str(tmp_path / "run.jsonl"))
+    logger = training_log.MetricsLogger(log, epochs=EPOCHS, print_epochs=False)
+    board = FreezeOutSummaries(str(tmp_path / "tb"), num_units=4,
+                               total_steps=EPOCHS * STEPS_PER_EPOCH, t_0=None,
+                               how_scale="cubic", scale_lr=True)
+    x, y = tiny_data()
+    model.fit(x, y, batch_size=16, epochs=EPOCHS, shuffle=False, verbose=2,
+              callbacks=[FreezeOut(t_0=None, adaptive=RANK), logger, board])
+    freeze = _freeze_steps(model)
+    assert np.sum(freeze < EPOCHS * STEPS_PER_EPOCH) >= 1
+    # The progress line: the loss, the active units and the first active
+    # unit's rate; no per-unit figures, no constant base rate.
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if " - loss: " in line]
+    assert len(lines) == EPOCHS
+    for line in lines:
+        keys = re.findall(r"(\w+): ", line)
+        assert sorted(keys) == ["active_units", "first_active_lr", "loss"]
+    # The JSON log's training records have every unit's figures.
+    last = [r for r in training_log.read_log(log.path) if "train_loss" in r][-1]
+    _, change = model.adaptive_state.host_values()
+    for i, at in enumerate(freeze):
+        assert last[f"unit{i}_freeze_step"] == (
+            at if at < EPOCHS * STEPS_PER_EPOCH else NOT_YET)
+        assert last[f"unit{i}_change"] == pytest.approx(change[i])
+    assert last["learning_rate"] == 0.1
+    # ... and so has TensorBoard, at the last epoch's step.
+    tags = {}
+    for path in glob.glob(str(tmp_path / "tb" / "*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor)
+                if array.ndim == 0:  # a scalar, not the histogram
+                    tags[value.tag] = float(array)
+    for i, at in enumerate(freeze):
+        assert tags[f"adaptive/unit{i}_change"] == pytest.approx(change[i])
+    assert tags["lr_multiplier/head"] == 1.0
 
 
 class BatchLogs(keras.callbacks.Callback):

@@ -337,6 +337,100 @@ def test_sigkill_mid_epoch_then_resume(uninterrupted, tmp_path):
     _assert_same_state(str(uninterrupted / "run.keras"), str(ckpt))
 
 
+@pytest.mark.slow
+def test_ctrl_c_prints_the_checkpoint_and_the_resume_command(
+    uninterrupted, tmp_path
+):
+    out = tmp_path / "interrupted"
+    ckpt = out / "run.keras"
+    env = dict(
+        os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    argv = RESUME + ["--output-dir", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT] + argv,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        cwd=tmp_path, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not ckpt.exists():
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.02)
+        time.sleep(0.1)  # into epoch 2
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == options.EXIT_INTERRUPTED, err[-2000:]
+    (line,) = err.splitlines()  # one line: no traceback
+    assert line == (
+        f"train_cifar.py: interrupted; the last checkpoint is {ckpt}; to "
+        f"continue: python {SCRIPT} {' '.join(argv)} --resume"
+    )
+    # What was written stays: the checkpoint of the epochs done, their log
+    # records and the options; the printed command continues the run.
+    done = checkpoint.completed_epochs(checkpoint.load_checkpoint(str(ckpt)), 16)
+    assert 1 <= done < 4, "the run was not interrupted mid-way"
+    records = training_log.read_log(str(out / "run.jsonl"))
+    assert [r["epoch"] for r in records if "train_loss" in r][:done] == list(
+        range(1, done + 1))
+    resume = line.split("to continue: python ")[1].split()
+    assert resume[0] == SCRIPT
+    assert cli.main(resume[1:]) == 0
+    _assert_same_state(str(uninterrupted / "run.keras"), str(ckpt))
+
+
+def _main_interrupted(monkeypatch, argv, files=None):
+    """``cli.main(argv)`` with a run that Ctrl-C stops (after ``files`` are
+    known, if given)."""
+    def interrupted_run(args, prog, started):
+        if files is not None:
+            started["run"] = files
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted_run)
+    try:
+        return cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main (a traceback, exit status 1)")
+
+
+def test_ctrl_c_before_training_names_the_same_command(monkeypatch, capsys):
+    argv = ["--dataset", "synthetic", "--epochs", "2"]
+    assert _main_interrupted(monkeypatch, argv) == options.EXIT_INTERRUPTED
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "freezeout-train: interrupted before training started, nothing "
+        "written; to start it again: freezeout-train --dataset synthetic "
+        "--epochs 2"
+    )
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_ctrl_c_in_training_names_the_checkpoint(monkeypatch, capsys,
+                                                 tmp_path, saved):
+    files = training.RunFiles(str(tmp_path), "my run")
+    if saved:
+        open(files.checkpoint, "w").close()
+    argv = ["--dataset", "synthetic", "--save-weights", "my run",
+            "--output-dir", str(tmp_path)]
+    rc = _main_interrupted(monkeypatch, argv, files)
+    assert rc == options.EXIT_INTERRUPTED
+    (line,) = capsys.readouterr().err.splitlines()
+    where = (f"the last checkpoint is {files.checkpoint}" if saved else
+             "no checkpoint yet (the first is written after epoch 1, to "
+             f"{files.checkpoint})")
+    assert line == (
+        f"freezeout-train: interrupted; {where}; to continue: "
+        f"freezeout-train --dataset synthetic --save-weights 'my run' "
+        f"--output-dir {tmp_path} --resume"
+    )
+
+
 def test_help_lists_every_option(capsys):
     assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out

@@ -1,5 +1,9 @@
 """The `FreezeOut` Keras callback: installs the schedule, tracks freezes."""
 
+import math
+import sys
+import warnings
+
 import keras
 import numpy as np
 
@@ -8,7 +12,7 @@ from freezeout_tf.adaptive import criteria as fo_adaptive
 from freezeout_tf.core.model import FreezeOutModel
 from freezeout_tf.core.schedule_state import NEVER
 
-__all__ = ["FreezeOut"]
+__all__ = ["BatchNormLagWarning", "FreezeOut", "settling_steps", "unit_figures"]
 
 
 class _LoggedCount(float):
@@ -31,6 +35,89 @@ class _LoggedCount(float):
     __str__ = __repr__
 
 
+class BatchNormLagWarning(UserWarning):
+    """A unit freezes before its BatchNormalization's moving statistics
+    could have left their initial values (see `FreezeOut`)."""
+
+
+def settling_steps(momentum):
+    """Steps after which a BatchNormalization's moving statistics keep at
+    most 1 % of their initial values: `momentum ** steps <= 0.01`.
+
+    Args:
+        momentum: the layer's `momentum`, in [0, 1].
+
+    Returns:
+        int, or `math.inf` for a momentum of 1 (the statistics never move).
+
+    Example:
+
+    >>> settling_steps(0.99), settling_steps(0.9)
+    (459, 44)
+    """
+    if momentum >= 1:
+        return math.inf
+    if momentum <= 0:
+        return 1
+    return math.ceil(math.log(0.01) / math.log(momentum))
+
+
+def _fresh_batch_norms(leaves):
+    """The BatchNormalization layers among `leaves` whose moving statistics
+    are still their initial zeros and ones (not built yet, or not trained:
+    not a pretrained layer)."""
+    fresh = []
+    for layer in leaves:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        if layer.built and not (
+                np.all(keras.ops.convert_to_numpy(layer.moving_mean) == 0)
+                and np.all(keras.ops.convert_to_numpy(layer.moving_variance) == 1)):
+            continue
+        fresh.append(layer)
+    return fresh
+
+
+def _stacklevel_outside_frameworks():
+    """The `stacklevel` of the first caller outside Keras, TensorFlow and
+    this package: a warning then names the line of the user's `fit`."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").split(
+            ".")[0] in ("keras", "tensorflow", "freezeout_tf"):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def unit_figures(model):
+    """Each unit's adaptive figures, for TensorBoard and the metrics log.
+
+    Read from the model's in-graph state (one host read): `unit{i}_freeze_step`
+    (the step unit `i` freezes from, decided or scheduled; `-1`: not frozen
+    and not scheduled) and `unit{i}_change` (the criterion's last value for
+    it; `-1`: not checked yet), for every unit. They stay out of `fit`'s
+    logs, where the progress bar would print them all on one line:
+    `FreezeOutSummaries` and `MetricsLogger` write them, and the
+    `FreezeOut` callback keeps them per epoch in its `unit_history`.
+
+    Args:
+        model: a `FreezeOutModel`.
+
+    Returns:
+        dict of name -> value (int freeze steps, float changes); empty if
+        no adaptive criterion has run on the model.
+    """
+    state = model.adaptive_state
+    if int(keras.ops.convert_to_numpy(state.seen)) == 0:
+        return {}
+    steps = model.schedule_state.host_freeze_steps()[:-1]
+    figures = {}
+    for i, (at, value) in enumerate(zip(steps, state.host_values().change)):
+        figures[f"unit{i}_freeze_step"] = (
+            int(at) if at != NEVER else fo_adaptive.NOT_YET)
+        figures[f"unit{i}_change"] = float(value)
+    return figures
+
+
 @keras.saving.register_keras_serializable(package="freezeout_tf")
 class FreezeOut(keras.callbacks.Callback):
     """Trains a `FreezeOutModel` with the FreezeOut schedule.
@@ -42,13 +129,22 @@ class FreezeOut(keras.callbacks.Callback):
     As units freeze the callback also sets their `trainable = False`, so
     `model.summary()` and saved models show it, and it adds to the logs
     `active_units` (freeze units still training, the head not counted; the
-    progress bar prints it as an integer), `first_active_lr` (the learning
-    rate of the first unit still training, or of the head once all are
-    frozen, for the next step) and `learning_rate` (the optimizer's base
-    rate).
+    progress bar prints it as an integer) and `first_active_lr` (the
+    learning rate of the first unit still training, or of the head once all
+    are frozen, for the next step). The optimizer's base rate is not
+    logged: it stays constant while the units' rates anneal
+    (`FreezeOutSummaries` and `MetricsLogger` record it).
 
     Put it before `CSVLogger` / `TensorBoard` in the callback list so that
     those see the added logs.
+
+    BatchNorm: a frozen unit normalizes with its BatchNormalization's moving
+    statistics. If a unit whose statistics start from their initial values
+    (a model trained from scratch) freezes before they can have caught up,
+    `settling_steps(momentum)` (459 steps at Keras' default momentum 0.99,
+    44 at 0.9), the model gets worse from its freeze step on; the callback
+    then warns once, in one line with the fix (`BatchNormLagWarning`):
+    `BatchNormalization(momentum=0.9)`, or a longer run.
 
     Resuming: the schedule is a function of the model's count of batches
     taken (`model.batches_taken`, saved with the model). To continue a run,
@@ -74,9 +170,11 @@ class FreezeOut(keras.callbacks.Callback):
             `AdaptiveFreeze()` is the default rank criterion). With
             `t_0=None` the criterion alone freezes units and learning rates
             follow the optimizer; with a `t_0` a unit freezes at the earlier
-            of its t_i and the criterion's decision. The logs then also get,
-            per epoch, `unit{i}_freeze_step` and `unit{i}_change` for every
-            unit (`-1`: not frozen / not checked yet); `active_units` is read
+            of its t_i and the criterion's decision. Each unit's freeze step
+            and criterion value (`unit_figures`) are kept per epoch in
+            `unit_history` (name -> list, as `History.history`) and written
+            by `FreezeOutSummaries` and `MetricsLogger`, not to the logs
+            (the progress bar would print them all); `active_units` is read
             from the graph at epoch ends only (per batch it holds the
             epoch's first value), so that training never waits on the host.
             The criterion's state is saved with the model, so a checkpoint
@@ -135,6 +233,8 @@ class FreezeOut(keras.callbacks.Callback):
         self._configured = False
         self._freeze_steps = None
         self._schedule = None  # (total_steps, fractions) of this fit
+        self.unit_history = {}  # with adaptive: unit_figures per epoch
+        self._lagging = {}  # unit -> its fresh BatchNorm layers, unchecked
 
     def get_config(self):
         return {
@@ -173,7 +273,13 @@ class FreezeOut(keras.callbacks.Callback):
             )
         if self.adaptive is not None:  # after every check that can fail
             self._start_adaptive(steps)
+            self.unit_history = {}
         self._configured = False
+        self._lagging = {}
+        for i in range(self.model.num_units):
+            fresh = _fresh_batch_norms(self.model._unit_leaves(i))
+            if fresh:
+                self._lagging[i] = fresh
 
     def _start_adaptive(self, steps):
         """Readies the criterion's state for this run and adds the criterion
@@ -257,6 +363,36 @@ class FreezeOut(keras.callbacks.Callback):
         self._freeze_steps = freeze_steps[:-1]
         self._configured = True
         self._sync_trainable(done, read=True)
+        self._warn_batch_norm_lag()
+
+    def _warn_batch_norm_lag(self):
+        """Warns once if a unit with fresh BatchNorm statistics freezes
+        (scheduled or decided) before they settle; checks each unit once
+        its freeze step is known."""
+        lagging = []
+        for i in sorted(self._lagging):
+            at = int(self._freeze_steps[i])
+            if at == NEVER:
+                continue
+            for layer in self._lagging.pop(i):
+                needed = settling_steps(float(layer.momentum))
+                if at < needed:
+                    lagging.append((i, at, layer, needed))
+                    break
+        if not lagging:
+            return
+        i, at, layer, needed = lagging[0]
+        more = (f" ({len(lagging)} units in all)" if len(lagging) > 1
+                else "")
+        self._lagging = {}  # once per fit
+        warnings.warn(
+            f"FreezeOut: unit {i} freezes after {at} steps{more}, but its "
+            f"BatchNormalization {layer.name!r} (momentum={layer.momentum:g}) "
+            f"needs about {needed} for its moving statistics, which a frozen "
+            "unit normalizes with, to leave their initial values; the model "
+            "will get worse from there. Fix: BatchNormalization(momentum=0.9)"
+            f" (about {settling_steps(0.9)} steps), or train longer.",
+            BatchNormLagWarning, stacklevel=_stacklevel_outside_frameworks())
 
     def on_train_batch_end(self, batch, logs=None):
         self._sync_trainable(self._iterations(), logs,
@@ -264,12 +400,10 @@ class FreezeOut(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._sync_trainable(self._iterations(), logs, read=True)
-        if self.adaptive is not None and logs is not None:
-            change = self.model.adaptive_state.host_values().change
-            for i, (at, value) in enumerate(zip(self._freeze_steps, change)):
-                logs[f"unit{i}_freeze_step"] = _LoggedCount(
-                    at if at != NEVER else fo_adaptive.NOT_YET)
-                logs[f"unit{i}_change"] = float(value)
+        if self.adaptive is not None:
+            for name, value in unit_figures(self.model).items():
+                self.unit_history.setdefault(name, []).append(value)
+            self._warn_batch_norm_lag()  # units the criterion froze
 
     def _log_adaptive(self, logs, frozen):
         change = self.model.adaptive_state.host_values().change
@@ -311,4 +445,3 @@ class FreezeOut(keras.callbacks.Callback):
                 self._log_adaptive(logs, frozen)
             logs["active_units"] = _LoggedCount(self.model.num_units - frozen)
             logs["first_active_lr"] = base * float(multiplier)
-            logs["learning_rate"] = base

@@ -3,9 +3,10 @@
 ``FreezeOutSummaries`` writes, at the end of every epoch and at the run's
 global step: the base learning rate, the number of active units, each unit's
 learning-rate multiplier (one scalar per unit and a histogram over units),
-the epoch time and the validation error.  Use it next to
-``keras.callbacks.TensorBoard`` (which writes loss and accuracy), after the
-``FreezeOut`` callback.
+the epoch time and the validation error; with adaptive freezing also each
+unit's freeze step and criterion value (``unit_figures``, which stay out of
+the progress bar).  Use it next to ``keras.callbacks.TensorBoard`` (which
+writes loss and accuracy), after the ``FreezeOut`` callback.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from freezeout_tf import schedule
+from freezeout_tf.callbacks.freezeout import unit_figures
 
 __all__ = ["FreezeOutSummaries"]
 
@@ -29,7 +31,8 @@ class FreezeOutSummaries(keras.callbacks.Callback):
         log_dir: directory of the event files (e.g. ``<output>/tensorboard/freezeout``).
         num_units: freeze units of the model (the head not counted).
         total_steps: steps of the whole run (``epochs * steps_per_epoch``).
-        t_0: the run's FreezeOut `t_0`.
+        t_0: the run's FreezeOut `t_0`; None for adaptive freezing alone
+            (every multiplier is then 1).
         how_scale: the run's FreezeOut `how_scale`.
         scale_lr: the run's FreezeOut `scale_lr`.
     """
@@ -40,14 +43,16 @@ class FreezeOutSummaries(keras.callbacks.Callback):
         *,
         num_units: int,
         total_steps: int,
-        t_0: float,
+        t_0: Optional[float],
         how_scale: str,
         scale_lr: bool,
     ):
         super().__init__()
         self.log_dir = log_dir
         self.total_steps = int(total_steps)
-        self.fractions = schedule.freeze_fractions(num_units, t_0, how_scale)
+        self.num_units = int(num_units)
+        self.fractions = (None if t_0 is None else
+                          schedule.freeze_fractions(num_units, t_0, how_scale))
         self.scale_lr = bool(scale_lr)
         self._writer: Optional[tf.summary.SummaryWriter] = None
         self._start = None
@@ -70,9 +75,12 @@ class FreezeOutSummaries(keras.callbacks.Callback):
         # Multipliers of the step the next update will take (the last one
         # taken is step - 1); clipped at the end of the run.
         at = min(max(step - 1, 0), self.total_steps)
-        multipliers = schedule.lr_multipliers(
-            at, self.total_steps, self.fractions, self.scale_lr
-        )
+        if self.fractions is None:
+            multipliers = np.ones(self.num_units + 1)
+        else:
+            multipliers = schedule.lr_multipliers(
+                at, self.total_steps, self.fractions, self.scale_lr
+            )
         base = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         with self._writer.as_default(step=step):
             tf.summary.scalar("freezeout/base_learning_rate", base)
@@ -90,4 +98,6 @@ class FreezeOutSummaries(keras.callbacks.Callback):
             for i, m in enumerate(multipliers):
                 name = "head" if i == len(multipliers) - 1 else f"unit_{i:0{width}d}"
                 tf.summary.scalar(f"lr_multiplier/{name}", float(m))
+            for name, value in unit_figures(self.model).items():
+                tf.summary.scalar(f"adaptive/{name}", float(value))
         self._writer.flush()

@@ -34,7 +34,8 @@ be downloaded (no network, a proxy that refuses, a checksum mismatch: within
 seconds, see ``freezeout_tf.recipes.download``), refused with one line before
 anything is written under ``--output-dir``; 3 the training loss became
 non-finite: the run stopped in that epoch, and its last good checkpoint is
-kept.
+kept; 130 Ctrl-C: one line names the last checkpoint and the command that
+continues the run (the same options and ``--resume``).
 
 Modules: ``options``, the parser and the checks of every value (standard
 library only, so a bad option is refused before TensorFlow loads);

@@ -6,8 +6,9 @@ original FreezeOut script keeps its name and also has a hyphenated form
 (``--t_0`` / ``--t-0``, ...).
 
 Constants: ``RESUME_KEYS``, the options that must not change between a run
-and its ``--resume``; ``EXIT_USAGE`` (2) and ``EXIT_DIVERGED`` (3), the exit
-statuses of bad input and of a diverged run.
+and its ``--resume``; ``EXIT_USAGE`` (2), ``EXIT_DIVERGED`` (3) and
+``EXIT_INTERRUPTED`` (130), the exit statuses of bad input, of a diverged
+run and of Ctrl-C.
 
 Example:
 
@@ -27,6 +28,7 @@ from typing import NoReturn, Optional
 
 __all__ = [
     "EXIT_DIVERGED",
+    "EXIT_INTERRUPTED",
     "EXIT_USAGE",
     "RESUME_KEYS",
     "UsageError",
@@ -64,6 +66,8 @@ RESUME_KEYS = (
 VERBOSE_CHOICES = ("auto", "0", "1", "2")
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+# Ctrl-C: 128 + SIGINT, as a shell reports a command that SIGINT ended.
+EXIT_INTERRUPTED = 130
 # The console script's name; scripts/train_cifar.py passes its own.
 PROG = "freezeout-train"
 
@@ -289,7 +293,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         action="store_const",
         const="validate",
         default="validate",
-        help="hold out the last 5,000 training images and evaluate on them (default)",
+        help="hold out the last 5,000 training images and evaluate on them",
     )
     val.add_argument(
         "--no-validate",

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import time
 from typing import List, Optional
 
 from freezeout_tf.cli.options import (
     EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
     EXIT_USAGE,
     PROG,
     RESUME_KEYS,
@@ -45,15 +47,22 @@ def main(argv: Optional[List[str]] = None, prog: str = PROG) -> int:
         argv: the options (default ``sys.argv[1:]``); see ``--help``.
         prog: the command's name in usage and error lines.
 
+    Ctrl-C (``KeyboardInterrupt``) ends the run with one line on stderr,
+    naming the last checkpoint (written after every epoch, replaced
+    atomically, so an interrupted save keeps the previous one) and the
+    command that continues the run, the same options with ``--resume``.
+
     Returns:
         The exit status: 0 done (also ``--help``), 2 bad input, 3 the
-        training loss became non-finite (the last good checkpoint is kept).
+        training loss became non-finite (the last good checkpoint is kept),
+        130 interrupted by Ctrl-C.
 
     Example:
 
     >>> main(["--epochs", "0"])  # one line on stderr: freezeout-train: error: ...
     2
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
@@ -63,12 +72,41 @@ def main(argv: Optional[List[str]] = None, prog: str = PROG) -> int:
     except SystemExit as stop:  # --help (0) or an argparse error (2)
         return int(stop.code or 0)
     saved = _global_state()
+    files = {}  # the run's RunFiles once known, for an interruption
     try:
-        return _run(args, prog)
+        return _run(args, prog, files)
     except UsageError as err:
         return _exit_code(parser, err)
+    except KeyboardInterrupt:
+        if sys.stdout.isatty():  # end a progress bar's unfinished line
+            print(flush=True)
+        print(_interrupted(prog, argv, files.get("run")), file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         _restore_global_state(saved)
+
+
+def _interrupted(prog: str, argv: List[str], files) -> str:
+    """The line printed on Ctrl-C: the last checkpoint and how to go on."""
+    command = _command(prog) + argv
+    if files is None:  # before anything was written under --output-dir
+        return (f"{prog}: interrupted before training started, nothing "
+                f"written; to start it again: {shlex.join(command)}")
+    if os.path.exists(files.checkpoint):
+        where = f"the last checkpoint is {files.checkpoint}"
+    else:
+        where = f"no checkpoint yet (the first is written after epoch 1, to {files.checkpoint})"
+    return (f"{prog}: interrupted; {where}; to continue: "
+            f"{shlex.join(command + ['--resume'] * ('--resume' not in argv))}")
+
+
+def _command(prog: str) -> List[str]:
+    """The words that run this command again: ``prog``, or for a script
+    (``train_cifar.py``) ``python`` and the script's path as invoked."""
+    if prog.endswith(".py"):
+        script = sys.argv[0] if sys.argv[0].endswith(prog) else prog
+        return ["python", script]
+    return shlex.split(prog)
 
 
 def _estimated_speedup(model, args: argparse.Namespace):
@@ -162,7 +200,7 @@ def _restore_global_state(saved) -> None:
         tf_config.disable_op_determinism()
 
 
-def _run(args: argparse.Namespace, prog: str) -> int:
+def _run(args: argparse.Namespace, prog: str, started: dict) -> int:
     _import_tensorflow_quietly(gpus_wanted=args.strategy != "default")
     import keras
     import tensorflow as tf
@@ -314,6 +352,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         return 0
 
     # 4. Only now write anything.
+    started["run"] = files
     metrics = training.open_log(
         files,
         run_args,

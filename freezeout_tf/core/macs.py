@@ -325,16 +325,48 @@ def count_macs(layers):
 
 
 # Stand-ins for a `None` input dimension (a sequence length) when counting
-# costs, tried in turn: a position embedding caps the sequence length.
+# costs, tried in turn, those a position embedding allows only.
 FREE_DIMENSIONS = (32, 8, 1)
 
 
-def with_free_dimension(count):
+def with_free_dimension(count, layers=()):
     """`count(d)` for the first stand-in `d` of `FREE_DIMENSIONS` the model
-    accepts (the last one's error is raised)."""
-    for free in FREE_DIMENSIONS[:-1]:
+    accepts (the last one's error is raised).
+
+    A stand-in longer than a position embedding of `layers` (one with a
+    `sequence_length`, as KerasHub's `PositionEmbedding`) is not tried:
+    the failing slice would print a framework warning line to stderr.
+
+    Args:
+        count: a function of the stand-in dimension.
+        layers: the Keras layers or models `count` runs.
+
+    Returns:
+        What `count` returns.
+
+    Example:
+
+    >>> with_free_dimension(lambda d: d)
+    32
+    """
+    cap = _sequence_cap(layers)
+    candidates = [d for d in FREE_DIMENSIONS if d <= cap] or [cap]
+    for free in candidates[:-1]:
         try:
             return count(free)
         except (ValueError, tf.errors.InvalidArgumentError):
             continue
-    return count(FREE_DIMENSIONS[-1])
+    return count(candidates[-1])
+
+
+def _sequence_cap(layers):
+    """The shortest `sequence_length` of the position embeddings nested in
+    `layers`, or the longest stand-in if there is none."""
+    cap = FREE_DIMENSIONS[0]
+    for root in layers:
+        for layer in root._flatten_layers(include_self=True, recursive=True):
+            length = getattr(layer, "sequence_length", None)
+            if ("Position" in type(layer).__name__
+                    and isinstance(length, int) and length > 0):
+                cap = min(cap, length)
+    return cap

@@ -285,7 +285,7 @@ def unit_flops(model, input_shape=None):
                 costs.append(int(counter[0]))
         return costs
 
-    return with_free_dimension(count)
+    return with_free_dimension(count, parts)
 
 
 def estimate_speedup(model, t_0=0.8, how_scale="cubic", input_shape=None):

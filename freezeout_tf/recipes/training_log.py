@@ -7,6 +7,10 @@ stamp (``time``, seconds since the epoch)::
      "learning_rate": 0.1, "epoch_time": 12.5, "time": 1795620000.1}
     {"epoch": 1, "val_loss": 4.12, "val_err": 95.3, "time": 1795620000.1}
 
+With adaptive freezing the training record also has each unit's figures
+(``freezeout_tf.callbacks.freezeout.unit_figures``): ``unit{i}_freeze_step``
+and ``unit{i}_change``.
+
 ``epoch`` counts completed epochs (1 = after the first, as Keras' progress
 bar numbers them); errors are percent.  The file is only ever appended to,
 one flushed line per record: a resumed run adds a ``{"resume": E, ...}``
@@ -28,6 +32,8 @@ import time
 from typing import Any, Dict, List, Optional
 
 import keras
+
+from freezeout_tf.callbacks.freezeout import unit_figures
 
 __all__ = ["MetricsLog", "MetricsLogger", "read_log"]
 
@@ -88,7 +94,8 @@ class MetricsLogger(keras.callbacks.Callback):
     """Writes the per-epoch records and prints one summary line per epoch.
 
     Put it after the ``FreezeOut`` callback so ``logs`` holds
-    ``active_units`` and ``learning_rate``.
+    ``active_units``. The base ``learning_rate`` is read from the optimizer,
+    and with adaptive freezing each unit's figures from the model.
     """
 
     def __init__(
@@ -133,8 +140,12 @@ class MetricsLogger(keras.callbacks.Callback):
             train["train_err"] = _error_percent(logs["accuracy"])
         if "active_units" in logs:
             train["active_units"] = int(round(float(logs["active_units"])))
-        if "learning_rate" in logs:
-            train["learning_rate"] = float(f"{float(logs['learning_rate']):.7g}")
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            base = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            train["learning_rate"] = float(f"{base:.7g}")
+        if hasattr(self.model, "adaptive_state"):
+            train.update(unit_figures(self.model))
         train["epoch_time"] = round(elapsed, 3)
         train["time"] = now
         self.log.append(train)

@@ -335,7 +335,7 @@ class _Graph:
                     costs[id(call)] = int(counter[0])
             return [costs[id(c)] for c in self.calls]
 
-        return macs.with_free_dimension(count)
+        return macs.with_free_dimension(count, ops)
 
 
 def _live(calls, output_keys):

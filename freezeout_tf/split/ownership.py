@@ -143,7 +143,7 @@ def read_by(part, variables):
             part(_zeros_for(part, free), training=False)
         return {id(w) for w in tape.watched_variables()}
 
-    read = macs.with_free_dimension(probe)
+    read = macs.with_free_dimension(probe, [part])
     return {id(v) for v in variables
             if read.intersection(_tf_variable_ids(v))}
 
