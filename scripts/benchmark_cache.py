@@ -2,22 +2,31 @@
 
 A small BERT-like transformer (KerasHub `BertBackbone`, random weights,
 split by `FreezeOutModel.from_model`), its first k freeze units frozen
-(`schedule_state.freeze_prefix(k)`). For each k, two models of the same
-architecture: one with `cache_frozen_prefix`, one without. The cached one
-first runs one untimed epoch, so that every example is cached at boundary
-k; then the arms are timed step by step, interleaved
-(`freezeout_tf.tools.benchmarking.alternate_steps`), on shuffled batches of one
-fixed set of examples. Printed: per-step medians and the cached step as a
-multiple of the uncached one (paired, 95 % bootstrap interval over rounds).
-With --out, `<out>/cache.json` holds them and every step time
-(`benchmarking.write_report`: with the commit, versions, machine, command
-and UTC time).
+(`schedule_state.freeze_prefix(k)`). For each k, three arms of the same
+architecture and weights:
+
+* `cached`: with `cache_frozen_prefix`, warm (one untimed epoch first, so
+  that every example is cached at the boundary b = min(k, K), K the units
+  the cache holds);
+* `not cached`: the same model without the cache;
+* `tail`: the uncached step of the units the cached step still computes,
+  a `FreezeOutModel` of units b.. and the head, fed unit b - 1's outputs
+  (computed once) by an input unit that passes them on; units b..k-1
+  frozen as in the cached arm. For k = 0 it is the `not cached` arm.
+
+The arms are timed step by step, interleaved
+(`freezeout_tf.tools.benchmarking.alternate_steps`), on shuffled batches
+of one fixed set of examples. Printed: per-step medians and the cached
+step as a multiple of the uncached one and of the tail (paired, 95 %
+bootstrap interval over rounds). With --out, that file holds them, their
+quartiles and every step time (`benchmarking.write_report`: with the
+commit, versions, machine, command and UTC time).
 
 Usage:
     python scripts/benchmark_cache.py [--layers 6] [--hidden 128]
         [--sequence 64] [--batch-size 16] [--examples 64]
         [--frozen 0 3 6 9] [--rounds 5] [--steps 2]
-        [--out benchmarks/cache]
+        [--out benchmarks/cache/cache-steady-1.json]
 """
 
 import argparse
