@@ -1,6 +1,8 @@
 """Caching the frozen prefix (`cache_frozen_prefix`): one trace, equal to the
 run without the cache, the budget and contract refusals, exact resume."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import tensorflow as tf
 from hub_models import bert_classifier, text_data
 from freezeout_tf import (AdaptiveFreeze, FreezeOut, FreezeOutModel,
                           with_example_ids)
-from freezeout_tf.core.prefix_cache import EXAMPLE_ID
+from freezeout_tf.core.prefix_cache import EXAMPLE_ID, UNIT_BRANCH
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 N, BATCH = 24, 6
@@ -297,7 +299,61 @@ def test_cached_units_run_on_no_example():
 
     assert rows(cache=False) == [2 * N] * 3
     # The first epoch fills the cache at boundary 2; in the second the
-    # frozen units' forwards run on no example, only on the one stand-in
-    # row per step (`PrefixCache.unit_runner`: never an empty batch).
-    steps = N // BATCH
-    assert rows(cache=True) == [N + steps, N + steps, 2 * N]
+    # frozen units' forwards run on no example, and not at all: no
+    # stand-in row (`PrefixCache.unit_runner`), their counters untouched.
+    assert rows(cache=True) == [N, N, 2 * N]
+
+
+def _ops_run(graph_def, branch_of_unit):
+    """Types of the ops a traced step runs, by walking the graph and the
+    functions it calls; at the `tf.cond` of cached unit i (named
+    `UNIT_BRANCH` i) only the branch `branch_of_unit(i)` ("then"/"else"),
+    at any other `If` both branches (an over-count, never an under-count).
+    """
+    library = {f.signature.name: f for f in graph_def.library.function}
+    forward = re.compile(rf"^{UNIT_BRANCH}(\d+)_true_\d+(_rewritten)*$")
+    types, seen = [], set()
+
+    def walk(nodes):
+        for node in nodes:
+            types.append(node.op)
+            called = [node.attr[a].func.name for a in ("f", "then_branch",
+                                                        "else_branch")
+                      if a in node.attr]
+            match = forward.match(node.attr["then_branch"].func.name
+                                  if node.op in ("If", "StatelessIf")
+                                  else "")
+            if match:
+                called = [node.attr[branch_of_unit(int(match[1])) +
+                                    "_branch"].func.name]
+            for name in called:
+                if name in library and name not in seen:
+                    seen.add(name)
+                    walk(library[name].node_def)
+
+    walk(graph_def.node)
+    return types
+
+
+def test_the_step_runs_no_op_of_a_fully_cached_unit():
+    """The traced graph: with units 0-2 frozen and every row cached at
+    boundary 3 (the steady state), the branches the step takes hold one
+    Conv2D, unit 3's; each cached unit's own Conv2D is only in its
+    branch's other side (`compute`, taken while rows are left for it)."""
+    model = cnn()
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    model.schedule_state.freeze_prefix(3)
+    model.cache_frozen_prefix(N, max_bytes=2**20)
+    ds = with_example_ids(cnn_data()).batch(BATCH)
+    model.prefix_cache.prepare(model, next(iter(ds)))
+    step = tf.function(model.train_step, autograph=False)
+    for batch in ds:  # one epoch: the cache full at boundary 3
+        step(batch)
+    np.testing.assert_array_equal(model.prefix_cache.levels.numpy(), 3)
+    graph_def = step.get_concrete_function(batch).graph.as_graph_def()
+    assert model.train_step_traces == 1
+    steady = _ops_run(graph_def, lambda i: "else" if i < 3 else "then")
+    assert steady.count("Conv2D") == 1
+    # The cached units' forwards are in the graph, in the branch not taken.
+    training = _ops_run(graph_def, lambda i: "then")
+    assert training.count("Conv2D") == 4

@@ -16,17 +16,21 @@ frozen prefix"):
   not). b is an in-graph value; it moves as units freeze, with no retrace.
 * Per example the cache holds one activation, the output of unit `l - 1`,
   and its level `l` (0: nothing cached; levels above b are ignored). Each
-  of the first K units (`max_units`) runs once, as in the default step
-  and on the tape, but only on the batch's rows whose level is at most i;
-  the other rows take their cached activation. So while a unit trains
-  (i >= b) it runs on the whole batch, and once the batch is cached past
-  it, on none (one stand-in row: some kernels mis-shape an empty batch),
-  its backward skipped as any frozen unit's. After unit K - 1 one
-  `tf.cond`, off the tape, writes the output at b back (level b).
-* No branch around a unit's forward: an earlier version had one (and
-  traced each unit again in inference mode under it); differentiating
-  through those branches made the first step about 4x the uncached one
-  (docs/design.md). The step refuses XLA (the row counts are dynamic).
+  of the first K units (`max_units`) sits under one `tf.cond` on "a row
+  of the batch has a level of at most i": then it runs as in the default
+  step, on the tape and on the whole batch, and the rows cached past it
+  take their cached activation (one select); else the branch is the
+  cached batch, with no op of the unit. A unit that trains (i >= b) takes
+  the first branch at every step (the levels are at most b); a unit the
+  batch is cached past takes the second, its backward skipped as any
+  frozen unit's. After unit K - 1 one `tf.cond`, off the tape, writes the
+  output at b back (level b).
+* One trace: the unit is traced once, in its branch, and its backward
+  differentiates through that branch (docs/design.md, "Caching the frozen
+  prefix"). An earlier version nested branches and traced each unit again
+  in inference mode; its first step was about 4x the uncached one. The
+  step refuses XLA (its host buffers and branches on the levels are not
+  built for it).
 
 The contract (what must be deterministic): everything the model receives
 up to the cached boundary, i.e. the input pipeline (no random augmentation
@@ -44,13 +48,16 @@ from freezeout_tf import validation
 from freezeout_tf.core import side_inputs
 from freezeout_tf.core.schedule_state import HOST
 
-__all__ = ["EXAMPLE_ID", "INPUTS", "PrefixCache", "split_example_ids",
-           "with_example_ids"]
+__all__ = ["EXAMPLE_ID", "INPUTS", "PrefixCache", "UNIT_BRANCH",
+           "split_example_ids", "with_example_ids"]
 
 # Reserved input keys: the example id, and a plain (single-input) model's
 # input once the id is added beside it.
 EXAMPLE_ID = "freezeout_example_id"
 INPUTS = "freezeout_inputs"
+# The name of cached unit i's `tf.cond` is this prefix and i (graph tests
+# read its branches).
+UNIT_BRANCH = "fo_cached_unit_"
 
 
 def with_example_ids(dataset):
@@ -153,9 +160,10 @@ class PrefixCache:
         if model.jit_compile:
             raise ValueError(
                 "cache_frozen_prefix does not support jit_compile=True: the "
-                "cached step runs each unit on as many rows as are not "
-                "cached yet, a shape XLA cannot fix when it compiles "
-                "(docs/design.md). Compile with jit_compile=False.")
+                "cached step reads and writes host buffers per example and "
+                "branches on each batch's cached levels, which is not "
+                "built for XLA (docs/design.md). Compile with "
+                "jit_compile=False.")
         strategy = model.distribute_strategy
         # `_distribute_strategy`: set by Keras when the model was created
         # under a strategy's scope (keras_internals).
@@ -281,14 +289,14 @@ class PrefixCache:
         """The forward of one unit with the cache, for the default forward's
         loop over the units (`FreezeOutModel._forward_units`).
 
-        No branch: unit i (of the first K) runs, as in the default step
-        and on the tape, on the batch's rows whose cached level is at most
-        i (all of them while it trains: the levels are at most b); the
-        other rows take the cached activation. Where the whole batch is
-        cached past unit i, it runs on no row, which costs its ops'
-        dispatch only, and its backward is skipped as a frozen unit's.
-        After unit K - 1, one `tf.cond` writes the output at the boundary
-        b back, for the rows cached below it.
+        Unit i (of the first K) runs under one `tf.cond` (named
+        `UNIT_BRANCH` i): while a row of the batch has a cached level of
+        at most i (every row, while it trains), as in the default step, on
+        the tape and on the whole batch, the other rows taking their
+        cached activation; once none has, the branch taken holds no op of
+        the unit, only the cached batch, and its backward is skipped as a
+        frozen unit's. After unit K - 1, one `tf.cond` writes the output
+        at the boundary b back, for the rows cached below it.
 
         Args:
             model: the `FreezeOutModel`.
@@ -315,27 +323,25 @@ class PrefixCache:
         cached = tf.gather(self.activations, ids)
         outputs = []
 
-        def rows_of(t, rows):
-            return None if t is None else tf.gather(t, rows)
-
         def run(i, h):
             if i >= k:
                 return run_unit(i, h, side)
-            # Rows whose cached activation is from before unit i.
-            rows = tf.where(levels <= i)
-            n = tf.shape(rows)[0]
-            # Never an empty batch: oneDNN's Conv2D gives one its input's
-            # shape (TF 2.21). With no row to run, the unit runs on row 0,
-            # whose output is then the cached one.
-            rows = tf.concat([rows, tf.zeros([1, 1], rows.dtype)],
-                             0)[:tf.maximum(n, 1)]
-            flat = rows[:, 0]
-            out = run_unit(
-                i, tf.nest.map_structure(lambda t: rows_of(t, flat), h),
-                None if side is None else
-                {name: rows_of(t, flat) for name, t in side.items()})
-            out = tf.where(n > 0, out, tf.gather(cached, flat))
-            out = tf.tensor_scatter_nd_update(cached, rows, out)
+            # The rows whose cached activation is from before unit i.
+            todo = levels <= i
+            mask = tf.reshape(todo, tf.concat(
+                [tf.shape(todo), tf.ones([tf.rank(cached) - 1], tf.int32)],
+                0))
+
+            def compute():
+                return tf.where(mask, run_unit(i, h, side), cached)
+
+            # The one branch around the unit, traced once: while a row of
+            # the batch is left for it (always while it trains), it runs
+            # on the whole batch, as in the default step, and the rows
+            # cached past it take their activation; once none is, the
+            # cached batch as it is, no op of the unit.
+            out = tf.cond(tf.reduce_any(todo), compute, lambda: cached,
+                          name=f"{UNIT_BRANCH}{i}")
             outputs.append(tf.stop_gradient(out))
             if i == k - 1:
                 self._write_back(outputs, b, levels, ids)
