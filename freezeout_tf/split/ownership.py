@@ -208,13 +208,6 @@ def variable_owners(parts, trained, tied_owner="first"):
             if id(v) in owner:
                 continue
             where = readers[id(v)] or holders[id(v)][:1]
-            units = [i for i in where if i != head]
-            if len(units) > 1:
-                raise ValueError(
-                    f"Variable {v.path} is read by unit {units[0]} and unit "
-                    f"{units[1]}: it would belong to two freeze units. Keep "
-                    f"the layers that read it in one unit."
-                )
             owner[id(v)] = (head if tied_owner == "head" and head in where
                             else where[0])
     owned = [[] for _ in parts]
@@ -227,4 +220,14 @@ def variable_owners(parts, trained, tied_owner="first"):
                 placed.add(id(v))
             elif index in readers[id(v)] and owner[id(v)] != index:
                 foreign[index].append(v)
+    for index in range(head):
+        earlier = [v for v in foreign[index] if owner[id(v)] < index]
+        if earlier and not owned[index]:
+            raise ValueError(
+                f"Unit {index} owns no variable: each one it reads "
+                f"({', '.join(v.path for v in earlier[:4])}) belongs to "
+                f"unit {owner[id(earlier[0])]}, the first unit that reads "
+                f"it, so unit {index} would have nothing to freeze. Keep "
+                f"the layers that read them in one unit."
+            )
     return Ownership(owned=owned, foreign=foreign)
