@@ -113,11 +113,12 @@ def mode_switched_leaves(unit, unit_name="unit"):
     """
     keras_internals.check()
     leaves = []
+    written = _WrittenState(unit)
     for layer in unit._flatten_layers(include_self=True):
         if layer._flatten_layers(include_self=False):
             # A container: passes `training` on to its leaves, or is
             # switched as a whole (or refused).
-            leaves.extend(_switched_container(layer, unit_name))
+            leaves.extend(_switched_container(layer, unit_name, written))
             continue
         if not layer._call_has_training_arg or _ignores_training(layer):
             continue
@@ -129,7 +130,7 @@ def mode_switched_leaves(unit, unit_name="unit"):
         if isinstance(layer, keras.layers.BatchNormalization):
             _check_batch_norm(layer, unit_name)
             switched = _batch_norm_call(layer)
-        elif layer.non_trainable_weights:
+        elif written.any_of(layer.non_trainable_weights):
             raise ValueError(
                 f"Layer {layer.name!r} ({type(layer).__name__}) in {unit_name} "
                 "takes a `training` argument and has non-trainable state "
@@ -158,7 +159,63 @@ def _may_make_sublayers(layer):
             and not isinstance(layer, keras.layers.BatchNormalization))
 
 
-def _switched_container(layer, unit_name):
+class _WrittenState:
+    """Which non-trainable variables a unit's training step writes.
+
+    A non-trainable variable no op assigns (a buffer such as SigLIP's
+    `position_ids`, a frozen table) is constant: freezing has nothing to
+    protect there. Found from the graph, not from names: the unit's call
+    with `training=True` is traced once (only when a layer with
+    non-trainable state would otherwise be refused) in a `FuncGraph`, and
+    a variable counts as written when its resource handle feeds any op
+    but a read (`ReadVariableOp`, a gather, its shape): an assign, or a
+    nested function or control-flow op that might assign it."""
+
+    _READS = frozenset({"ReadVariableOp", "ResourceGather",
+                        "ResourceGatherNd", "VariableShape"})
+
+    def __init__(self, unit):
+        self.unit, self.ids = unit, None
+
+    def any_of(self, variables):
+        """True if the step writes one of `variables` (Keras variables);
+        True for every one when the unit cannot be traced (not a
+        functional model with inputs)."""
+        if not variables:
+            return False
+        if self.ids is None:
+            self.ids = self._trace()
+        return self.ids is True or any(
+            id(v.value.handle) in self.ids for v in variables
+            if hasattr(v.value, "handle"))
+
+    def _trace(self):
+        unit = self.unit
+        inputs = getattr(unit, "inputs", None)
+        if not isinstance(unit, keras.Model) or not inputs:
+            return True
+        specs = [tf.TensorSpec(t.shape, t.dtype) for t in inputs]
+
+        def forward(*args):
+            return unit(list(args) if len(args) > 1 else args[0],
+                        training=True)
+
+        with tf.init_scope():  # also when first built inside a train step
+            graph = tf.function(forward).get_concrete_function(
+                *specs).graph
+        handles = {id(internal): external
+                   for external, internal in graph.captures}
+        written = set()
+        for op in graph.get_operations():
+            if op.type in self._READS:
+                continue
+            for t in op.inputs:
+                if t.dtype == tf.resource and id(t) in handles:
+                    written.add(id(handles[id(t)]))
+        return written
+
+
+def _switched_container(layer, unit_name, written):
     """`[layer]` if the container `layer` reads `training` itself (its
     mode is then switched as a whole, like a stateless leaf: both modes
     computed, one selected), `[]` if it only passes `training` on to its
@@ -175,7 +232,7 @@ def _switched_container(layer, unit_name):
              for w in sub.weights}
     own = [w for w in layer.weights
            if id(w) not in inner and not w.trainable]
-    if own:
+    if written.any_of(own):
         raise ValueError(
             f"Layer {layer.name!r} ({type(layer).__name__}) in {unit_name} "
             "has sublayers, takes a `training` argument and owns "

@@ -412,10 +412,12 @@ def _sink_streams(calls, side, output_keys):
     every decoder block and so carried) stays where it is. Calls of one
     stream keep their order, as do streams moved before the same reader.
     """
+    if not side:  # one plain input: a single stream from it
+        return calls
     producer = {k: i for i, c in enumerate(calls) for k in c.outputs}
     stream = {}  # call index -> index of the call that starts its stream
     for i, call in enumerate(calls):
-        chain = [producer[k] for k in call.inputs if k not in side]
+        chain = [producer[k] for k in call.inputs if k in producer]
         roots = {stream.get(j) for j in chain}
         if not chain:
             stream[i] = i
