@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from freezeout_tf import FreezeOut, FreezeOutModel, schedule
+from hub_models import step_and_plain_gradients
 from test_transformers import unit_state
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -91,21 +92,9 @@ def test_gradients_equal_plain_tape_with_k_frozen(lora, k):
     x, y = seq2seq_data(4)
     x = {n: tf.constant(v) for n, v in x.items()}
     y = tf.constant(y)
-    model.schedule_state.set(100, np.array([0.05] * k + [0.9] * (4 - k)
-                                           + [1.0]))
-    model.batches_taken.assign(10)
-    _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
-    by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
-
-    @tf.function
-    def plain(x, y):
-        with tf.GradientTape() as tape:
-            loss = LOSS(y, original(x, training=True))
-        return tape.gradient(loss, original.trainable_variables)
-
-    reference = [tf.convert_to_tensor(r).numpy() for r in plain(x, y)]
+    by_var, reference, tol = step_and_plain_gradients(model, original, x, y,
+                                                      k, LOSS)
     assert len(reference) == len(by_var) > 0
-    tol = 1e-5 * max(np.max(np.abs(r)) for r in reference)
     frozen = [v.path for v in original.trainable_variables
               if k and v.path.startswith(FROZEN_2)]
     assert (len(frozen) > 0) == (k > 0)
