@@ -35,13 +35,16 @@ inside `unit_mode(leaves, flag_i)`, each *leaf* layer of the unit whose
   that `training` never touches). Switching them would compute every
   projection twice, once per mode; on transformers that made the step
   1.6-1.7x plain Keras'.
-* A leaf layer with other non-trainable state could not be kept unchanged
-  while frozen; `mode_switched_leaves` rejects it with a clear error.
+* A leaf layer with other non-trainable state that a step writes could
+  not be kept unchanged while frozen; `mode_switched_leaves` rejects it
+  with a clear error. State no op writes (a buffer such as CLIP's
+  `position_ids`) is a constant, not refused: found by tracing the unit
+  (`_WrittenState`).
 * A container (a layer with sublayers) normally passes `training` on to
   its leaves and is left alone. One whose `call` reads `training` itself
   (by its source) is switched as a whole, like a stateless leaf; one that
-  takes `training` and owns non-trainable variables of its own is
-  rejected.
+  takes `training` and owns non-trainable variables of its own that a
+  step writes is rejected.
 
 Outside `unit_mode` (evaluate, predict, a plain `model(x, training=...)`)
 the layers behave exactly as stock Keras layers. The switch is installed
@@ -185,9 +188,13 @@ class _WrittenState:
             return False
         if self.ids is None:
             self.ids = self._trace()
-        return self.ids is True or any(
-            id(v.value.handle) in self.ids for v in variables
-            if hasattr(v.value, "handle"))
+        if self.ids is True:
+            return True
+        for v in variables:
+            handles = _handle_ids(v)
+            if not handles or handles & self.ids:
+                return True
+        return False
 
     def _trace(self):
         unit = self.unit
@@ -215,6 +222,19 @@ class _WrittenState:
         return written
 
 
+def _handle_ids(variable):
+    """Ids of the resource handles behind a Keras variable (and of its
+    per-replica components under a distribution strategy)."""
+    ids = set()
+    value = variable.value
+    for component in [value, *getattr(value, "values", ())]:
+        try:
+            ids.add(id(component.handle))
+        except (AttributeError, ValueError):  # no handle out of a replica
+            pass
+    return ids
+
+
 def _switched_container(layer, unit_name, written):
     """`[layer]` if the container `layer` reads `training` itself (its
     mode is then switched as a whole, like a stateless leaf: both modes
@@ -223,8 +243,8 @@ def _switched_container(layer, unit_name, written):
 
     Raises:
         ValueError: the container takes `training` and owns non-trainable
-            variables of its own (not its sublayers'), which could move
-            while its unit is frozen.
+            variables of its own (not its sublayers') that a step writes,
+            which could move while its unit is frozen.
     """
     if not layer._call_has_training_arg:
         return []

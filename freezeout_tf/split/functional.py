@@ -31,6 +31,16 @@ A tensor made once and read beside the hidden state by several later calls
 passes it on, as an input named `side_inputs.HIDDEN + "_<j>"`; the unit
 that computes it owns its weights.
 
+An encoder-decoder runs two streams from its inputs: the encoder, whose
+output every decoder block reads (carried), and the decoder's embedding.
+A stream read by one later call only is moved right before it
+(`_sink_streams`), so the chain runs encoder blocks, then decoder blocks;
+a call whose one output read later is carried (the encoder's last) is a
+cut point too, that tensor being the hidden state into the next unit. A
+layer called in several units (the shared token embedding) belongs to
+the first (`freezeout_tf.split.ownership`); a segment holding only weights
+an earlier one holds joins the one before it.
+
 Looked into, as if their layers were called in the outer graph:
 
 * nested functional models and `Sequential`s with an `Input` (a pretrained
@@ -736,14 +746,12 @@ def split_model(model, num_units=None, boundaries=None):
             message names layers that hold several weighted layers but stay
             whole); a boundary names no layer, a layer called more than
             once, a layer whose output is not a cut point (naming the
-            tensor that goes around it), or one in the head; or a layer
-            would sit in two units (a layer or block shared between layers,
-            as ALBERT shares one block, or a layer of a nested model also
-            used elsewhere) whose weights two units read, as they would
-            then be trained and frozen twice. A layer whose calls read
-            disjoint weights (an untied reversible embedding), or a weight
-            read by one unit and the head (a tied embedding), is allowed
-            (`freezeout_tf.split.ownership`).
+            tensor that goes around it), or one in the head; or a unit
+            would own no weight (boundaries that cut a shared block's calls
+            apart). A weight read by several units (an encoder-decoder's
+            token embedding, ALBERT's shared block) belongs to the first
+            (`freezeout_tf.split.ownership`); a segment holding only such
+            weights joins the one before it.
 
     Example:
 
