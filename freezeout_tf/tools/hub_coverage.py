@@ -242,7 +242,7 @@ OVERRIDES = {
             image_shape=(None, None, 3),  # BASNet refuses a fixed one
             stackwise_num_blocks=[1, 1, 1, 1],
             stackwise_num_strides=[1, 2, 2, 2]),
-        num_classes=1, projection_filters=8, image_shape=(64, 64, 3)),
+        num_classes=1, image_shape=(64, 64, 3)),
     "ViTDetBackbone": dict(global_attention_layer_indices=[1],
                            num_output_channels=16, window_size=2),
     "SAMBackbone": dict(
@@ -369,7 +369,8 @@ INPUT_SHAPES = {
     name: dict(points=(1, 2), labels=(1,), boxes=(1, 2, 2),
                masks=(1, 32, 32, 1))
     for name in ("SAMBackbone", "SAMImageSegmenter")
-}
+} | {name: dict(boxes=(1, 5), box_labels=(1,)) for name in (
+    "SAM3PromptableConceptBackbone", "SAM3PromptableConceptImageSegmenter")}
 # Tasks whose own `compute_loss` runs the backbone a second time to reach
 # outputs the task does not return: fit with their compiled loss on the
 # outputs it returns (the split model computes only those).
