@@ -252,3 +252,16 @@ def test_segmenter_on_a_tiny_resnet_splits_and_fits_with_masks():
     assert fit["ok"], fit
     assert fit["traces"] == 1 and fit["frozen"] == fit["num_units"]
     assert fit["loss"] > 0
+
+
+def test_detector_fits_on_boxes_with_its_own_loss():
+    # RetinaNet computes its loss itself: boxes encoded against its anchors
+    # (KerasHub's compute_loss). Boxes that overlap no anchor give a zero
+    # loss; a loss that builds on its first call would make two traces.
+    family = next(f for f in hub_coverage.families()
+                  if f[0] == "RetinaNetObjectDetector")
+    result = hub_coverage.try_family(*family)
+    assert result["status"] == "split", result["reason"]
+    fit = result["fit"]
+    assert fit["traces"] == 1 and fit["frozen"] == fit["num_units"], fit
+    assert fit["ok"] and fit["loss"] > 0, fit

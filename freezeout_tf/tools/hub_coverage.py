@@ -9,14 +9,23 @@ each argument named in `TINY` (layer counts, widths, vocabulary, image
 size) is set small, `DEFAULTS` fills required arguments that are not
 sizes (rates, epsilons, flags), and `OVERRIDES` adds the few a family
 needs beyond those; an argument that is itself a model (BLIP-2's vision
-encoder, PARSeq's image encoder) is a `Nested` family, built from its own
-tiny config. A task's own required arguments come from the same tables. A
-family whose required arguments have no tiny value, or whose tiny config
-fails to build on CPU, is reported as not built, with the reason.
+encoder, PARSeq's image encoder, a segmenter's or detector's image
+encoder) is a `Nested` family, built from its own tiny config. The sizes
+of composite families (segmenters, detectors, depth, Stable Diffusion 3,
+encoder-decoders, speech-to-text) are those of KerasHub's own tests
+(`keras_hub/src/models/<family>/*_test.py`), narrower where a nested
+encoder allows. A task's own required arguments come from the same tables.
+A family whose required arguments have no tiny value, or whose tiny config
+fails to build and run on CPU, is reported as not built, with KerasHub's
+error.
 
 For each family that builds: the units `from_model` finds (or its refusal,
 one line naming the layer), and, for tasks, a short `fit` with FreezeOut
-that checks one trace of the train step and that every unit froze.
+that checks one trace of the train step, that every unit froze and that
+the loss is finite. The loss is the task's own: its `compile()` defaults
+and its `compute_loss` (a detector encodes boxes against its anchors), on
+labels of the form that loss reads (`_targets`: token or class ids, one-hot
+masks, boxes, depths).
 
 Not imported by `freezeout_tf/__init__` (it imports `keras_hub`);
 `scripts/hub_coverage.py` runs it and writes `benchmarks/coverage/hub_coverage.*`.
@@ -303,13 +312,11 @@ OVERRIDES = {
                    encoder_num_filters=[32] * 4, encoder_num_blocks=[1] * 4,
                    decoder_num_filters=[32] * 4, decoder_num_blocks=[1] * 4,
                    sampler_method="mode"),
-        clip_l=Nested("CLIPTextEncoder", vocabulary_size=20,
-                      embedding_dim=64, hidden_dim=64, intermediate_dim=128,
-                      intermediate_output_index=-2, max_sequence_length=77,
-                      name="clip_l"),
-        clip_g=Nested("CLIPTextEncoder", vocabulary_size=20,
-                      embedding_dim=128, hidden_dim=128, intermediate_dim=256,
-                      intermediate_activation="gelu",
+        clip_l=Nested("CLIPTextEncoder", embedding_dim=64, hidden_dim=64,
+                      intermediate_dim=128, intermediate_output_index=-2,
+                      max_sequence_length=77, name="clip_l"),
+        clip_g=Nested("CLIPTextEncoder", embedding_dim=128, hidden_dim=128,
+                      intermediate_dim=256, intermediate_activation="gelu",
                       intermediate_output_index=-2, max_sequence_length=77,
                       name="clip_g")),
     "FluxBackbone": dict(
@@ -614,7 +621,7 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
                     # preprocessor from OVERRIDES served the constructor).
                     original.preprocessor = None
                 x = _example_inputs(original, rng, INPUT_SHAPES.get(name))
-                original.predict(x, verbose=0)  # runs at all
+                original(x, training=False)  # runs at all (eagerly)
             except _Timeout:
                 raise
             except Exception as error:  # noqa: BLE001 (reported)
