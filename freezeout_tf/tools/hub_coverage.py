@@ -371,12 +371,14 @@ TASK_BACKBONES = {
 }
 # Input shapes (without the batch) where a free dimension must take a
 # particular size: SAM's one prompt of each kind, its mask prompt four times
-# the image embedding (as KerasHub's test gives them).
+# the image embedding (as KerasHub's test gives them); SAM 3 prompted by
+# text alone (a box there starts with its example's index, which random
+# inputs cannot give).
 INPUT_SHAPES = {
     name: dict(points=(1, 2), labels=(1,), boxes=(1, 2, 2),
                masks=(1, 32, 32, 1))
     for name in ("SAMBackbone", "SAMImageSegmenter")
-} | {name: dict(boxes=(1, 5), box_labels=(1,)) for name in (
+} | {name: dict(boxes=(0, 5), box_labels=(0,)) for name in (  # text only
     "SAM3PromptableConceptBackbone", "SAM3PromptableConceptImageSegmenter")}
 # Tasks whose own `compute_loss` runs the backbone a second time to reach
 # outputs the task does not return: fit with their compiled loss on the
