@@ -265,3 +265,17 @@ def test_detector_fits_on_boxes_with_its_own_loss():
     fit = result["fit"]
     assert fit["traces"] == 1 and fit["frozen"] == fit["num_units"], fit
     assert fit["ok"] and fit["loss"] > 0, fit
+
+
+def test_readme_line_gives_the_share_and_names_each_refusal():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    report = json.loads(
+        (root / "benchmarks" / "coverage" / "hub_coverage.json").read_text())
+    fit_ok, tasks, refused = hub_coverage.task_share(
+        report["results"]["families"])
+    readme = (root / "README.md").read_text()
+    line = readme[readme.index("- **KerasHub coverage**"):]
+    line = " ".join(line[:line.index("\n\n")].split())
+    assert f"{fit_ok} of {tasks} task families" in line, line
+    for name in refused:
+        assert name in line, name

@@ -46,7 +46,7 @@ from freezeout_tf.split import functional
 __all__ = ["TINY", "DEFAULTS", "OVERRIDES", "TASK_BACKBONES",
            "INPUT_SHAPES", "COMPILED_LOSS_ONLY", "Nested", "STATUSES",
            "families", "tiny_kwargs", "try_family", "run", "summary",
-           "to_markdown"]
+           "task_share", "to_markdown"]
 
 TEXT_LENGTH, NUM_CLASSES, EXAMPLES, BATCH, EPOCHS = 8, 3, 8, 4, 3
 AUDIO_LENGTH = 1600
@@ -251,7 +251,7 @@ OVERRIDES = {
             image_shape=(None, None, 3),  # BASNet refuses a fixed one
             stackwise_num_blocks=[1, 1, 1, 1],
             stackwise_num_strides=[1, 2, 2, 2]),
-        num_classes=1, image_shape=(64, 64, 3)),
+        num_classes=1),
     "ViTDetBackbone": dict(global_attention_layer_indices=[1],
                            num_output_channels=16, window_size=2),
     "SAMBackbone": dict(
@@ -790,10 +790,33 @@ def summary(results):
     return table
 
 
+def task_share(results):
+    """The task families (not backbones) that split and fit.
+
+    Args:
+        results: `try_family` results.
+
+    Returns:
+        `(fit_ok, tasks, refused)`: how many task families split and fit
+        (one trace, every unit frozen, finite loss), how many task
+        families there are, and `{name: reason}` for those refused.
+    """
+    tasks = [r for r in results if r["kind"] != "backbone"]
+    fit_ok = sum(bool(r["fit"] and r["fit"].get("ok")) for r in tasks)
+    refused = {r["name"]: r["reason"] for r in tasks
+               if r["status"] == "refused"}
+    return fit_ok, len(tasks), refused
+
+
 def to_markdown(results, header=""):
     """The summary by kind, then one row per family."""
     statuses = list(STATUSES)
-    lines = [header, "", "| kind | " + " | ".join(statuses)
+    fit_ok, tasks, refused = task_share(results)
+    share = (f"Task families that split and fit (one trace, every unit "
+             f"frozen, finite loss): {fit_ok} of {tasks} "
+             f"({100 * fit_ok / max(tasks, 1):.0f} %); refused: "
+             f"{', '.join(refused) or 'none'}.")
+    lines = [header, "", share, "", "| kind | " + " | ".join(statuses)
              + " | fit ok (one trace, all frozen) |",
              "|---|" + "---|" * (len(statuses) + 1)]
     for kind, row in sorted(summary(results).items()):
@@ -806,9 +829,11 @@ def to_markdown(results, header=""):
         if fit is None:
             fit_text = "-"
         elif "traces" in fit:
+            loss = (f"{fit['loss']:.3g}" if isinstance(fit["loss"], float)
+                    else fit["loss"])
             fit_text = (f"{'ok' if fit['ok'] else 'FAILED'}: "
                         f"{fit['traces']} trace, {fit['frozen']}/"
-                        f"{fit['num_units']} frozen")
+                        f"{fit['num_units']} frozen, loss {loss}")
         else:
             fit_text = fit.get("note", "")
         result = r["status"] + (f" ({r['num_units']} units)"
