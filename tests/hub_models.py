@@ -246,3 +246,28 @@ def assert_mirrored_matches_one_device(tmp_path, *worker_args):
     for i in range(int(r["num_weights"])):
         np.testing.assert_allclose(r[f"two_{i}"], r[f"one_{i}"],
                                    rtol=1e-4, atol=1e-6)
+
+
+def step_and_plain_gradients(model, original, x, y, k, loss):
+    """`(by_var, reference, tol)`: `model`'s gradients (by variable id) in
+    one step with its first `k` units frozen, a plain `tf.GradientTape`'s
+    of `original` on the same batch (in `original.trainable_variables`
+    order), and a tolerance against the gradients' overall scale (some are
+    zero in exact arithmetic, a key bias cannot change a softmax, so only
+    rounding is left of them)."""
+    import tensorflow as tf
+    fractions = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
+    model.schedule_state.set(100, fractions)
+    model.batches_taken.assign(10)
+    _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
+    by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+
+    @tf.function
+    def plain(x, y):
+        with tf.GradientTape() as tape:
+            value = loss(y, original(x, training=True))
+        return tape.gradient(value, original.trainable_variables)
+
+    reference = [tf.convert_to_tensor(r).numpy() for r in plain(x, y)]
+    tol = 1e-5 * max(np.max(np.abs(r)) for r in reference)
+    return by_var, reference, tol

@@ -268,13 +268,16 @@ def test_mirrored_two_devices_matches_one_device(name, tmp_path):
     assert_mirrored_matches_one_device(tmp_path, name)
 
 
-def test_hand_made_units_reading_one_variable_are_refused():
+def test_hand_made_unit_owning_nothing_is_refused():
     shared = keras.layers.Dense(4, name="shared")
     units = [keras.Sequential([keras.Input((4,)), shared]) for _ in range(2)]
     head = keras.Sequential([keras.Input((4,)), shared,
                              keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="Variable .*shared/kernel is read "
-                                         "by unit 0 and unit 1"):
+    # The first unit owns it, so unit 1 would have nothing to freeze.
+    with pytest.raises(ValueError, match=r"Unit 1 owns no variable: each "
+                       r"one it reads \(.*shared/kernel, .*shared/bias\) "
+                       r"belongs "
+                       r"to unit 0, the first unit that reads it"):
         FreezeOutModel(units, head)
     # One unit and the head may share it: the unit owns it by default.
     model = FreezeOutModel(units[:1], head)

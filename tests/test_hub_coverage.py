@@ -62,15 +62,25 @@ def test_split_records_units_and_refusal_records_the_layer():
     assert split["status"] == "split" and split["num_units"] == 6
     assert parts[3:] == ["transformer_layer_0", "transformer_layer_1",
                          "pooled_dense", "head: logits"]
-    # ALBERT shares one block between its layers: refused, naming it.
-    refused = hub_coverage.try_family(
+    # ALBERT shares one block between its layers: one unit holds all its
+    # calls (the unit of its first call owns it).
+    albert = hub_coverage.try_family(
         "AlbertTextClassifier", "TextClassifier",
         keras_hub.models.AlbertTextClassifier,
         keras_hub.models.AlbertBackbone, fit=False)
+    assert albert["status"] == "split", albert["reason"]
+    assert [p for p in albert["units"].split(" | ")
+            if "group_0_inner_layer_0" in p] == ["group_0_inner_layer_0"]
+    # Gemma 3n's text model stays one call: refused, naming it.
+    refused = hub_coverage.try_family(
+        *next(f for f in hub_coverage.families()
+              if f[0] == "Gemma3nCausalLM"), fit=False)
     assert refused["status"] == "refused"
-    assert "Layer '" in refused["reason"] and "\n" not in refused["reason"]
-    table = hub_coverage.to_markdown([split, refused])
-    assert "| TextClassifier | 1 | 1 | 0 | 0 | 0 | 0 |" in table
+    assert "'text_model'" in refused["reason"]
+    assert "\n" not in refused["reason"]
+    table = hub_coverage.to_markdown([split, albert, refused])
+    assert "| TextClassifier | 2 | 0 | 0 | 0 | 0 | 0 |" in table
+    assert "| CausalLM | 0 | 1 | 0 | 0 | 0 | 0 |" in table
 
 
 @pytest.mark.parametrize("name,first,second", [

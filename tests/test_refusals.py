@@ -1,13 +1,15 @@
 """What FreezeOutModel refuses before training, and the message it gives:
-a stateful leaf that takes `training`, BatchNormalization(renorm=True), an
+a stateful leaf that takes `training` (not one whose state is a constant
+no step writes), BatchNormalization(renorm=True), an
 input named `freezeout_hidden`."""
 
 import inspect
 
 import keras
+import numpy as np
 import pytest
 
-from freezeout_tf import FreezeOutModel
+from freezeout_tf import FreezeOut, FreezeOutModel
 from freezeout_tf.core.side_inputs import HIDDEN
 
 
@@ -27,6 +29,21 @@ class RunningMean(keras.layers.Layer):
         return x - self.mean
 
 
+class Offset(keras.layers.Layer):
+    """Takes `training` and holds a non-trainable buffer that no step
+    writes (as SigLIP's and CLIP's `position_ids`): a constant, not state
+    freezing must protect."""
+
+    def build(self, input_shape):
+        self.offset = self.add_weight(shape=input_shape[-1:],
+                                      initializer="ones", trainable=False,
+                                      name="offset")
+
+    def call(self, x, training=None):
+        y = x - self.offset
+        return y * 0.5 if training else y
+
+
 def _head():
     return keras.Sequential([keras.layers.Dense(2)])
 
@@ -42,6 +59,21 @@ def test_stateful_leaf_that_takes_training_is_refused():
             r"head, or make it stateless")):
         FreezeOutModel([keras.Sequential([keras.layers.Dense(4)]), unit],
                        _head())
+
+
+def test_constant_non_trainable_state_is_not_refused():
+    # Told from the traced step (no op assigns it), not from its name: a
+    # leaf named like the refused one above, with a buffer of that name.
+    leaf = Offset(name="running_mean")
+    unit = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), leaf])
+    model = FreezeOutModel([keras.Sequential([keras.layers.Dense(4)]), unit],
+                           _head())
+    model.compile("sgd", "mse")
+    model.fit(np.ones((8, 4), "float32"), np.zeros((8, 2), "float32"),
+              batch_size=4, epochs=2, verbose=0,
+              callbacks=[FreezeOut(t_0=0.5)])
+    assert model.train_step_traces == 1
+    np.testing.assert_array_equal(leaf.offset.numpy(), np.ones(4))
 
 
 def test_batch_norm_renorm_is_refused():

@@ -10,7 +10,8 @@ import tensorflow as tf
 from hub_models import (assert_mirrored_matches_one_device,
                         assert_resume_equals_unbroken, bert_classifier,
                         deberta_classifier, deberta_data, deit_classifier,
-                        esm_classifier, image_data, text_data,
+                        esm_classifier, image_data,
+                        step_and_plain_gradients, text_data,
                         vit_classifier, CLASSES, SEQ)
 from freezeout_tf import (FreezeOut, FreezeOutModel, schedule, split_model,
                           unit_flops)
@@ -285,23 +286,8 @@ def test_gradients_equal_plain_tape_with_k_frozen(make, data, k):
     x = tf.nest.map_structure(tf.constant, x)
     y = tf.constant(y)
     model.compile(keras.optimizers.SGD(0.1), LOSS)
-    fractions = np.array([0.05] * k + [0.9] * (model.num_units - k) + [1.0])
-    model.schedule_state.set(100, fractions)
-    model.batches_taken.assign(10)
-    _, _, grads = tf.function(model.compute_freezeout_gradients)(x, y)
-    by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
-
-    @tf.function
-    def plain(x, y):
-        with tf.GradientTape() as tape:
-            loss = LOSS(y, original(x, training=True))
-        return tape.gradient(loss, original.trainable_variables)
-
-    reference = [tf.convert_to_tensor(r).numpy() for r in plain(x, y)]
-    # Tolerance against the gradients' overall scale: some are zero in
-    # exact arithmetic (a key bias cannot change a softmax), so only
-    # rounding is left of them.
-    tol = 1e-5 * max(np.max(np.abs(r)) for r in reference)
+    by_var, reference, tol = step_and_plain_gradients(model, original, x, y,
+                                                      k, LOSS)
     frozen = {id(v) for u in model.freeze_units[:k]
               for v in u.trainable_weights}
     assert (len(frozen) > 0) == (k > 0) and len(reference) > 0
@@ -378,9 +364,13 @@ def test_bad_inputs_and_shared_blocks_get_clear_errors():
         h = block(h, padding_mask=inputs["padding_mask"])
     logits = keras.layers.Dense(CLASSES, name="out")(h[:, 0, :])
     albert_like = keras.Model(inputs, logits, name="albert_like")
-    with pytest.raises(ValueError, match="'shared_block' \\(called more than "
-                                         "once\\) would sit in both unit 1"):
-        split_model(albert_like)
+    # Its first unit owns it; its later calls hold no weight of their own,
+    # so they join that unit (a unit of them alone would own nothing).
+    units, _ = split_model(albert_like)
+    assert [[layer.name for layer in u.layers if layer.weights]
+            for u in units] == [["embed"], ["shared_block"]]
+    with pytest.raises(ValueError, match="num_units must be at most 2"):
+        split_model(albert_like, num_units=3)
     # Hand-made units must follow the convention.
     units = FreezeOutModel.from_model(bert_classifier()).freeze_units
     head = keras.layers.Dense(CLASSES)

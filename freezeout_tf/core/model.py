@@ -779,13 +779,16 @@ class FreezeOutModel(keras.Model):
         """For each unit, whether it must hand its input gradient down even
         while frozen: a unit before it reads a variable the head owns (a
         tied embedding with `tied_owner="head"`: the lookup in unit 0 needs
-        the hidden-state gradient through every block). A unit's foreign
-        reads are always the head's: two units never read one variable
-        (`ownership.variable_owners` refuses it)."""
+        the hidden-state gradient through every block). A read of an
+        earlier unit's variable (an encoder-decoder's shared embedding,
+        owned by unit 0, read again by the decoder) needs none: its owner
+        freezes before the reader, and the reader's own backward gives
+        its gradient while the owner trains."""
         flags, reads_before = [], False
-        for reads in foreign[:self.num_units]:
+        for i, reads in enumerate(foreign[:self.num_units]):
             flags.append(reads_before)
-            reads_before = reads_before or bool(reads)
+            reads_before = reads_before or any(owner > i
+                                               for owner, _ in reads)
         return flags
 
     def _unit_backward(self, tape, i, frozen, values, unit_input, output,

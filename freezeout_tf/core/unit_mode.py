@@ -35,13 +35,16 @@ inside `unit_mode(leaves, flag_i)`, each *leaf* layer of the unit whose
   that `training` never touches). Switching them would compute every
   projection twice, once per mode; on transformers that made the step
   1.6-1.7x plain Keras'.
-* A leaf layer with other non-trainable state could not be kept unchanged
-  while frozen; `mode_switched_leaves` rejects it with a clear error.
+* A leaf layer with other non-trainable state that a step writes could
+  not be kept unchanged while frozen; `mode_switched_leaves` rejects it
+  with a clear error. State no op writes (a buffer such as CLIP's
+  `position_ids`) is a constant, not refused: found by tracing the unit
+  (`_WrittenState`).
 * A container (a layer with sublayers) normally passes `training` on to
   its leaves and is left alone. One whose `call` reads `training` itself
   (by its source) is switched as a whole, like a stateless leaf; one that
-  takes `training` and owns non-trainable variables of its own is
-  rejected.
+  takes `training` and owns non-trainable variables of its own that a
+  step writes is rejected.
 
 Outside `unit_mode` (evaluate, predict, a plain `model(x, training=...)`)
 the layers behave exactly as stock Keras layers. The switch is installed
@@ -113,11 +116,12 @@ def mode_switched_leaves(unit, unit_name="unit"):
     """
     keras_internals.check()
     leaves = []
+    written = _WrittenState(unit)
     for layer in unit._flatten_layers(include_self=True):
         if layer._flatten_layers(include_self=False):
             # A container: passes `training` on to its leaves, or is
             # switched as a whole (or refused).
-            leaves.extend(_switched_container(layer, unit_name))
+            leaves.extend(_switched_container(layer, unit_name, written))
             continue
         if not layer._call_has_training_arg or _ignores_training(layer):
             continue
@@ -129,7 +133,7 @@ def mode_switched_leaves(unit, unit_name="unit"):
         if isinstance(layer, keras.layers.BatchNormalization):
             _check_batch_norm(layer, unit_name)
             switched = _batch_norm_call(layer)
-        elif layer.non_trainable_weights:
+        elif written.any_of(layer.non_trainable_weights):
             raise ValueError(
                 f"Layer {layer.name!r} ({type(layer).__name__}) in {unit_name} "
                 "takes a `training` argument and has non-trainable state "
@@ -158,7 +162,80 @@ def _may_make_sublayers(layer):
             and not isinstance(layer, keras.layers.BatchNormalization))
 
 
-def _switched_container(layer, unit_name):
+class _WrittenState:
+    """Which non-trainable variables a unit's training step writes.
+
+    A non-trainable variable no op assigns (a buffer such as SigLIP's
+    `position_ids`, a frozen table) is constant: freezing has nothing to
+    protect there. Found from the graph, not from names: the unit's call
+    with `training=True` is traced once (only when a layer with
+    non-trainable state would otherwise be refused) in a `FuncGraph`, and
+    a variable counts as written when its resource handle feeds any op
+    but a read (`ReadVariableOp`, a gather, its shape): an assign, or a
+    nested function or control-flow op that might assign it."""
+
+    _READS = frozenset({"ReadVariableOp", "ResourceGather",
+                        "ResourceGatherNd", "VariableShape"})
+
+    def __init__(self, unit):
+        self.unit, self.ids = unit, None
+
+    def any_of(self, variables):
+        """True if the step writes one of `variables` (Keras variables);
+        True for every one when the unit cannot be traced (not a
+        functional model with inputs)."""
+        if not variables:
+            return False
+        if self.ids is None:
+            self.ids = self._trace()
+        if self.ids is True:
+            return True
+        for v in variables:
+            handles = _handle_ids(v)
+            if not handles or handles & self.ids:
+                return True
+        return False
+
+    def _trace(self):
+        unit = self.unit
+        inputs = getattr(unit, "inputs", None)
+        if not isinstance(unit, keras.Model) or not inputs:
+            return True
+        specs = [tf.TensorSpec(t.shape, t.dtype) for t in inputs]
+
+        def forward(*args):
+            return unit(list(args) if len(args) > 1 else args[0],
+                        training=True)
+
+        with tf.init_scope():  # also when first built inside a train step
+            graph = tf.function(forward).get_concrete_function(
+                *specs).graph
+        handles = {id(internal): external
+                   for external, internal in graph.captures}
+        written = set()
+        for op in graph.get_operations():
+            if op.type in self._READS:
+                continue
+            for t in op.inputs:
+                if t.dtype == tf.resource and id(t) in handles:
+                    written.add(id(handles[id(t)]))
+        return written
+
+
+def _handle_ids(variable):
+    """Ids of the resource handles behind a Keras variable (and of its
+    per-replica components under a distribution strategy)."""
+    ids = set()
+    value = variable.value
+    for component in [value, *getattr(value, "values", ())]:
+        try:
+            ids.add(id(component.handle))
+        except (AttributeError, ValueError):  # no handle out of a replica
+            pass
+    return ids
+
+
+def _switched_container(layer, unit_name, written):
     """`[layer]` if the container `layer` reads `training` itself (its
     mode is then switched as a whole, like a stateless leaf: both modes
     computed, one selected), `[]` if it only passes `training` on to its
@@ -166,8 +243,8 @@ def _switched_container(layer, unit_name):
 
     Raises:
         ValueError: the container takes `training` and owns non-trainable
-            variables of its own (not its sublayers'), which could move
-            while its unit is frozen.
+            variables of its own (not its sublayers') that a step writes,
+            which could move while its unit is frozen.
     """
     if not layer._call_has_training_arg:
         return []
@@ -175,7 +252,7 @@ def _switched_container(layer, unit_name):
              for w in sub.weights}
     own = [w for w in layer.weights
            if id(w) not in inner and not w.trainable]
-    if own:
+    if written.any_of(own):
         raise ValueError(
             f"Layer {layer.name!r} ({type(layer).__name__}) in {unit_name} "
             "has sublayers, takes a `training` argument and owns "

@@ -31,6 +31,16 @@ A tensor made once and read beside the hidden state by several later calls
 passes it on, as an input named `side_inputs.HIDDEN + "_<j>"`; the unit
 that computes it owns its weights.
 
+An encoder-decoder runs two streams from its inputs: the encoder, whose
+output every decoder block reads (carried), and the decoder's embedding.
+A stream read by one later call only is moved right before it
+(`_sink_streams`), so the chain runs encoder blocks, then decoder blocks;
+a call whose one output read later is carried (the encoder's last) is a
+cut point too, that tensor being the hidden state into the next unit. A
+layer called in several units (the shared token embedding) belongs to
+the first (`freezeout_tf.split.ownership`); a segment holding only weights
+an earlier one holds joins the one before it.
+
 Looked into, as if their layers were called in the outer graph:
 
 * nested functional models and `Sequential`s with an `Input` (a pretrained
@@ -124,7 +134,8 @@ class _Graph:
             ) or bool(_carried(calls, side, self.output_keys))
         if not self.named:
             side, side_calls, calls = set(), [], every_call
-        self.side, self.side_calls, self.calls = side, side_calls, calls
+        self.side, self.side_calls = side, side_calls
+        self.calls = _sink_streams(calls, side, self.output_keys)
         self.all_calls = every_call
         # The chain starts from the one plain input (no side inputs), or
         # from nothing: the first unit reads side inputs only.
@@ -214,7 +225,8 @@ class _Graph:
         else:
             reach, reach_key = self.last_use[self.input_key], self.input_key
         for p, call in enumerate(self.calls[:-1]):
-            if reach <= p and len(self._used_after(p)) == 1:
+            if reach <= p and (len(self._used_after(p)) == 1
+                               or self._carried_out(p)):
                 result.append(None)
             elif reach > p:
                 result.append((self.producer[reach_key], reach))
@@ -225,6 +237,21 @@ class _Graph:
                     reach, reach_key = self.last_use[k], k
         return result
 
+    def _carried_out(self, p):
+        """Whether chain call `p`'s one output read later is carried (an
+        encoder's output, read by every decoder block): it is then the
+        hidden state into the next unit, and carried from there on."""
+        return (not self._used_after(p)
+                and [k for k in self.calls[p].outputs
+                     if k in self.carried] != [])
+
+    def hidden_after(self, p):
+        """Key of the hidden state passed on after chain call `p` (a cut
+        point): its output read later, or the carried one."""
+        used = self._used_after(p)
+        return used[0] if used else next(
+            k for k in self.calls[p].outputs if k in self.carried)
+
     def _used_after(self, p):
         """The outputs of chain call `p` that a later call reads (a block's
         unread outputs, such as `None` attention scores, do not count)."""
@@ -232,6 +259,15 @@ class _Graph:
 
     def holds_weights(self, lo, hi):
         return any(_holds_weights(c.op) for c in self.calls[lo:hi])
+
+    def holds_new_weights(self, lo, hi):
+        """Whether calls `lo..hi-1` hold a weight no earlier call holds (a
+        later call of a shared layer, such as a decoder's lookup in an
+        embedding the encoder owns, holds none)."""
+        seen = {id(w) for c in self.calls[:lo]
+                for w in getattr(c.op, "weights", ())}
+        return any(id(w) not in seen for c in self.calls[lo:hi]
+                   for w in getattr(c.op, "weights", ()))
 
     def _side_closure(self, keys):
         """The side calls needed to compute side tensors `keys` from the
@@ -263,7 +299,7 @@ class _Graph:
         values, inputs = {}, []
         if lo > 0 or self.input_key is not None:
             start = (self.input_key if lo == 0
-                     else self._used_after(lo - 1)[0])
+                     else self.hidden_after(lo - 1))
             spec = self.tensors[start]
             hidden = keras.Input(
                 batch_shape=spec.shape, dtype=spec.dtype,
@@ -272,6 +308,8 @@ class _Graph:
             values[start] = hidden
             inputs.append(hidden)
         for k, carried_name in self.carried_across(lo):
+            if k in values:  # the hidden state here (`hidden_after`)
+                continue
             spec = self.tensors[k]
             values[k] = keras.Input(batch_shape=spec.shape, dtype=spec.dtype,
                                     name=carried_name)
@@ -294,8 +332,10 @@ class _Graph:
             outputs = keras.tree.pack_sequence_as(
                 self.model.output, [values[k] for k in self.output_keys])
         else:
-            outputs = values[self._used_after(hi - 1)[0]]
-            passed = self.carried_across(hi)
+            hidden = self.hidden_after(hi - 1)
+            outputs = values[hidden]
+            passed = [(k, n) for k, n in self.carried_across(hi)
+                      if k != hidden]
             if passed:
                 outputs = {side_inputs.HIDDEN: outputs,
                            **{n: values[k] for k, n in passed}}
@@ -364,6 +404,59 @@ def _side_tensors(calls, inputs):
         else:
             rest.append(call)
     return side, side_calls, rest
+
+
+def _sink_streams(calls, side, output_keys):
+    """`calls` with each independent stream read once moved right before
+    its reader, so that the chain runs in forward order.
+
+    A *stream* starts at a chain call that reads side tensors only (an
+    embedding lookup of some model input) and holds the calls that read
+    nothing but side tensors and its own outputs. An encoder-decoder has
+    two: the encoder (embedding, then its blocks) and the decoder's
+    embedding. Topological order may interleave them, and a decoder
+    embedding made before the encoder's blocks would go around every one
+    of them, leaving no cut point between them. A stream whose outputs are
+    read by one later call only (the first decoder block) is moved right
+    before that call; one read by several (the encoder's output, read by
+    every decoder block and so carried) stays where it is. Calls of one
+    stream keep their order, as do streams moved before the same reader.
+    """
+    if not side:  # one plain input: a single stream from it
+        return calls
+    producer = {k: i for i, c in enumerate(calls) for k in c.outputs}
+    stream = {}  # call index -> index of the call that starts its stream
+    for i, call in enumerate(calls):
+        chain = [producer[k] for k in call.inputs if k in producer]
+        roots = {stream.get(j) for j in chain}
+        if not chain:
+            stream[i] = i
+        elif len(roots) == 1 and None not in roots:
+            stream[i] = roots.pop()
+    members = {}
+    for i, root in stream.items():
+        members.setdefault(root, []).append(i)
+    before = {}  # reader index -> calls moved right before it
+    for root, held in members.items():
+        mine = {k for i in held for k in calls[i].outputs}
+        readers = {i for i, c in enumerate(calls)
+                   if stream.get(i) != root and mine.intersection(c.inputs)}
+        if len(readers) == 1 and not mine.intersection(output_keys):
+            before.setdefault(readers.pop(), []).extend(held)
+    if not before:
+        return calls
+    moved = {i for held in before.values() for i in held}
+    order = []
+
+    def place(i):  # a moved stream may be read by another moved one
+        for j in sorted(before.get(i, ())):
+            place(j)
+        order.append(i)
+
+    for i in range(len(calls)):
+        if i not in moved:
+            place(i)
+    return [calls[i] for i in order]
 
 
 def _carried(calls, side, output_keys):
@@ -653,14 +746,12 @@ def split_model(model, num_units=None, boundaries=None):
             message names layers that hold several weighted layers but stay
             whole); a boundary names no layer, a layer called more than
             once, a layer whose output is not a cut point (naming the
-            tensor that goes around it), or one in the head; or a layer
-            would sit in two units (a layer or block shared between layers,
-            as ALBERT shares one block, or a layer of a nested model also
-            used elsewhere) whose weights two units read, as they would
-            then be trained and frozen twice. A layer whose calls read
-            disjoint weights (an untied reversible embedding), or a weight
-            read by one unit and the head (a tied embedding), is allowed
-            (`freezeout_tf.split.ownership`).
+            tensor that goes around it), or one in the head; or a unit
+            would own no weight (boundaries that cut a shared block's calls
+            apart). A weight read by several units (an encoder-decoder's
+            token embedding, ALBERT's shared block) belongs to the first
+            (`freezeout_tf.split.ownership`); a segment holding only such
+            weights joins the one before it.
 
     Example:
 
@@ -721,14 +812,18 @@ def split_model(model, num_units=None, boundaries=None):
     models = [graph.build(lo, hi, f"{name}_unit_{i}")
               for i, (lo, hi) in enumerate(segments)]
     models.append(graph.build(*head, f"{name}_head"))
-    _check_unshared(graph, parts, models)
+    _check_owners(models)
     return models[:-1], models[-1]
 
 
 def _merge_weightless(graph, segments):
+    """Joins a segment with nothing to freeze to the one before it: one
+    holding no weights, or only weights an earlier segment holds (a layer
+    called again: the first unit to read a weight owns it,
+    `freezeout_tf.split.ownership`)."""
     merged = []
     for lo, hi in segments:
-        if merged and not graph.holds_weights(lo, hi):
+        if merged and not graph.holds_new_weights(lo, hi):
             merged[-1] = (merged[-1][0], hi)
         elif merged and not graph.holds_weights(*merged[-1]):
             merged[-1] = (merged[-1][0], hi)  # a weightless first segment
@@ -853,40 +948,13 @@ def _short_list(names, limit=12):
                     else "")
 
 
-def _check_unshared(graph, parts, models):
-    """Each weight must be read by one freeze unit only: the train step
-    gives each variable the schedule of one unit. A layer called in several
-    parts passes when its calls read disjoint weights (an untied reversible
-    embedding) or a weight is read by one unit and the head (a tied one:
-    `freezeout_tf.split.ownership`); which part reads what is probed only for
-    such layers."""
-    owner, readers = {}, {}
-
-    def read_by_both(op, a, b):
-        for k in (a, b):
-            if (id(op), k) not in readers:
-                readers[id(op), k] = ownership.read_by(models[k], op.weights)
-        return readers[id(op), a] & readers[id(op), b]
-
-    head = len(parts) - 1
-    for index, (lo, hi) in enumerate(parts):
-        for i in range(lo, hi):
-            for v in getattr(graph.calls[i].op, "weights", ()):
-                first = owner.setdefault(id(v), (index, i))
-                if (first[0] != index and head not in (first[0], index)
-                        and read_by_both(graph.calls[i].op, first[0],
-                                         index)):
-                    where = ["head" if k == len(parts) - 1 else f"unit {k}"
-                             for k in (first[0], index)]
-                    call = graph.calls[i]
-                    owners = call.owners or graph.calls[first[1]].owners
-                    what = (f"a layer of nested model '{owners[-1]}', which "
-                            f"is also used elsewhere" if owners
-                            else "called more than once")
-                    raise ValueError(
-                        f"Layer '{call.op.name}' ({what}) would sit in both "
-                        f"{where[0]} ({graph.describe(first[1])}) and "
-                        f"{where[1]} ({graph.describe(i)}): its weights "
-                        f"would belong to two freeze units. Pick boundaries "
-                        f"or num_units that keep its calls in one unit."
-                    )
+def _check_owners(models):
+    """Each freeze unit must own a weight: a weight read by several units
+    belongs to the first (`ownership.variable_owners`), so a unit that only
+    calls a layer again (a shared block cut apart by `boundaries`) would
+    have nothing to freeze, which `variable_owners` refuses, naming it."""
+    held = [{id(v) for v in ownership.part_variables(m)}
+            for m in models[:-1]]
+    if len(set().union(*held)) < sum(map(len, held)):  # a shared weight
+        ownership.variable_owners(models, set().union(*held, {
+            id(v) for v in ownership.part_variables(models[-1])}))

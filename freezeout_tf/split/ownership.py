@@ -21,8 +21,13 @@ holds:
   lookup's gradient then needs the hidden-state gradient through every
   block, so frozen units still pass their input gradient down (only their
   weight gradients are skipped).
-* Read by two freeze units (ALBERT's one shared block): refused, as it
-  would freeze on two schedules.
+* Read by several freeze units (an encoder-decoder's token embedding,
+  read by the encoder's lookup, the decoder's lookup and the output
+  projection; ALBERT's one shared block): the first unit that reads it
+  owns it, the later ones read it as the head reads a tied embedding. Its
+  owner freezes before them, so no unit updates it after that. A unit
+  that would then own nothing (a shared block's later call cut off on its
+  own) is refused: it would have nothing to freeze.
 
 A part's gradient of a variable it reads but does not own (a *foreign*
 read) is added to the owner's gradient by `FreezeOutModel`'s train step.
@@ -170,8 +175,8 @@ def variable_owners(parts, trained, tied_owner="first"):
         (`foreign`), each in `part_variables` order.
 
     Raises:
-        ValueError: `tied_owner` is not allowed, or a variable is read by
-            two freeze units.
+        ValueError: `tied_owner` is not allowed, or a freeze unit would own
+            no variable, each one it reads belonging to an earlier unit.
 
     Example:
 
@@ -208,13 +213,6 @@ def variable_owners(parts, trained, tied_owner="first"):
             if id(v) in owner:
                 continue
             where = readers[id(v)] or holders[id(v)][:1]
-            units = [i for i in where if i != head]
-            if len(units) > 1:
-                raise ValueError(
-                    f"Variable {v.path} is read by unit {units[0]} and unit "
-                    f"{units[1]}: it would belong to two freeze units. Keep "
-                    f"the layers that read it in one unit."
-                )
             owner[id(v)] = (head if tied_owner == "head" and head in where
                             else where[0])
     owned = [[] for _ in parts]
@@ -227,4 +225,14 @@ def variable_owners(parts, trained, tied_owner="first"):
                 placed.add(id(v))
             elif index in readers[id(v)] and owner[id(v)] != index:
                 foreign[index].append(v)
+    for index in range(head):
+        earlier = [v for v in foreign[index] if owner[id(v)] < index]
+        if earlier and not owned[index]:
+            raise ValueError(
+                f"Unit {index} owns no variable: each one it reads "
+                f"({', '.join(v.path for v in earlier[:4])}) belongs to "
+                f"unit {owner[id(earlier[0])]}, the first unit that reads "
+                f"it, so unit {index} would have nothing to freeze. Keep "
+                f"the layers that read them in one unit."
+            )
     return Ownership(owned=owned, foreign=foreign)
