@@ -380,12 +380,15 @@ INPUT_SHAPES = {
     for name in ("SAMBackbone", "SAMImageSegmenter")
 } | {name: dict(boxes=(0, 5), box_labels=(0,)) for name in (  # text only
     "SAM3PromptableConceptBackbone", "SAM3PromptableConceptImageSegmenter")}
-# Tasks whose own `compute_loss` runs the backbone a second time to reach
-# outputs the task does not return: fit with their compiled loss on the
-# outputs it returns (the split model computes only those).
+# Tasks whose own `compute_loss` runs the backbone a second time instead
+# of reading the outputs it is given: fit with their compiled loss on the
+# outputs (the split model's forward is the one FreezeOut controls; the
+# second one reads no unit's watched weights, so its gradients are lost).
 COMPILED_LOSS_ONLY = {
     "BASNetImageSegmenter": "its compute_loss also scores the prediction "
     "heads' outputs by calling the backbone again",
+    "PARSeqCausalLM": "its compute_loss runs the image encoder and the "
+    "decoder again under permutation masks, not reading the outputs",
 }
 # What `try_family` reports, the columns of the summary.
 STATUSES = ("split", "refused", "not built", "timeout", "error")
@@ -619,9 +622,10 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
                             f"{', '.join(missing)}, which have no tiny "
                             f"value (hub_coverage.TINY)")
                     original = task_cls(backbone=original, **_built(extra))
-                    # Inputs are token ids already: no preprocessing (a
-                    # preprocessor from OVERRIDES served the constructor).
-                    original.preprocessor = None
+                    # Inputs are token ids already: the task is called,
+                    # never its predict or fit, so a preprocessor (from
+                    # OVERRIDES) serves only its constructor and compile
+                    # (PARSeq's loss ignores its tokenizer's pad id).
                 x = _example_inputs(original, rng, INPUT_SHAPES.get(name))
                 original(x, training=False)  # runs at all (eagerly)
             except _Timeout:
