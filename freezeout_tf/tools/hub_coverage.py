@@ -9,14 +9,23 @@ each argument named in `TINY` (layer counts, widths, vocabulary, image
 size) is set small, `DEFAULTS` fills required arguments that are not
 sizes (rates, epsilons, flags), and `OVERRIDES` adds the few a family
 needs beyond those; an argument that is itself a model (BLIP-2's vision
-encoder, PARSeq's image encoder) is a `Nested` family, built from its own
-tiny config. A task's own required arguments come from the same tables. A
-family whose required arguments have no tiny value, or whose tiny config
-fails to build on CPU, is reported as not built, with the reason.
+encoder, PARSeq's image encoder, a segmenter's or detector's image
+encoder) is a `Nested` family, built from its own tiny config. The sizes
+of composite families (segmenters, detectors, depth, Stable Diffusion 3,
+encoder-decoders, speech-to-text) are those of KerasHub's own tests
+(`keras_hub/src/models/<family>/*_test.py`), narrower where a nested
+encoder allows. A task's own required arguments come from the same tables.
+A family whose required arguments have no tiny value, or whose tiny config
+fails to build and run on CPU, is reported as not built, with KerasHub's
+error.
 
 For each family that builds: the units `from_model` finds (or its refusal,
 one line naming the layer), and, for tasks, a short `fit` with FreezeOut
-that checks one trace of the train step and that every unit froze.
+that checks one trace of the train step, that every unit froze and that
+the loss is finite. The loss is the task's own: its `compile()` defaults
+and its `compute_loss` (a detector encodes boxes against its anchors), on
+labels of the form that loss reads (`_targets`: token or class ids, one-hot
+masks, boxes, depths).
 
 Not imported by `freezeout_tf/__init__` (it imports `keras_hub`);
 `scripts/hub_coverage.py` runs it and writes `benchmarks/coverage/hub_coverage.*`.
@@ -34,11 +43,13 @@ from freezeout_tf.callbacks.freezeout import FreezeOut
 from freezeout_tf.core.model import FreezeOutModel
 from freezeout_tf.split import functional
 
-__all__ = ["TINY", "DEFAULTS", "OVERRIDES", "Nested", "STATUSES",
+__all__ = ["TINY", "DEFAULTS", "OVERRIDES", "TASK_BACKBONES",
+           "INPUT_SHAPES", "COMPILED_LOSS_ONLY", "Nested", "STATUSES",
            "families", "tiny_kwargs", "try_family", "run", "summary",
-           "to_markdown"]
+           "task_share", "to_markdown"]
 
 TEXT_LENGTH, NUM_CLASSES, EXAMPLES, BATCH, EPOCHS = 8, 3, 8, 4, 3
+AUDIO_LENGTH = 1600
 # Tiny values for backbone arguments, by name: one table for every family.
 TINY = {
     "num_layers": 2, "hidden_dim": 16, "intermediate_dim": 32,
@@ -76,13 +87,12 @@ class Nested:
     True
     """
 
-    def __init__(self, name, **kwargs):
+    def __init__(self, name, /, **kwargs):  # kwargs may hold a `name`
         self.name, self.kwargs = name, kwargs
 
     def build(self):
         """The model. Raises `ValueError` if it lacks a tiny value."""
-        import keras_hub
-        cls = getattr(keras_hub.models, self.name)
+        cls = _hub_class(self.name)
         kwargs, missing = tiny_kwargs(cls)
         kwargs.update(self.kwargs)
         missing = [m for m in missing if m not in kwargs]
@@ -95,11 +105,38 @@ class Nested:
         return f"Nested({self.name!r})"
 
 
+def _hub_class(name):
+    """`keras_hub.models.<name>`, else `keras_hub.layers.<name>` (SAM's
+    prompt encoder), else a dotted path below `keras_hub` (a class KerasHub
+    does not export, such as the VAE inside Stable Diffusion 3)."""
+    import importlib
+
+    import keras_hub
+    if "." in name:
+        module, _, attribute = name.rpartition(".")
+        return getattr(importlib.import_module(module), attribute)
+    for namespace in (keras_hub.models, keras_hub.layers):
+        if hasattr(namespace, name):
+            return getattr(namespace, name)
+    raise ValueError(f"keras_hub has no model or layer named {name!r}")
+
+
 def _built(kwargs):
     return {k: v.build() if isinstance(v, Nested) else v
             for k, v in kwargs.items()}
 
 
+# Nested models and arguments that several families share.
+_RESNET_3_STAGES = Nested(  # P2 to P4, for DeepLabV3 and RetinaNet
+    "ResNetBackbone", input_conv_filters=[64],
+    stackwise_num_filters=[64, 16, 16], stackwise_num_blocks=[1, 1, 1],
+    stackwise_num_strides=[1, 2, 2])
+_ANCHORS = Nested("AnchorGenerator")
+_ENCODER_DECODER = {f"{part}_{name}": value for part in ("encoder", "decoder")
+                    for name, value in dict(
+                        hidden_dim=16, intermediate_dim=32, num_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1,
+                        head_dim=8).items()}
 # What a family needs beyond `TINY` (small CNN stacks).
 OVERRIDES = {
     "ResNetBackbone": dict(
@@ -198,6 +235,160 @@ OVERRIDES = {
         image_encoder=Nested("ViTBackbone"), max_label_length=TEXT_LENGTH,
         decoder_hidden_dim=16, num_decoder_layers=2, num_decoder_heads=2,
         decoder_mlp_dim=32),
+    # Composite tasks, their sizes from KerasHub's own tests
+    # (keras_hub/src/models/<family>/*_test.py), narrower where a nested
+    # image encoder allows: each nested encoder is a tiny family itself.
+    "DeepLabV3Backbone": dict(
+        image_encoder=_RESNET_3_STAGES, low_level_feature_key="P2",
+        spatial_pyramid_pooling_key="P4", dilation_rates=[6, 12, 18],
+        upsampling_size=4, projection_filters=8),
+    "SegFormerBackbone": dict(image_encoder=Nested("MiTBackbone"),
+                              projection_filters=16),
+    "BASNetBackbone": dict(
+        image_encoder=Nested(
+            "ResNetBackbone", input_conv_filters=[64],
+            stackwise_num_filters=[64, 16, 16, 16],
+            image_shape=(None, None, 3),  # BASNet refuses a fixed one
+            stackwise_num_blocks=[1, 1, 1, 1],
+            stackwise_num_strides=[1, 2, 2, 2]),
+        num_classes=1),
+    "ViTDetBackbone": dict(global_attention_layer_indices=[1],
+                           num_output_channels=16, window_size=2),
+    "SAMBackbone": dict(
+        image_encoder=Nested(
+            "ViTDetBackbone", image_shape=(128, 128, 3), patch_size=16,
+            num_output_channels=32),
+        prompt_encoder=Nested(
+            "SAMPromptEncoder", hidden_size=32, image_embedding_size=(8, 8),
+            input_image_size=(128, 128), mask_in_channels=16),
+        mask_decoder=Nested(
+            "SAMMaskDecoder", num_layers=2, hidden_size=32,
+            intermediate_dim=32, num_heads=8, embedding_dim=32,
+            num_multimask_outputs=3, iou_head_depth=3,
+            iou_head_hidden_dim=8)),
+    "RetinaNetBackbone": dict(image_encoder=_RESNET_3_STAGES, min_level=3,
+                              max_level=4, use_p5=False),
+    "RetinaNetObjectDetector": dict(
+        anchor_generator=_ANCHORS,
+        label_encoder=Nested(
+            "keras_hub.src.models.retinanet.retinanet_label_encoder."
+            "RetinaNetLabelEncoder", anchor_generator=_ANCHORS,
+            bounding_box_format="yxyx"),
+        pre_logits_num_conv_layers=1),
+    "AnchorGenerator": dict(bounding_box_format="yxyx", min_level=3,
+                            max_level=4, num_scales=3,
+                            aspect_ratios=[0.5, 1.0, 2.0], anchor_size=4),
+    "DFineBackbone": dict(
+        backbone=Nested(
+            "HGNetV2Backbone", use_learnable_affine_block=True,
+            stackwise_stage_filters=[(8, 8, 16, 1, 1, 3),
+                                     (16, 8, 32, 1, 1, 3)],
+            use_lightweight_conv_block=[False, False],
+            out_features=["stage1", "stage2"]),
+        decoder_in_channels=[16, 16], encoder_hidden_dim=16,
+        num_labels=NUM_CLASSES, num_denoising=10, learn_initial_query=False,
+        num_queries=10, anchor_image_size=(32, 32), feat_strides=[4, 8],
+        num_feature_levels=2, encoder_in_channels=[16, 32],
+        encode_proj_layers=[1], encoder_ffn_dim=32, num_encoder_layers=1,
+        hidden_expansion=0.5, depth_multiplier=0.5, eval_idx=-1,
+        num_decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+        decoder_n_points=[2, 2], lqe_hidden_dim=16, num_lqe_layers=1,
+        out_features=["stage1", "stage2"], seed=0),
+    "DepthAnythingBackbone": dict(
+        image_encoder=Nested(
+            "DINOV2Backbone", patch_size=14, num_layers=4,
+            intermediate_dim=64, image_shape=(126, 126, 3),
+            apply_layernorm=True),
+        reassemble_factors=[4, 2, 1, 0.5], neck_hidden_dims=[8, 8, 16, 16],
+        fusion_hidden_dim=16, head_hidden_dim=8, head_in_index=-1,
+        feature_keys=["stage1", "stage2", "stage3", "stage4"]),
+    "DepthAnythingDepthEstimator": dict(depth_estimation_type="metric",
+                                        max_depth=10.0),
+    "StableDiffusion3Backbone": dict(
+        mmdit_patch_size=2, mmdit_hidden_dim=32, mmdit_num_layers=2,
+        mmdit_num_heads=2, mmdit_position_size=192, mmdit_qk_norm=None,
+        mmdit_dual_attention_indices=None, image_shape=(64, 64, 3),
+        vae=Nested("keras_hub.src.models.vae.vae_backbone.VAEBackbone",
+                   encoder_num_filters=[32] * 4, encoder_num_blocks=[1] * 4,
+                   decoder_num_filters=[32] * 4, decoder_num_blocks=[1] * 4,
+                   sampler_method="mode"),
+        clip_l=Nested("CLIPTextEncoder", embedding_dim=64, hidden_dim=64,
+                      intermediate_dim=128, intermediate_output_index=-2,
+                      max_sequence_length=77, name="clip_l"),
+        clip_g=Nested("CLIPTextEncoder", embedding_dim=128, hidden_dim=128,
+                      intermediate_dim=256, intermediate_activation="gelu",
+                      intermediate_output_index=-2, max_sequence_length=77,
+                      name="clip_g")),
+    "FluxBackbone": dict(
+        input_channels=64, hidden_size=256, mlp_ratio=2.0, num_heads=4,
+        depth=2, depth_single_blocks=2, axes_dim=[8, 28, 28], theta=10_000,
+        use_bias=True, guidance_embed=True, image_shape=(16, 64),
+        text_shape=(16, 64), image_ids_shape=(16, 3), text_ids_shape=(16, 3),
+        y_shape=(64,)),
+    "VideoPrismBackbone": dict(num_frames=2, num_spatial_layers=1,
+                               num_temporal_layers=1, num_auxiliary_layers=1,
+                               vocabulary_size=0, num_text_layers=0),
+    "CLIPBackbone": dict(vision_encoder=Nested("CLIPVisionEncoder"),
+                         text_encoder=Nested("CLIPTextEncoder")),
+    "MetaCLIP2Backbone": dict(vision_encoder=Nested("MetaCLIP2VisionEncoder"),
+                              text_encoder=Nested("MetaCLIP2TextEncoder")),
+    "SigLIPBackbone": dict(vision_encoder=Nested("SigLIPVisionEncoder"),
+                           text_encoder=Nested("SigLIPTextEncoder")),
+    # Its position embedding is added whole: inputs are this long.
+    "SigLIPTextEncoder": dict(max_sequence_length=TEXT_LENGTH),
+    # Encoder-decoders and speech-to-text.
+    "T5GemmaBackbone": dict(_ENCODER_DECODER, sliding_window=4,
+                            encoder_layer_types=["sliding_attention",
+                                                 "full_attention"],
+                            decoder_layer_types=["sliding_attention",
+                                                 "full_attention"]),
+    "T5Gemma2Backbone": dict(_ENCODER_DECODER, cross_attention_hidden_size=16,
+                             encoder_layer_types=["full_attention"] * 2,
+                             decoder_layer_types=["full_attention"] * 2),
+    "EdRecBackbone": dict(num_layers_enc=2, num_layers_dec=2),
+    "MoonshineBackbone": dict(filter_dim=16, encoder_num_layers=2,
+                              decoder_num_layers=2, encoder_num_heads=2,
+                              decoder_num_heads=2),
+    "SAM3PromptableConceptBackbone": dict(
+        vision_encoder=Nested(
+            "SAM3VisionEncoder", image_shape=(28, 28, 3), patch_size=14,
+            fpn_hidden_dim=16, fpn_scale_factors=[4.0, 2.0, 1.0, 0.5],
+            pretrain_image_shape=(42, 42, 3), window_size=2,
+            global_attn_indexes=[1, 2]),
+        text_encoder=Nested("SAM3TextEncoder", vocabulary_size=32),
+        geometry_encoder=Nested("SAM3GeometryEncoder", roi_size=7),
+        detr_encoder=Nested("SAM3DetrEncoder"),
+        detr_decoder=Nested("SAM3DetrDecoder", image_shape=(28, 28, 3),
+                            patch_size=14, num_queries=8),
+        mask_decoder=Nested("SAM3MaskDecoder", num_upsampling_stages=3)),
+}
+# A backbone's arguments where a task needs other ones than `OVERRIDES`
+# gives (BLIP-2's sequence-to-sequence task reads a Flan-T5 language model).
+TASK_BACKBONES = {
+    "BLIP2Seq2SeqLM": dict(
+        language_model=Nested("BLIP2FlanT5", key_value_dim=8,
+                              num_query_tokens=4, qformer_hidden_dim=16)),
+}
+# Input shapes (without the batch) where a free dimension must take a
+# particular size: SAM's one prompt of each kind, its mask prompt four times
+# the image embedding (as KerasHub's test gives them); SAM 3 prompted by
+# text alone (a box there starts with its example's index, which random
+# inputs cannot give).
+INPUT_SHAPES = {
+    name: dict(points=(1, 2), labels=(1,), boxes=(1, 2, 2),
+               masks=(1, 32, 32, 1))
+    for name in ("SAMBackbone", "SAMImageSegmenter")
+} | {name: dict(boxes=(0, 5), box_labels=(0,)) for name in (  # text only
+    "SAM3PromptableConceptBackbone", "SAM3PromptableConceptImageSegmenter")}
+# Tasks whose own `compute_loss` runs the backbone a second time instead
+# of reading the outputs it is given: fit with their compiled loss on the
+# outputs (the split model's forward is the one FreezeOut controls; the
+# second one reads no unit's watched weights, so its gradients are lost).
+COMPILED_LOSS_ONLY = {
+    "BASNetImageSegmenter": "its compute_loss also scores the prediction "
+    "heads' outputs by calling the backbone again",
+    "PARSeqCausalLM": "its compute_loss runs the image encoder and the "
+    "decoder again under permutation masks, not reading the outputs",
 }
 # What `try_family` reports, the columns of the summary.
 STATUSES = ("split", "refused", "not built", "timeout", "error")
@@ -296,14 +487,20 @@ def tiny_kwargs(backbone_cls, skip=()):
     return kwargs, missing
 
 
-def _example_inputs(model, rng):
+def _example_inputs(model, rng, shapes=None):
     """Random inputs for `model.inputs`: masks all ones, segment ids zero,
     other integer inputs small ids, floats uniform; a free length is
-    `TEXT_LENGTH`."""
+    `TEXT_LENGTH`, `AUDIO_LENGTH` for a waveform, or as `shapes` (by input
+    name, without the batch) gives."""
     values = {}
     for t in model.inputs:
-        shape = (EXAMPLES,) + tuple(TEXT_LENGTH if d is None else d
-                                    for d in t.shape[1:])
+        # A free length of one float channel is a waveform (Moonshine's
+        # convolutions downsample it 384 times).
+        free = (AUDIO_LENGTH if len(t.shape) == 3 and t.shape[-1] == 1
+                and "float" in str(t.dtype) else TEXT_LENGTH)
+        shape = (EXAMPLES,) + tuple(
+            (shapes or {}).get(t.name, [free if d is None else d
+                                        for d in t.shape[1:]]))
         name = t.name
         if "int" in str(t.dtype) or "bool" in str(t.dtype):
             if "mask" in name:
@@ -401,6 +598,9 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
     try:
         with _time_limit(timeout):
             kwargs, missing = tiny_kwargs(backbone_cls)
+            if task_cls is not None:
+                kwargs.update(TASK_BACKBONES.get(name, {}))
+                missing = [m for m in missing if m not in kwargs]
             if missing:
                 result.update(status="not built", reason=(
                     f"{backbone_cls.__name__} needs {', '.join(missing)}, "
@@ -422,11 +622,12 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
                             f"{', '.join(missing)}, which have no tiny "
                             f"value (hub_coverage.TINY)")
                     original = task_cls(backbone=original, **_built(extra))
-                    # Inputs are token ids already: no preprocessing (a
-                    # preprocessor from OVERRIDES served the constructor).
-                    original.preprocessor = None
-                x = _example_inputs(original, rng)
-                expected = original.predict(x, verbose=0)
+                    # Inputs are token ids already: the task is called,
+                    # never its predict or fit, so a preprocessor (from
+                    # OVERRIDES) serves only its constructor and compile
+                    # (PARSeq's loss ignores its tokenizer's pad id).
+                x = _example_inputs(original, rng, INPUT_SHAPES.get(name))
+                original(x, training=False)  # runs at all (eagerly)
             except _Timeout:
                 raise
             except Exception as error:  # noqa: BLE001 (reported)
@@ -442,7 +643,7 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
                           together=_blocks_together(original, model))
             if fit and task_cls is not None:
                 try:
-                    result["fit"] = _fit(model, x, expected, rng)
+                    result["fit"] = _fit(model, original, kind, x, rng)
                 except _Timeout:
                     raise
                 except Exception as error:  # noqa: BLE001 (reported)
@@ -459,15 +660,82 @@ def try_family(name, kind, task_cls, backbone_cls, fit=True, timeout=120,
     return result
 
 
-def _fit(model, x, expected, rng):
-    """A short `fit` with FreezeOut: token or class labels for the task's
-    logits (sparse cross-entropy); every unit must freeze in one trace."""
-    if not isinstance(expected, np.ndarray) or expected.ndim < 2:
-        return dict(ok=False, note="output is not one logits tensor")
-    y = rng.integers(0, expected.shape[-1], size=expected.shape[:-1])
-    model.compile(keras.optimizers.AdamW(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
+def _task_loss(task):
+    """The loss `task` trains with: its own `compile()` defaults (and its
+    own `compute_loss`, as a detector's, which encodes boxes into anchor
+    targets). `(compute_loss, loss)`: a function of `x, y, y_pred,
+    sample_weight, training`, and the compiled loss (or dict of losses by
+    output) from which the targets' form is read. A task KerasHub compiles
+    without a loss (a text embedder) gets a mean-squared error to random
+    embeddings; a task whose `compute_loss` runs its backbone a second
+    time to reach outputs the task does not return (BASNet's prediction
+    heads) gets its compiled loss on the outputs it returns: those extra
+    outputs would not be the split model's."""
+    task.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    loss = task.loss
+    if loss is None:
+        loss = keras.losses.MeanSquaredError()
+        task.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=loss)
+    own = (super(type(task), task).compute_loss
+           if type(task).__name__ in COMPILED_LOSS_ONLY else task.compute_loss)
+
+    def compute_loss(x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        return own(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                   training=training)
+    return compute_loss, loss
+
+
+def _targets(kind, loss, expected, image_size, rng):
+    """Labels for a task's outputs `expected`, in the form its `loss`
+    reads: class ids (sparse cross-entropy: tokens, classes), one-hot
+    masks (categorical: segmenters), binary masks, boxes in pixels with
+    their classes (object detectors), else values in [0, 1) (depths,
+    latents)."""
+    if kind == "ObjectDetector":
+        # Most of the image: the tiny configs' smallest anchors are 32
+        # pixels, and a box that overlaps none gives no loss.
+        size = rng.uniform(0.75, 1.0, size=(EXAMPLES, 2, 2)) * image_size
+        corner = rng.uniform(0, 1, size=(EXAMPLES, 2, 2)) * (
+            image_size - size)
+        return {"boxes": np.concatenate([corner, corner + size],
+                                        -1).astype("float32"),
+                "labels": rng.integers(0, NUM_CLASSES, size=(EXAMPLES, 2))}
+    if isinstance(expected, dict):
+        keys = loss.keys() if isinstance(loss, dict) else expected.keys()
+        return {k: _targets(kind, loss[k] if isinstance(loss, dict) else loss,
+                            expected[k], image_size, rng) for k in keys}
+    name = type(loss).__name__
+    shape, classes = expected.shape, expected.shape[-1]
+    if name.startswith("Sparse"):
+        return rng.integers(0, classes, size=shape[:-1])
+    if name.startswith("Categorical"):
+        return np.eye(classes, dtype="float32")[
+            rng.integers(0, classes, size=shape[:-1])]
+    if name.startswith("Binary"):
+        return rng.integers(0, 2, size=shape).astype("float32")
+    return rng.random(shape).astype("float32")
+
+
+def _fit(model, task, kind, x, rng):
+    """A short `fit` with FreezeOut and the task's own loss (`_task_loss`)
+    on labels of its outputs' form (`_targets`); every unit must freeze in
+    one trace, and the last loss be finite."""
+    compute_loss, loss = _task_loss(task)
+    # The outputs the loss reads: the task's call, not its `predict`
+    # (a detector's predict decodes boxes).
+    expected = keras.tree.map_structure(
+        keras.ops.convert_to_numpy, task(x, training=False))
+    images = [v for v in keras.tree.flatten(x) if v.ndim == 4]
+    y = _targets(kind, loss, expected,
+                 images[0].shape[1] if images else 0, rng)
+    # Once eagerly: a loss that makes variables (a multi-output loss's
+    # trackers) or builds layers (a box encoder) on its first call would
+    # otherwise make the train step trace twice.
+    first = keras.tree.map_structure(lambda v: v[:BATCH], (x, y, expected))
+    compute_loss(*first)
+    model.compile(keras.optimizers.AdamW(1e-3))
+    model.compute_loss = compute_loss
     history = model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0,
                         callbacks=[FreezeOut(t_0=0.5)])
     frozen = sum(not unit.trainable for unit in model.freeze_units)
@@ -526,10 +794,33 @@ def summary(results):
     return table
 
 
+def task_share(results):
+    """The task families (not backbones) that split and fit.
+
+    Args:
+        results: `try_family` results.
+
+    Returns:
+        `(fit_ok, tasks, refused)`: how many task families split and fit
+        (one trace, every unit frozen, finite loss), how many task
+        families there are, and `{name: reason}` for those refused.
+    """
+    tasks = [r for r in results if r["kind"] != "backbone"]
+    fit_ok = sum(bool(r["fit"] and r["fit"].get("ok")) for r in tasks)
+    refused = {r["name"]: r["reason"] for r in tasks
+               if r["status"] == "refused"}
+    return fit_ok, len(tasks), refused
+
+
 def to_markdown(results, header=""):
     """The summary by kind, then one row per family."""
     statuses = list(STATUSES)
-    lines = [header, "", "| kind | " + " | ".join(statuses)
+    fit_ok, tasks, refused = task_share(results)
+    share = (f"Task families that split and fit (one trace, every unit "
+             f"frozen, finite loss): {fit_ok} of {tasks} "
+             f"({100 * fit_ok / max(tasks, 1):.0f} %); refused: "
+             f"{', '.join(refused) or 'none'}.")
+    lines = [header, "", share, "", "| kind | " + " | ".join(statuses)
              + " | fit ok (one trace, all frozen) |",
              "|---|" + "---|" * (len(statuses) + 1)]
     for kind, row in sorted(summary(results).items()):
@@ -542,9 +833,11 @@ def to_markdown(results, header=""):
         if fit is None:
             fit_text = "-"
         elif "traces" in fit:
+            loss = (f"{fit['loss']:.3g}" if isinstance(fit["loss"], float)
+                    else fit["loss"])
             fit_text = (f"{'ok' if fit['ok'] else 'FAILED'}: "
                         f"{fit['traces']} trace, {fit['frozen']}/"
-                        f"{fit['num_units']} frozen")
+                        f"{fit['num_units']} frozen, loss {loss}")
         else:
             fit_text = fit.get("note", "")
         result = r["status"] + (f" ({r['num_units']} units)"
