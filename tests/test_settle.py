@@ -1,0 +1,142 @@
+"""The settle criterion (freezeout_tf.adaptive.criteria): its decision as a
+NumPy function with hand-computed expectations, the in-graph step and the
+train step's observer against it, and its settings refused when bad."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from freezeout_tf import AdaptiveFreeze
+from freezeout_tf.adaptive import (NOT_YET, AdaptiveState, IntervalState,
+                                   Observation, settle_step, settled_prefix)
+from freezeout_tf.core.schedule_state import NEVER, ScheduleState
+
+T, F = True, False
+
+
+@pytest.mark.parametrize(
+    "change, checked, streak, frozen, want_streak, want_freeze", [
+        # Settled twice in a row: units 0 and 1 freeze together; unit 2
+        # moved (its streak restarts), so unit 3 waits behind it.
+        ([0.05, 0.02, 0.3, 0.01], [T] * 4, [1, 1, 1, 1], [F] * 4,
+         [2, 2, 0, 2], [T, T, F, F]),
+        # Settled once only: no freeze yet (patience 2).
+        ([0.05, 0.02], [T, T], [0, 0], [F, F], [1, 1], [F, F]),
+        # Behind a frozen prefix (unit 0, unchecked, keeps its count) the
+        # next unit freezes; the one after it has settled only once.
+        ([-1.0, 0.05, 0.05], [F, T, T], [5, 1, 0], [T, F, F],
+         [5, 2, 1], [F, T, F]),
+        # A change equal to the tolerance is not below it.
+        ([0.1, 0.0], [T, T], [1, 1], [F, F], [0, 2], [F, F]),
+        # The front unit moving holds back all that settled behind it.
+        ([0.2, 0.0, 0.0], [T, T, T], [3, 3, 3], [F, F, F],
+         [0, 4, 4], [F, F, F]),
+        # An unchecked unit keeps its streak and does not freeze on it.
+        ([0.0, 0.0], [F, T], [2, 1], [F, F], [2, 2], [F, F]),
+    ])
+def test_settled_prefix_by_hand(change, checked, streak, frozen,
+                                want_streak, want_freeze):
+    got_streak, got_freeze = settled_prefix(
+        np.array(change), np.array(checked), np.array(streak),
+        np.array(frozen), tolerance=0.1, patience=2)
+    assert got_streak.tolist() == want_streak
+    assert got_freeze.tolist() == want_freeze
+
+
+def _reference(norms, interval, tolerance, patience, scheduled):
+    """The settle criterion step by step in NumPy: interval means, their
+    relative change, `settled_prefix` at each interval's end."""
+    steps, n = norms.shape
+    freeze = scheduled.copy()
+    sums, count, checks = np.zeros(n), 0, 0
+    ref, change = np.zeros(n), np.full(n, float(NOT_YET))
+    streak = np.zeros(n, np.int64)
+    for j in range(steps):
+        active = j < freeze
+        sums[active] += norms[j, active]
+        count += 1
+        if (j + 1) % interval:
+            continue
+        mean = sums / count
+        checked = active & (checks > 0)
+        ratio = np.abs(mean - ref) / np.maximum(ref, 1e-30)
+        change[checked] = ratio[checked]
+        streak, now = settled_prefix(ratio, checked, streak, freeze <= j + 1,
+                                     tolerance, patience)
+        freeze[now] = j + 1
+        ref[active] = mean[active]
+        sums[:], count, checks = 0, 0, checks + 1
+    return freeze, change, streak
+
+
+def test_settle_step_and_observer_match_the_numpy_decision():
+    interval, tolerance, patience = 3, 0.1, 2
+    # Each unit's gradient norm, constant over each 3-step interval:
+    # unit 0 settles at intervals 2 and 3 (changes 0.025, 0.005) and
+    # freezes at step 12; unit 1 settles, moves (0.29: its streak
+    # restarts), settles twice and freezes at 15; unit 2 settled early and
+    # waits for it; unit 3 decays until interval 9.
+    levels = np.array([
+        [3, 2, 1.95, 1.94, 1.94, 1.94, 1.94, 1.94, 1.94, 1.94, 1.94],
+        [3, 3.1, 4, 4.1, 4.1, 4.1, 4.1, 4.1, 4.1, 4.1, 4.1],
+        [2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3],
+        [5, 4, 3, 2, 1.5, 1.2, 1.0, 0.9, 0.85, 0.84, 0.84]]).T
+    norms = np.repeat(levels, interval, axis=0).astype(np.float32)
+    steps, n = norms.shape
+    scheduled = np.array([NEVER] * n, np.int64)
+    want, want_change, want_streak = _reference(
+        norms.astype(np.float64), interval, tolerance, patience, scheduled)
+    np.testing.assert_array_equal(want, [12, 15, 15, 30])  # by hand
+    decided = want < NEVER
+
+    freeze = tf.constant(scheduled)
+    state = IntervalState(
+        interval_sum=tf.zeros(n), interval_steps=tf.constant(0, tf.int64),
+        reference=tf.zeros(n), change=tf.fill([n], float(NOT_YET)),
+        checks=tf.constant(0, tf.int64), streak=tf.zeros(n, tf.int64))
+    for j in range(steps):
+        step = tf.constant(j, tf.int64)
+        out = settle_step(
+            Observation(step, tf.constant(norms[j]), j < freeze, freeze),
+            state, interval, tolerance, patience)
+        freeze = tf.where(out.freeze, step + 1, freeze)
+        state = out.state
+    np.testing.assert_array_equal(freeze.numpy(), want)
+    np.testing.assert_allclose(state.change.numpy(), want_change, rtol=1e-4)
+    np.testing.assert_array_equal(state.streak.numpy(), want_streak)
+
+    # The observer the train step runs writes the same decisions.
+    config = AdaptiveFreeze("settle", interval=interval, tolerance=tolerance,
+                            patience=patience)
+    adaptive, schedule_state = AdaptiveState(n), ScheduleState(n)
+    adaptive.start(config, steps)
+    observe = adaptive.observer(config, schedule_state)
+
+    @tf.function
+    def observe_step(step, unit_norms):
+        observe(step, [[unit_norms[i:i + 1]] for i in range(n)],
+                schedule_state.frozen_flags(step))
+
+    for j in range(steps):
+        observe_step(tf.constant(j, tf.int64), tf.constant(norms[j]))
+    np.testing.assert_array_equal(
+        schedule_state.host_freeze_steps()[:n], want)
+    np.testing.assert_array_equal(adaptive.host_values().decided[decided],
+                                  want[decided])
+
+
+def test_settle_settings():
+    config = AdaptiveFreeze("settle")
+    assert (config.tolerance, config.patience, config.intervals) == (
+        0.1, 2, 20)
+    assert AdaptiveFreeze.from_config(config.get_config()) == config
+    for kwargs, match in [
+            (dict(tolerance=0), r"tolerance=0\): must be a finite number > 0"),
+            (dict(patience=0), r"patience=0\): must be an integer >= 1"),
+            (dict(percentile=50), r"percentile=50\): not a setting of "
+             "criterion 'settle'")]:
+        with pytest.raises(ValueError, match=match):
+            AdaptiveFreeze("settle", **kwargs)
+    with pytest.raises(ValueError, match=r"tolerance=0.1\): not a setting "
+                       "of criterion 'rank'"):
+        AdaptiveFreeze("rank", tolerance=0.1)
