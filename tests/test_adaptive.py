@@ -28,7 +28,11 @@ CRITERION = AdaptiveFreeze(window=2, threshold=0.05, interval=2)
 # criterion's 10 intervals over the 24 steps give the same interval).
 RANK = AdaptiveFreeze()
 PACE = AdaptiveFreeze("pace", t_0=0.5, interval=2)
-ALL = {"threshold": CRITERION, "rank": RANK, "pace": PACE}
+# Settle, checked every 2 steps: a change below 5 % at one check lets a
+# unit go (units freeze at steps 6, 10, 16, 18 of 24 here).
+SETTLE = AdaptiveFreeze("settle", interval=2, tolerance=0.05, patience=1)
+ALL = {"threshold": CRITERION, "rank": RANK, "pace": PACE,
+       "settle": SETTLE}
 EPOCHS, STEPS_PER_EPOCH = 6, 4
 
 
@@ -325,7 +329,7 @@ def test_combined_freezes_at_the_earlier_of_schedule_and_trigger():
     assert history.history["first_active_lr"][0] > 0.1
 
 
-@pytest.mark.parametrize("name", ["rank", "pace"])
+@pytest.mark.parametrize("name", ["rank", "pace", "settle"])
 def test_resumed_run_freezes_at_the_same_steps(tmp_path, name):
     # The run's length places the intervals (and pace's targets): a run
     # split over several fits passes it, as for the schedule.
