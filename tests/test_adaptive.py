@@ -216,6 +216,29 @@ def _interval_reference(norms, interval, q, scheduled, targets=None):
     return freeze, change, targets
 
 
+def observe_norms(config, norms, scheduled, target=None):
+    """Runs the observer the train step runs on `norms` (`[steps, n]`, one
+    gradient tensor per unit whose norm is the unit's norm), from the
+    freeze steps `scheduled` (and pace's `target`); returns its
+    `(AdaptiveState, ScheduleState)`."""
+    steps, n = norms.shape
+    adaptive, schedule_state = AdaptiveState(n), ScheduleState(n)
+    schedule_state.freeze_steps.assign(np.append(scheduled, NEVER))
+    adaptive.start(config, steps)
+    if target is not None:
+        adaptive.target.assign(target)
+    observe = adaptive.observer(config, schedule_state)
+
+    @tf.function
+    def observe_step(step, unit_norms):
+        observe(step, [[unit_norms[i:i + 1]] for i in range(n)],
+                schedule_state.frozen_flags(step))
+
+    for j in range(steps):
+        observe_step(tf.constant(j, tf.int64), tf.constant(norms[j]))
+    return adaptive, schedule_state
+
+
 @pytest.mark.parametrize("criterion", ["rank", "pace"])
 def test_interval_criteria_match_a_step_by_step_reference(criterion):
     rng = np.random.default_rng(5)
@@ -256,20 +279,7 @@ def test_interval_criteria_match_a_step_by_step_reference(criterion):
     # The observer the train step runs (which skips the full step where it
     # cannot decide) writes the same decisions into the schedule's state.
     config = AdaptiveFreeze(criterion, interval=interval, percentile=q)
-    adaptive, schedule_state = AdaptiveState(n), ScheduleState(n)
-    schedule_state.freeze_steps.assign(np.append(scheduled, NEVER))
-    adaptive.start(config, steps)
-    adaptive.target.assign(start)
-    observe = adaptive.observer(config, schedule_state)
-
-    @tf.function
-    def observe_step(step, unit_norms):
-        # One gradient tensor per unit, whose norm is the unit's norm.
-        observe(step, [[unit_norms[i:i + 1]] for i in range(n)],
-                schedule_state.frozen_flags(step))
-
-    for j in range(steps):
-        observe_step(tf.constant(j, tf.int64), tf.constant(norms[j]))
+    adaptive, schedule_state = observe_norms(config, norms, scheduled, start)
     np.testing.assert_array_equal(
         schedule_state.host_freeze_steps()[:n], want)
     logged = adaptive.host_values()

@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 
 from freezeout_tf import AdaptiveFreeze
-from freezeout_tf.adaptive import (NOT_YET, AdaptiveState, IntervalState,
-                                   Observation, settle_step, settled_prefix)
-from freezeout_tf.core.schedule_state import NEVER, ScheduleState
+from freezeout_tf.adaptive import (NOT_YET, IntervalState, Observation,
+                                   settle_step, settled_prefix)
+from freezeout_tf.core.schedule_state import NEVER
+from test_adaptive import observe_norms
 
 T, F = True, False
 
@@ -108,17 +109,7 @@ def test_settle_step_and_observer_match_the_numpy_decision():
     # The observer the train step runs writes the same decisions.
     config = AdaptiveFreeze("settle", interval=interval, tolerance=tolerance,
                             patience=patience)
-    adaptive, schedule_state = AdaptiveState(n), ScheduleState(n)
-    adaptive.start(config, steps)
-    observe = adaptive.observer(config, schedule_state)
-
-    @tf.function
-    def observe_step(step, unit_norms):
-        observe(step, [[unit_norms[i:i + 1]] for i in range(n)],
-                schedule_state.frozen_flags(step))
-
-    for j in range(steps):
-        observe_step(tf.constant(j, tf.int64), tf.constant(norms[j]))
+    adaptive, schedule_state = observe_norms(config, norms, scheduled)
     np.testing.assert_array_equal(
         schedule_state.host_freeze_steps()[:n], want)
     np.testing.assert_array_equal(adaptive.host_values().decided[decided],

@@ -265,6 +265,30 @@ class _Task:
     def num_examples(self):
         return len(self.train[1])
 
+    def steps_per_epoch(self):
+        return -(-self.num_examples() // self.size["batch"])
+
+    def _batches(self, tensors, seed, ids):
+        """`tensors` (`from_tensor_slices`' argument) as the fit's
+        shuffled batches; with `ids`, example ids for the prefix cache."""
+        ds = tf.data.Dataset.from_tensor_slices(tensors)
+        count = int(ds.cardinality())  # the whole set in the buffer
+        if ids:
+            ds = with_example_ids(ds)
+        return (ds.shuffle(count, seed=seed)
+                .batch(self.size["batch"]).prefetch(2))
+
+
+class _TextTask(_Task):
+    """A KerasHub text task on dict arrays with `labels`, split into
+    `layers` units."""
+
+    def split(self, model):
+        return FreezeOutModel.from_model(model, num_units=self.size["layers"])
+
+    def num_examples(self):
+        return len(self.train["labels"])
+
 
 def _digits(classes, size, rotate=0):
     """scikit-learn's digits of `classes` (labels 0.. in that order),
@@ -343,14 +367,7 @@ class _VitTask(_Task):
         return keras.optimizers.AdamW(5e-4)
 
     def dataset(self, arrays, seed, ids):
-        ds = tf.data.Dataset.from_tensor_slices(arrays)
-        if ids:
-            ds = with_example_ids(ds)
-        return (ds.shuffle(len(arrays[1]), seed=seed)
-                .batch(self.size["batch"]).prefetch(2))
-
-    def steps_per_epoch(self):
-        return -(-self.num_examples() // self.size["batch"])
+        return self._batches(arrays, seed, ids)
 
     def score(self, model, arrays):
         logits = model.predict(arrays[0], batch_size=256, verbose=0)
@@ -371,7 +388,7 @@ class _VitOddTask(_VitTask):
     PRETRAIN_CLASSES, CLASSES, ROTATE = (0, 2, 4, 6, 8), (1, 3, 5, 7, 9), 1
 
 
-class _LmTask(_Task):
+class _LmTask(_TextTask):
     """Pretrain on `PRETRAIN` packages, fine-tune on `FINE_TUNE`."""
 
     metric = "heldout_loss"
@@ -411,27 +428,14 @@ class _LmTask(_Task):
         lm.backbone.load_weights(self.pretrained())
         return lm
 
-    def split(self, model):
-        return FreezeOutModel.from_model(model, num_units=self.size["layers"])
-
     def optimizer(self):
         return keras.optimizers.AdamW(3e-4)
 
-    def num_examples(self):
-        return len(self.train["labels"])
-
     def dataset(self, arrays, seed, ids):
-        ds = tf.data.Dataset.from_tensor_slices((
+        return self._batches((
             {"token_ids": arrays["token_ids"],
              "padding_mask": arrays["padding_mask"]},
-            arrays["labels"], arrays["sample_weight"]))
-        if ids:
-            ds = with_example_ids(ds)
-        return (ds.shuffle(len(arrays["labels"]), seed=seed)
-                .batch(self.size["batch"]).prefetch(2))
-
-    def steps_per_epoch(self):
-        return -(-self.num_examples() // self.size["batch"])
+            arrays["labels"], arrays["sample_weight"]), seed, ids)
 
     def score(self, model, arrays):
         return text.token_loss(model, text.lm_dataset(arrays, 64))
@@ -463,7 +467,7 @@ def _package_windows(packages, sequence, max_bytes_each, files_of):
             "labels": np.concatenate(labels)}
 
 
-class _BertTask(_Task):
+class _BertTask(_TextTask):
     """Issue 31's text classifier: a byte-level KerasHub BERT pretrained to
     tell which of `PRETRAIN` a source window comes from, fine-tuned (a new
     head) on `CLASSES`; split by files, scored by accuracy on held-out
@@ -507,7 +511,10 @@ class _BertTask(_Task):
                                 s["pretrain_bytes_per_class"],
                                 lambda p: text.package_files([p]))
         model.compile(keras.optimizers.AdamW(1e-3), _loss())
-        model.fit(self._dataset(data, PRETRAIN_SEED, False).repeat(),
+        model.fit(tf.data.Dataset.from_tensor_slices(
+                      (self._inputs(data), data["labels"]))
+                  .shuffle(len(data["labels"]), seed=PRETRAIN_SEED)
+                  .batch(s["batch"]).repeat(),
                   epochs=1, steps_per_epoch=s["pretrain_steps"], verbose=0)
         return model.backbone
 
@@ -516,33 +523,21 @@ class _BertTask(_Task):
         model.backbone.load_weights(self.pretrained())
         return model
 
-    def split(self, model):
-        return FreezeOutModel.from_model(model, num_units=self.size["layers"])
-
     def optimizer(self):
         return keras.optimizers.AdamW(1e-4)
 
-    def num_examples(self):
-        return len(self.train["labels"])
+    @staticmethod
+    def _inputs(arrays):
+        return {k: arrays[k] for k in ("token_ids", "padding_mask",
+                                       "segment_ids")}
 
-    def _dataset(self, arrays, seed, ids):
-        ds = tf.data.Dataset.from_tensor_slices((
-            {k: arrays[k] for k in ("token_ids", "padding_mask",
-                                    "segment_ids")}, arrays["labels"]))
-        if ids:
-            ds = with_example_ids(ds)
-        return (ds.shuffle(len(arrays["labels"]), seed=seed)
-                .batch(self.size["batch"]).prefetch(2))
-
-    dataset = _dataset
-
-    def steps_per_epoch(self):
-        return -(-self.num_examples() // self.size["batch"])
+    def dataset(self, arrays, seed, ids):
+        return self._batches((self._inputs(arrays), arrays["labels"]), seed,
+                             ids)
 
     def score(self, model, arrays):
-        inputs = {k: arrays[k] for k in ("token_ids", "padding_mask",
-                                         "segment_ids")}
-        logits = model.predict(inputs, batch_size=256, verbose=0)
+        logits = model.predict(self._inputs(arrays), batch_size=256,
+                               verbose=0)
         return float(np.mean(np.argmax(logits, -1) == arrays["labels"]))
 
     def cost_input_shape(self):
