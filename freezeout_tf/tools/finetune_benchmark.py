@@ -168,12 +168,14 @@ SIZES = {
         "lm-idle": {"layers": 6, "hidden": 128, "heads": 4,
                     "sequence": 128, "batch": 16, "pretrain_steps": 1000,
                     "pretrain_bytes": 3_000_000,
-                    "fine_tune_bytes": 256_000, "heldout_bytes": 64_000,
+                    # All of idlelib's training files (about 640 kB), so
+                    # that a fit of 20x its first step is few epochs.
+                    "fine_tune_bytes": None, "heldout_bytes": 64_000,
                     "epochs": None},
         "bert-pkg": {"layers": 4, "hidden": 128, "heads": 4,
                      "sequence": 128, "batch": 32, "pretrain_steps": 600,
                      "pretrain_bytes_per_class": 200_000,
-                     "bytes_per_class": 40_000,
+                     "bytes_per_class": 120_000,
                      "heldout_bytes_per_class": 16_000, "epochs": None},
     },
     "quick": {
@@ -217,6 +219,10 @@ BERT_PRETRAIN = ["email", "http", "logging", "collections", "xml"]
 BERT_CLASSES = ["asyncio", "multiprocessing", "importlib", "urllib",
                 "unittest"]
 CACHE_BUDGET = 2 ** 30
+# Size entries only the fine-tuning reads (not in the pretrained weights'
+# key).
+_FINE_TUNE_ONLY = ("epochs", "fine_tune_bytes", "heldout_bytes",
+                   "bytes_per_class", "heldout_bytes_per_class")
 
 
 def _loss():
@@ -237,7 +243,8 @@ class _Task:
         self.cache_dir = cache_dir
 
     def weights_path(self):
-        size = {k: v for k, v in self.size.items() if k != "epochs"}
+        # Keyed by what the pretraining reads, not the fine-tuning's data.
+        size = {k: v for k, v in self.size.items() if k not in _FINE_TUNE_ONLY}
         if self.name in SUITES["finetune"]:
             size = self.size  # the first suite's files, keyed as they were
         key = hashlib.sha256(json.dumps(
