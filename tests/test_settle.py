@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from freezeout_tf import AdaptiveFreeze
 from freezeout_tf.adaptive import (NOT_YET, IntervalState, Observation,
-                                   settle_step, settled_prefix)
+                                   settle_step, settled_prefix, share_change)
 from freezeout_tf.core.schedule_state import NEVER
 from test_adaptive import observe_norms
 
@@ -44,9 +44,11 @@ def test_settled_prefix_by_hand(change, checked, streak, frozen,
     assert got_freeze.tolist() == want_freeze
 
 
-def _reference(norms, interval, tolerance, patience, scheduled):
-    """The settle criterion step by step in NumPy: interval means, their
-    relative change, `settled_prefix` at each interval's end."""
+def _reference(norms, interval, tolerance, patience, scheduled,
+               share=False):
+    """The settle (or share) criterion step by step in NumPy: interval
+    means, their relative change (or their shares'), `settled_prefix` at
+    each interval's end."""
     steps, n = norms.shape
     freeze = scheduled.copy()
     sums, count, checks = np.zeros(n), 0, 0
@@ -61,6 +63,8 @@ def _reference(norms, interval, tolerance, patience, scheduled):
         mean = sums / count
         checked = active & (checks > 0)
         ratio = np.abs(mean - ref) / np.maximum(ref, 1e-30)
+        if share:
+            ratio = share_change(mean, ref, checked)
         change[checked] = ratio[checked]
         streak, now = settled_prefix(ratio, checked, streak, freeze <= j + 1,
                                      tolerance, patience)
@@ -131,3 +135,56 @@ def test_settle_settings():
     with pytest.raises(ValueError, match=r"tolerance=0.1\): not a setting "
                        "of criterion 'rank'"):
         AdaptiveFreeze("rank", tolerance=0.1)
+
+
+def test_share_change_by_hand():
+    # Shares before 1/4, 1/4, 2/4; after 2/8, 3/8, 3/8 (unit 3 frozen,
+    # left out of both sums): changes 0, 0.5, 0.25.
+    got = share_change(np.array([2.0, 3.0, 3.0, 7.0]),
+                       np.array([1.0, 1.0, 2.0, 9.0]),
+                       np.array([True, True, True, False]))
+    np.testing.assert_allclose(got, [0.0, 0.5, 0.25, 0.0])
+
+
+def test_share_settles_where_the_whole_gradient_shrinks_alike():
+    interval, tolerance, patience = 2, 0.1, 2
+    # Every unit's norm halves each interval (a loss going to 0): settle
+    # sees 50 % changes forever. Unit 2's falls slower (x 0.75), so its
+    # share grows 50 % an interval, while units 0 and 1's shares move by
+    # 1-2 %: share freezes those as soon as it can (settled at the first
+    # two checks, the ends of intervals 2 and 3: step 6), not unit 2 and
+    # so not unit 3 behind it.
+    halving = 0.5 ** np.arange(8)[:, None]
+    levels = halving * np.array([1.0, 2.0, 0.1, 1.0])
+    levels[:, 2] *= 1.5 ** np.arange(8)
+    norms = np.repeat(levels, interval, axis=0).astype(np.float32)
+    steps, n = norms.shape
+    scheduled = np.array([NEVER] * n, np.int64)
+    settle, _, _ = _reference(norms.astype(np.float64), interval, tolerance,
+                              patience, scheduled)
+    assert np.all(settle == NEVER)
+    want, want_change, _ = _reference(norms.astype(np.float64), interval,
+                                      tolerance, patience, scheduled,
+                                      share=True)
+    np.testing.assert_array_equal(want, [6, 6, NEVER, NEVER])  # by hand
+
+    freeze = tf.constant(scheduled)
+    state = IntervalState(
+        interval_sum=tf.zeros(n), interval_steps=tf.constant(0, tf.int64),
+        reference=tf.zeros(n), change=tf.fill([n], float(NOT_YET)),
+        checks=tf.constant(0, tf.int64), streak=tf.zeros(n, tf.int64))
+    for j in range(steps):
+        step = tf.constant(j, tf.int64)
+        out = settle_step(
+            Observation(step, tf.constant(norms[j]), j < freeze, freeze),
+            state, interval, tolerance, patience, share=True)
+        freeze = tf.where(out.freeze, step + 1, freeze)
+        state = out.state
+    np.testing.assert_array_equal(freeze.numpy(), want)
+    np.testing.assert_allclose(state.change.numpy(), want_change, rtol=1e-4,
+                               atol=1e-6)
+    config = AdaptiveFreeze("share", interval=interval, tolerance=tolerance,
+                            patience=patience)
+    _, schedule_state = observe_norms(config, norms, scheduled)
+    np.testing.assert_array_equal(
+        schedule_state.host_freeze_steps()[:n], want)

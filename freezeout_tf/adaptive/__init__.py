@@ -31,6 +31,7 @@ __all__ = [
     "rank_step",
     "settle_step",
     "settled_prefix",
+    "share_change",
     "unit_norms",
 ]
 
@@ -50,4 +51,5 @@ if TYPE_CHECKING:  # what static tools (the API reference, IDEs) read
                                                 criterion_step,
                                                 merge_freeze_steps, pace_step,
                                                 rank_step, settle_step,
-                                                settled_prefix, unit_norms)
+                                                settled_prefix, share_change,
+                                                unit_norms)

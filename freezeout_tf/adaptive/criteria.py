@@ -1,7 +1,7 @@
 """Adaptive freezing: units freeze by a criterion on their gradients,
 decided inside the traced train step.
 
-Four criteria (docs/algorithm.md §9), all from the same signal: g_i, the
+Five criteria (docs/algorithm.md §9), all from the same signal: g_i, the
 norm of freeze unit i's gradient at a step, summed over replicas under
 `tf.distribute` (one all-reduce of n floats, so every replica decides from
 the same numbers; every criterion is scale-free).
@@ -29,6 +29,12 @@ the same numbers; every criterion is scale-free).
   minibatch noise shrinks with the interval's length. The decision is
   `settled_prefix`, a NumPy function of the changes (the in-graph step
   `settle_step` is tested against it).
+* `"share"`: settle on each unit's share of the training units' summed
+  interval means (`m_i / sum_j m_j`, the same units in both intervals,
+  `share_change`) instead of its mean: when the whole network's gradient
+  shrinks alike (a loss going to 0 on a small fine-tuning set), every
+  share stays put and the units count as settled, where settle sees each
+  mean still falling.
 * `"threshold"`: an exponential moving average `s_i` of g_i with span
   `window` steps; every `interval` steps a unit freezes when
   `|s_i - r_i| / r_i < threshold`, `r_i` the value of `s_i` at the previous
@@ -83,6 +89,7 @@ __all__ = [
     "rank_step",
     "settle_step",
     "settled_prefix",
+    "share_change",
     "unit_norms",
 ]
 
@@ -90,7 +97,7 @@ __all__ = [
 # not checked) yet; also what the callback logs for it.
 NOT_YET = -1
 
-CRITERIA = ("rank", "pace", "settle", "threshold")
+CRITERIA = ("rank", "pace", "settle", "share", "threshold")
 # Chosen by the pre-registered evaluation (benchmarks/adaptive/adaptive.md).
 DEFAULT_CRITERION = "rank"
 
@@ -101,6 +108,8 @@ _DEFAULTS = {
              "interval": None},
     "settle": {"tolerance": 0.1, "patience": 2, "intervals": 20,
                "interval": None},
+    "share": {"tolerance": 0.1, "patience": 2, "intervals": 20,
+              "interval": None},
     "threshold": {"window": 20, "threshold": 0.05, "interval": 20},
 }
 
@@ -117,21 +126,22 @@ class AdaptiveFreeze:
     there).
 
     Args:
-        criterion: `"rank"`, `"pace"`, `"settle"` or `"threshold"`. By default `"rank"`,
+        criterion: `"rank"`, `"pace"`, `"settle"`, `"share"` or
+            `"threshold"`. By default `"rank"`,
             or `"threshold"` when `window` or `threshold` is given (the
             settings of the first version of this class).
         percentile: rank and pace: the percentile (0, 100] of the training
             units' changes below which a unit counts as settled (50).
-        intervals: rank, pace and settle: evaluation intervals over the
-            run (10; settle 20);
+        intervals: rank, pace, settle and share: evaluation intervals
+            over the run (10; settle and share 20);
             an interval is `total_steps // intervals` steps, so the callback
             must know the run's length (or give `interval`).
-        interval: steps between checks. Rank, pace and settle: overrides
+        interval: steps between checks. Rank, pace, settle, share: overrides
             `intervals`. Threshold: 20 by default.
-        tolerance: settle: a unit whose relative change between two
+        tolerance: settle and share: a unit whose relative change between two
             intervals' mean gradient norms is below this counts as settled
             at that check (0.1).
-        patience: settle: checks in a row a unit must be settled before it
+        patience: settle and share: checks in a row a unit must be settled before it
             freezes (2).
         t_0: pace: the schedule's t_0 (0, 1] that places the initial
             targets (0.5).
@@ -562,7 +572,42 @@ def settled_prefix(change, checked, streak, frozen, tolerance, patience):
     return streak, allowed & ~frozen
 
 
-def settle_step(observed, state, interval, tolerance, patience):
+def share_change(mean, reference, mask):
+    """Each unit's relative change of its share of the `mask` units' sum,
+    from `reference` (the previous interval's means) to `mean`, in NumPy;
+    0 outside `mask`.
+
+    Example: every mean halved (the shares did not move), then unit 1
+    doubled its share of two:
+
+    >>> share_change(np.array([1.0, 2.0]), np.array([2.0, 4.0]),
+    ...              np.array([True, True])).tolist()
+    [0.0, 0.0]
+    >>> share_change(np.array([1.0, 3.0, 9.0]), np.array([1.0, 1.0, 5.0]),
+    ...              np.array([True, True, False])).round(3).tolist()
+    [0.5, 0.5, 0.0]
+    """
+    mask = np.asarray(mask, bool)
+    now = np.where(mask, mean, 0.0)
+    before = np.where(mask, reference, 0.0)
+    now = now / max(now.sum(), 1e-30)
+    before = before / max(before.sum(), 1e-30)
+    return np.where(mask, np.abs(now - before) / np.maximum(before, 1e-30),
+                    0.0)
+
+
+def _share_change(mean, reference, mask):
+    """`share_change` in TensorFlow (the in-graph step)."""
+    now = tf.where(mask, mean, 0.0)
+    before = tf.where(mask, reference, 0.0)
+    now = now / tf.maximum(tf.reduce_sum(now), 1e-30)
+    before = before / tf.maximum(tf.reduce_sum(before), 1e-30)
+    return tf.where(mask, tf.abs(now - before) / tf.maximum(before, 1e-30),
+                    0.0)
+
+
+def settle_step(observed, state, interval, tolerance, patience,
+                share=False):
     """One step of the settle criterion, as a pure function of tensors:
     `settled_prefix` at each interval's end, on rank's signal.
 
@@ -573,9 +618,12 @@ def settle_step(observed, state, interval, tolerance, patience):
         interval: steps per interval (int or int64 scalar).
         tolerance: as in `settled_prefix`.
         patience: as in `settled_prefix`.
+        share: the share criterion: the change of each unit's share of
+            the checked units' summed means (`share_change`).
 
     Returns:
-        A `CriterionStep` with the new `IntervalState`.
+        A `CriterionStep` with the new `IntervalState` (its `change`: the
+        changes tested).
 
     Example: the second interval ends; units 0 and 1 changed less than
     10 % (unit 0 for the second time in a row), unit 2 did not:
@@ -598,6 +646,11 @@ def settle_step(observed, state, interval, tolerance, patience):
     interval = tf.cast(interval, tf.int64)
     checked, ratio, updated = _interval_signal(step, observed, state,
                                                interval)
+    if share:
+        # `updated["reference"]` holds this interval's means on a check.
+        ratio = _share_change(updated["reference"], state.reference,
+                              checked)
+        updated["change"] = tf.where(checked, ratio, state.change)
     streak = tf.where(checked, tf.where(ratio < tolerance,
                                         state.streak + 1,
                                         tf.zeros_like(state.streak)),
@@ -732,7 +785,7 @@ class AdaptiveState(keras.layers.Layer):
             return
         self.interval.assign(config.check_interval(total_steps))
         if int(keras.ops.convert_to_numpy(self.seen)) == 0:
-            if config.criterion == "settle":  # `target` holds the streaks
+            if config.criterion in ("settle", "share"):  # streaks
                 self.target.assign(np.zeros(self.num_units, np.int64))
                 return
             if config.criterion == "pace" and total_steps is None:
@@ -771,7 +824,7 @@ class AdaptiveState(keras.layers.Layer):
         for a fraction of the ops and writes (benchmarks/adaptive/adaptive.md,
         cost)."""
         pace = config.criterion == "pace"
-        settle = config.criterion == "settle"
+        settle = config.criterion in ("settle", "share")
         names = ["reference", "change", "checks", "interval_sum",
                  "interval_steps"] + (["target"] if pace or settle else [])
         # Read here what every step needs; the rest only in the branches.
@@ -795,7 +848,8 @@ class AdaptiveState(keras.layers.Layer):
                 streak=self.target.value if settle else None)
             if settle:
                 out = settle_step(observed, state, current["interval"],
-                                  config.tolerance, config.patience)
+                                  config.tolerance, config.patience,
+                                  share=config.criterion == "share")
                 # settle keeps its streaks in the `target` variable.
                 out = out._replace(state=out.state._replace(
                     target=out.state.streak))

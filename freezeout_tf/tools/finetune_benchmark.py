@@ -137,15 +137,17 @@ GRID = {
     "adaptive": [{}, {"intervals": 20}, {"percentile": 75.0}],
 }
 # The new suite: the settle criterion (issue 31: AutoFreeze's rate of
-# change of each unit's gradient norm at intervals, an absolute test) next
-# to the library default (first) and rank with more intervals.
+# change of each unit's gradient norm at intervals, an absolute test) and
+# share (the same on each unit's share of the summed norms) next to the
+# library default (first) and rank with more intervals.
 GRID_2 = {
     "static": [0.25, 0.5, 0.75],
     "schedule": [0.5, 0.8],
     "adaptive": [{}, {"criterion": "settle"},
-                 {"criterion": "settle", "tolerance": 0.05},
                  {"criterion": "settle", "tolerance": 0.2},
                  {"criterion": "settle", "patience": 1},
+                 {"criterion": "share"},
+                 {"criterion": "share", "tolerance": 0.2},
                  {"criterion": "rank", "intervals": 20}],
 }
 
