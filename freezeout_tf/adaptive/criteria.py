@@ -577,6 +577,16 @@ def share_change(mean, reference, mask):
     from `reference` (the previous interval's means) to `mean`, in NumPy;
     0 outside `mask`.
 
+    Args:
+        mean: float `[n]`, each unit's mean gradient norm this interval.
+        reference: float `[n]`, the previous interval's means.
+        mask: bool `[n]`, the units compared (training, checked); the
+            shares are of their sums only.
+
+    Returns:
+        float `[n]`: `|s_i - p_i| / p_i`, with `s`, `p` the shares of
+        `mean` and `reference` over `mask`.
+
     Example: every mean halved (the shares did not move), then unit 1
     doubled its share of two:
 
