@@ -60,8 +60,8 @@ def _log(line):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("phase", choices=("size", "validate", "settings",
-                                          "test", "report"))
+    parser.add_argument("phase", choices=("size", "validate", "table",
+                                          "settings", "test", "report"))
     parser.add_argument("--suite", choices=tuple(fb.SUITES),
                         default="finetune")
     parser.add_argument("--task", choices=fb.TASKS, default=None)
@@ -134,9 +134,27 @@ def main(argv=None):
                           uptime_end=_uptime())
             write_report(path, result)
 
-        save(fb.validate_task(
+        result = fb.validate_task(
             task, log=_log, done=done, on_run=save,
-            arms=None if args.arms is None else args.arms.split(",")))
+            arms=None if args.arms is None else args.arms.split(","))
+        save(result)
+        print("\n".join(fb.validation_table(result)))
+    elif args.phase == "table":  # a validation or probe file, as a table
+        lines = []
+        for path in sorted(glob.glob(os.path.join(out, "validation-*.json"))
+                           + glob.glob(os.path.join(out, "probe-*.json"))):
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            lines += [f"## {os.path.basename(path)}", "",
+                      f"`{data['provenance']['command']}` at "
+                      f"{data['provenance']['commit'][:12]}, "
+                      f"{data['provenance']['utc']}; epochs "
+                      f"{data['results'].get('epochs')}", ""]
+            lines += fb.validation_table(data["results"]) + [""]
+        path = os.path.join(out, "validation.md")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
     elif args.phase == "settings":
         if os.path.exists(settings_path):
             parser.error(f"{settings_path} exists: settings are fixed once, "

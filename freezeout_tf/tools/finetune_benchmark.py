@@ -107,6 +107,7 @@ __all__ = [
     "run_seed",
     "size_task",
     "validate_task",
+    "validation_table",
 ]
 
 # The first benchmark (issue 24, benchmarks/finetune) and issue 31's
@@ -927,6 +928,55 @@ def validate_task(task, seed=VALIDATION_SEED, log=print, done=(),
         if on_run is not None:
             on_run(result)
     return result
+
+
+def validation_table(validation):
+    """A validation (or probe) file's runs as a Markdown table: quality
+    and its difference from full fine-tuning, equal quality or not, the
+    freeze steps, and the estimated step speed-ups (uncached, cached),
+    which do not depend on the machine's load.
+
+    Args:
+        validation: a `validate_task` result.
+
+    Returns:
+        list of Markdown lines.
+
+    Example:
+
+    >>> runs = [{"arm": "full", "setting": None, "quality": 0.9,
+    ...          "freeze_steps": [None, None], "total_steps": 10,
+    ...          "estimated_speedup": 1.0, "estimated_speedup_cached": 1.0},
+    ...         {"arm": "adaptive", "setting": {}, "quality": 0.893,
+    ...          "freeze_steps": [4, None], "total_steps": 10,
+    ...          "estimated_speedup": 1.25, "estimated_speedup_cached": 1.5}]
+    >>> table = validation_table({"runs": runs, "higher_is_better": True})
+    >>> for line in table[2:]:
+    ...     print(line)
+    | full | None | 90.00 | +0.00 | yes | -, - of 10 | 1.00x | 1.00x |
+    | adaptive | {} | 89.30 | -0.70 | no | 4, - of 10 | 1.25x | 1.50x |
+    """
+    hib = validation["higher_is_better"]
+    runs = validation["runs"]
+    full = [r for r in runs if r["arm"] == "full"]
+    scale, fmt = (100, ".2f") if hib else (1, ".4f")
+    unit = "accuracy %" if hib else "held-out loss"
+    lines = [f"| arm | setting | {unit} | vs full | equal quality | freeze "
+             "steps | est. step speed-up | cached |",
+             "|---|---|---:|---:|---|---|---:|---:|"]
+    for r in runs:
+        diff = ("" if not full else
+                f"{scale * (r['quality'] - full[0]['quality']):+{fmt}}")
+        equal = ("" if not full else "yes" if _equal_quality(
+            r["quality"], full[0]["quality"], hib) else "no")
+        steps = ", ".join("-" if s is None else str(s)
+                          for s in r["freeze_steps"])
+        lines.append(
+            f"| {r['arm']} | {r['setting']} | {scale * r['quality']:{fmt}} "
+            f"| {diff} | {equal} | {steps} of {r['total_steps']} | "
+            f"{r['estimated_speedup']:.2f}x | "
+            f"{r['estimated_speedup_cached']:.2f}x |")
+    return lines
 
 
 def _equal_quality(quality, full, higher_is_better):
