@@ -74,6 +74,25 @@ def _reference(norms, interval, tolerance, patience, scheduled,
     return freeze, change, streak
 
 
+def _steps(norms, scheduled, interval, tolerance, patience, share=False):
+    """`settle_step` over every row of `norms`; returns the freeze steps
+    and the last `IntervalState`."""
+    n = norms.shape[1]
+    freeze = tf.constant(scheduled)
+    state = IntervalState(
+        interval_sum=tf.zeros(n), interval_steps=tf.constant(0, tf.int64),
+        reference=tf.zeros(n), change=tf.fill([n], float(NOT_YET)),
+        checks=tf.constant(0, tf.int64), streak=tf.zeros(n, tf.int64))
+    for j in range(len(norms)):
+        step = tf.constant(j, tf.int64)
+        out = settle_step(
+            Observation(step, tf.constant(norms[j]), j < freeze, freeze),
+            state, interval, tolerance, patience, share=share)
+        freeze = tf.where(out.freeze, step + 1, freeze)
+        state = out.state
+    return freeze, state
+
+
 def test_settle_step_and_observer_match_the_numpy_decision():
     interval, tolerance, patience = 3, 0.1, 2
     # Each unit's gradient norm, constant over each 3-step interval:
@@ -94,18 +113,7 @@ def test_settle_step_and_observer_match_the_numpy_decision():
     np.testing.assert_array_equal(want, [12, 15, 15, 30])  # by hand
     decided = want < NEVER
 
-    freeze = tf.constant(scheduled)
-    state = IntervalState(
-        interval_sum=tf.zeros(n), interval_steps=tf.constant(0, tf.int64),
-        reference=tf.zeros(n), change=tf.fill([n], float(NOT_YET)),
-        checks=tf.constant(0, tf.int64), streak=tf.zeros(n, tf.int64))
-    for j in range(steps):
-        step = tf.constant(j, tf.int64)
-        out = settle_step(
-            Observation(step, tf.constant(norms[j]), j < freeze, freeze),
-            state, interval, tolerance, patience)
-        freeze = tf.where(out.freeze, step + 1, freeze)
-        state = out.state
+    freeze, state = _steps(norms, scheduled, interval, tolerance, patience)
     np.testing.assert_array_equal(freeze.numpy(), want)
     np.testing.assert_allclose(state.change.numpy(), want_change, rtol=1e-4)
     np.testing.assert_array_equal(state.streak.numpy(), want_streak)
@@ -168,18 +176,8 @@ def test_share_settles_where_the_whole_gradient_shrinks_alike():
                                       share=True)
     np.testing.assert_array_equal(want, [6, 6, NEVER, NEVER])  # by hand
 
-    freeze = tf.constant(scheduled)
-    state = IntervalState(
-        interval_sum=tf.zeros(n), interval_steps=tf.constant(0, tf.int64),
-        reference=tf.zeros(n), change=tf.fill([n], float(NOT_YET)),
-        checks=tf.constant(0, tf.int64), streak=tf.zeros(n, tf.int64))
-    for j in range(steps):
-        step = tf.constant(j, tf.int64)
-        out = settle_step(
-            Observation(step, tf.constant(norms[j]), j < freeze, freeze),
-            state, interval, tolerance, patience, share=True)
-        freeze = tf.where(out.freeze, step + 1, freeze)
-        state = out.state
+    freeze, state = _steps(norms, scheduled, interval, tolerance, patience,
+                           share=True)
     np.testing.assert_array_equal(freeze.numpy(), want)
     np.testing.assert_allclose(state.change.numpy(), want_change, rtol=1e-4,
                                atol=1e-6)
