@@ -30,7 +30,11 @@ CRITERION = AdaptiveFreeze(window=2, threshold=0.05, interval=2)
 # criterion's 10 intervals over the 24 steps give the same interval).
 RANK = AdaptiveFreeze()
 PACE = AdaptiveFreeze("pace", t_0=0.5, interval=2)
-ALL = {"threshold": CRITERION, "rank": RANK, "pace": PACE}
+# Settle, checked every 2 steps: a change below 5 % at one check lets a
+# unit go (units freeze at steps 6, 10, 16, 18 of 24 here).
+SETTLE = AdaptiveFreeze("settle", interval=2, tolerance=0.05, patience=1)
+ALL = {"threshold": CRITERION, "rank": RANK, "pace": PACE,
+       "settle": SETTLE}
 EPOCHS, STEPS_PER_EPOCH = 6, 4
 
 
@@ -214,6 +218,29 @@ def _interval_reference(norms, interval, q, scheduled, targets=None):
     return freeze, change, targets
 
 
+def observe_norms(config, norms, scheduled, target=None):
+    """Runs the observer the train step runs on `norms` (`[steps, n]`, one
+    gradient tensor per unit whose norm is the unit's norm), from the
+    freeze steps `scheduled` (and pace's `target`); returns its
+    `(AdaptiveState, ScheduleState)`."""
+    steps, n = norms.shape
+    adaptive, schedule_state = AdaptiveState(n), ScheduleState(n)
+    schedule_state.freeze_steps.assign(np.append(scheduled, NEVER))
+    adaptive.start(config, steps)
+    if target is not None:
+        adaptive.target.assign(target)
+    observe = adaptive.observer(config, schedule_state)
+
+    @tf.function
+    def observe_step(step, unit_norms):
+        observe(step, [[unit_norms[i:i + 1]] for i in range(n)],
+                schedule_state.frozen_flags(step))
+
+    for j in range(steps):
+        observe_step(tf.constant(j, tf.int64), tf.constant(norms[j]))
+    return adaptive, schedule_state
+
+
 @pytest.mark.parametrize("criterion", ["rank", "pace"])
 def test_interval_criteria_match_a_step_by_step_reference(criterion):
     rng = np.random.default_rng(5)
@@ -254,20 +281,7 @@ def test_interval_criteria_match_a_step_by_step_reference(criterion):
     # The observer the train step runs (which skips the full step where it
     # cannot decide) writes the same decisions into the schedule's state.
     config = AdaptiveFreeze(criterion, interval=interval, percentile=q)
-    adaptive, schedule_state = AdaptiveState(n), ScheduleState(n)
-    schedule_state.freeze_steps.assign(np.append(scheduled, NEVER))
-    adaptive.start(config, steps)
-    adaptive.target.assign(start)
-    observe = adaptive.observer(config, schedule_state)
-
-    @tf.function
-    def observe_step(step, unit_norms):
-        # One gradient tensor per unit, whose norm is the unit's norm.
-        observe(step, [[unit_norms[i:i + 1]] for i in range(n)],
-                schedule_state.frozen_flags(step))
-
-    for j in range(steps):
-        observe_step(tf.constant(j, tf.int64), tf.constant(norms[j]))
+    adaptive, schedule_state = observe_norms(config, norms, scheduled, start)
     np.testing.assert_array_equal(
         schedule_state.host_freeze_steps()[:n], want)
     logged = adaptive.host_values()
@@ -328,7 +342,7 @@ def test_combined_freezes_at_the_earlier_of_schedule_and_trigger():
     assert history.history["first_active_lr"][0] > 0.1
 
 
-@pytest.mark.parametrize("name", ["rank", "pace"])
+@pytest.mark.parametrize("name", ["rank", "pace", "settle"])
 def test_resumed_run_freezes_at_the_same_steps(tmp_path, name):
     # The run's length places the intervals (and pace's targets): a run
     # split over several fits passes it, as for the schedule.

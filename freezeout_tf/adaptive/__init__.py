@@ -29,6 +29,9 @@ __all__ = [
     "merge_freeze_steps",
     "pace_step",
     "rank_step",
+    "settle_step",
+    "settled_prefix",
+    "share_change",
     "unit_norms",
 ]
 
@@ -47,4 +50,6 @@ if TYPE_CHECKING:  # what static tools (the API reference, IDEs) read
                                                 active_percentile,
                                                 criterion_step,
                                                 merge_freeze_steps, pace_step,
-                                                rank_step, unit_norms)
+                                                rank_step, settle_step,
+                                                settled_prefix, share_change,
+                                                unit_norms)

@@ -1,7 +1,7 @@
 """Adaptive freezing: units freeze by a criterion on their gradients,
 decided inside the traced train step.
 
-Three criteria (docs/algorithm.md §9), all from the same signal: g_i, the
+Five criteria (docs/algorithm.md §9), all from the same signal: g_i, the
 norm of freeze unit i's gradient at a step, summed over replicas under
 `tf.distribute` (one all-reduce of n floats, so every replica decides from
 the same numbers; every criterion is scale-free).
@@ -19,6 +19,22 @@ the same numbers; every criterion is scale-free).
   the target of a unit whose change is below the percentile one interval
   earlier, and of one above it one interval later. A unit freezes when its
   (moved) target is reached.
+* `"settle"` (AutoFreeze's signal with an absolute test): the same
+  interval means and relative changes as rank; a unit counts as settled
+  at an interval's end when its change is below `tolerance`, and freezes
+  (in prefix order) once it has been settled at `patience` interval ends
+  in a row. Unlike rank it freezes nothing by fiat (rank freezes the
+  front half of the units' ranking at every check, whether or not any of
+  them settled), and unlike threshold it compares interval means, whose
+  minibatch noise shrinks with the interval's length. The decision is
+  `settled_prefix`, a NumPy function of the changes (the in-graph step
+  `settle_step` is tested against it).
+* `"share"`: settle on each unit's share of the training units' summed
+  interval means (`m_i / sum_j m_j`, the same units in both intervals,
+  `share_change`) instead of its mean: when the whole network's gradient
+  shrinks alike (a loss going to 0 on a small fine-tuning set), every
+  share stays put and the units count as settled, where settle sees each
+  mean still falling.
 * `"threshold"`: an exponential moving average `s_i` of g_i with span
   `window` steps; every `interval` steps a unit freezes when
   `|s_i - r_i| / r_i < threshold`, `r_i` the value of `s_i` at the previous
@@ -71,6 +87,9 @@ __all__ = [
     "merge_freeze_steps",
     "pace_step",
     "rank_step",
+    "settle_step",
+    "settled_prefix",
+    "share_change",
     "unit_norms",
 ]
 
@@ -78,7 +97,7 @@ __all__ = [
 # not checked) yet; also what the callback logs for it.
 NOT_YET = -1
 
-CRITERIA = ("rank", "pace", "threshold")
+CRITERIA = ("rank", "pace", "settle", "share", "threshold")
 # Chosen by the pre-registered evaluation (benchmarks/adaptive/adaptive.md).
 DEFAULT_CRITERION = "rank"
 
@@ -87,6 +106,10 @@ _DEFAULTS = {
     "rank": {"percentile": 50.0, "intervals": 10, "interval": None},
     "pace": {"t_0": 0.5, "percentile": 50.0, "intervals": 10,
              "interval": None},
+    "settle": {"tolerance": 0.1, "patience": 2, "intervals": 20,
+               "interval": None},
+    "share": {"tolerance": 0.1, "patience": 2, "intervals": 20,
+              "interval": None},
     "threshold": {"window": 20, "threshold": 0.05, "interval": 20},
 }
 
@@ -103,16 +126,23 @@ class AdaptiveFreeze:
     there).
 
     Args:
-        criterion: `"rank"`, `"pace"` or `"threshold"`. By default `"rank"`,
+        criterion: `"rank"`, `"pace"`, `"settle"`, `"share"` or
+            `"threshold"`. By default `"rank"`,
             or `"threshold"` when `window` or `threshold` is given (the
             settings of the first version of this class).
         percentile: rank and pace: the percentile (0, 100] of the training
             units' changes below which a unit counts as settled (50).
-        intervals: rank and pace: evaluation intervals over the run (10);
+        intervals: rank, pace, settle and share: evaluation intervals
+            over the run (10; settle and share 20);
             an interval is `total_steps // intervals` steps, so the callback
             must know the run's length (or give `interval`).
-        interval: steps between checks. Rank and pace: overrides
+        interval: steps between checks. Rank, pace, settle, share: overrides
             `intervals`. Threshold: 20 by default.
+        tolerance: settle and share: a unit whose relative change between two
+            intervals' mean gradient norms is below this counts as settled
+            at that check (0.1).
+        patience: settle and share: checks in a row a unit must be settled before it
+            freezes (2).
         t_0: pace: the schedule's t_0 (0, 1] that places the initial
             targets (0.5).
         window: threshold: span, in steps, of the moving average (20).
@@ -138,10 +168,12 @@ class AdaptiveFreeze:
     """
 
     def __init__(self, criterion=None, *, percentile=None, intervals=None,
-                 interval=None, t_0=None, window=None, threshold=None):
+                 interval=None, t_0=None, window=None, threshold=None,
+                 tolerance=None, patience=None):
         given = {k: v for k, v in dict(
             percentile=percentile, intervals=intervals, interval=interval,
-            t_0=t_0, window=window, threshold=threshold).items()
+            t_0=t_0, window=window, threshold=threshold,
+            tolerance=tolerance, patience=patience).items()
             if v is not None}
         if criterion is None:
             criterion = ("threshold" if "window" in given
@@ -160,11 +192,11 @@ class AdaptiveFreeze:
             if value is None:
                 continue
             check = dict(name=name, value=value, call="AdaptiveFreeze")
-            if name in ("window", "interval"):
+            if name in ("window", "interval", "patience"):
                 validation.check_int(low=1, **check)
             elif name == "intervals":
                 validation.check_int(low=2, **check)
-            elif name == "threshold":
+            elif name in ("threshold", "tolerance"):
                 validation.check_number(low=0, low_open=True, **check)
             elif name == "percentile":
                 validation.check_number(low=0, high=100, low_open=True,
@@ -175,7 +207,7 @@ class AdaptiveFreeze:
         self.criterion = criterion
         self._settings = {
             k: (None if v is None else int(v) if k in (
-                "window", "interval", "intervals") else float(v))
+                "window", "interval", "intervals", "patience") else float(v))
             for k, v in settings.items()}
 
     def __getattr__(self, name):
@@ -283,8 +315,10 @@ class IntervalState(NamedTuple):
         change: float32 `[n]`, each unit's last relative change (`NOT_YET`
             before its first).
         checks: int64 scalar, intervals ended so far.
-        target: pace: int64 `[n]`, each unit's target freeze step; rank:
-            None.
+        target: pace: int64 `[n]`, each unit's target freeze step; rank
+            and settle: None.
+        streak: settle: int64 `[n]`, each unit's count of interval ends in
+            a row at which it was settled; rank and pace: None.
     """
 
     interval_sum: tf.Tensor
@@ -293,6 +327,7 @@ class IntervalState(NamedTuple):
     change: tf.Tensor
     checks: tf.Tensor
     target: Optional[tf.Tensor] = None
+    streak: Optional[tf.Tensor] = None
 
 
 class CriterionStep(NamedTuple):
@@ -449,7 +484,7 @@ def rank_step(observed, state, interval, percentile):
                                                interval)
     threshold = active_percentile(ratio, checked, percentile)
     return CriterionStep(
-        IntervalState(**updated, target=state.target),
+        IntervalState(**updated, target=state.target, streak=state.streak),
         _prefix(observed.scheduled, step, checked & (ratio < threshold)))
 
 
@@ -497,6 +532,142 @@ def pace_step(observed, state, interval, percentile):
     return CriterionStep(IntervalState(**updated, target=target),
                          _prefix(observed.scheduled, step,
                                  target <= step + 1))
+
+
+def settled_prefix(change, checked, streak, frozen, tolerance, patience):
+    """The settle criterion's decision at an interval's end, in NumPy.
+
+    Args:
+        change: float `[n]`, each unit's relative change
+            `|m_i - r_i| / r_i` of its mean gradient norm from the previous
+            interval's.
+        checked: bool `[n]`, units checked now (training, with a previous
+            interval to compare with); the others keep their streak.
+        streak: int `[n]`, interval ends in a row each unit was settled at,
+            before this one.
+        frozen: bool `[n]`, units frozen already (a prefix).
+        tolerance: a change below this counts as settled.
+        patience: a unit freezes once settled at this many ends in a row.
+
+    Returns:
+        `(streak, freeze)`: the new streaks and the units that freeze now
+        (each wants to and every unit before it is frozen or freezes now).
+
+    Example: unit 0 settled a second time and freezes; unit 1 has settled
+    twice too, so it freezes with it; unit 2 moved (its streak restarts)
+    and unit 3, settled, must wait for it:
+
+    >>> s, f = settled_prefix(np.array([0.05, 0.02, 0.3, 0.01]),
+    ...                       np.array([True] * 4), np.array([1, 1, 1, 1]),
+    ...                       np.array([False] * 4), 0.1, 2)
+    >>> s.tolist(), f.tolist()
+    ([2, 2, 0, 2], [True, True, False, False])
+    """
+    change, checked = np.asarray(change), np.asarray(checked, bool)
+    frozen = np.asarray(frozen, bool)
+    streak = np.where(checked, np.where(change < tolerance,
+                                        np.asarray(streak) + 1, 0), streak)
+    wants = checked & (streak >= patience)
+    allowed = np.cumprod(frozen | wants) > 0
+    return streak, allowed & ~frozen
+
+
+def share_change(mean, reference, mask):
+    """Each unit's relative change of its share of the `mask` units' sum,
+    from `reference` (the previous interval's means) to `mean`, in NumPy;
+    0 outside `mask`.
+
+    Args:
+        mean: float `[n]`, each unit's mean gradient norm this interval.
+        reference: float `[n]`, the previous interval's means.
+        mask: bool `[n]`, the units compared (training, checked); the
+            shares are of their sums only.
+
+    Returns:
+        float `[n]`: `|s_i - p_i| / p_i`, with `s`, `p` the shares of
+        `mean` and `reference` over `mask`.
+
+    Example: every mean halved (the shares did not move), then unit 1
+    doubled its share of two:
+
+    >>> share_change(np.array([1.0, 2.0]), np.array([2.0, 4.0]),
+    ...              np.array([True, True])).tolist()
+    [0.0, 0.0]
+    >>> share_change(np.array([1.0, 3.0, 9.0]), np.array([1.0, 1.0, 5.0]),
+    ...              np.array([True, True, False])).round(3).tolist()
+    [0.5, 0.5, 0.0]
+    """
+    mask = np.asarray(mask, bool)
+    now = np.where(mask, mean, 0.0)
+    before = np.where(mask, reference, 0.0)
+    now = now / max(now.sum(), 1e-30)
+    before = before / max(before.sum(), 1e-30)
+    return np.where(mask, np.abs(now - before) / np.maximum(before, 1e-30),
+                    0.0)
+
+
+def _share_change(mean, reference, mask):
+    """`share_change` in TensorFlow (the in-graph step)."""
+    now = tf.where(mask, mean, 0.0)
+    before = tf.where(mask, reference, 0.0)
+    now = now / tf.maximum(tf.reduce_sum(now), 1e-30)
+    before = before / tf.maximum(tf.reduce_sum(before), 1e-30)
+    return tf.where(mask, tf.abs(now - before) / tf.maximum(before, 1e-30),
+                    0.0)
+
+
+def settle_step(observed, state, interval, tolerance, patience,
+                share=False):
+    """One step of the settle criterion, as a pure function of tensors:
+    `settled_prefix` at each interval's end, on rank's signal.
+
+    Args:
+        observed: an `Observation`.
+        state: the `IntervalState` before the step, with each unit's
+            `streak`.
+        interval: steps per interval (int or int64 scalar).
+        tolerance: as in `settled_prefix`.
+        patience: as in `settled_prefix`.
+        share: the share criterion: the change of each unit's share of
+            the checked units' summed means (`share_change`).
+
+    Returns:
+        A `CriterionStep` with the new `IntervalState` (its `change`: the
+        changes tested).
+
+    Example: the second interval ends; units 0 and 1 changed less than
+    10 % (unit 0 for the second time in a row), unit 2 did not:
+
+    >>> import tensorflow as tf
+    >>> out = settle_step(
+    ...     Observation(tf.constant(3, tf.int64), tf.fill([3], 1.0),
+    ...                 tf.fill([3], True), tf.fill([3], tf.int64.max)),
+    ...     IntervalState(interval_sum=tf.constant([1.1, 0.9, 3.0]),
+    ...                   interval_steps=tf.constant(1, tf.int64),
+    ...                   reference=tf.fill([3], 1.0),
+    ...                   change=tf.fill([3], -1.0),
+    ...                   checks=tf.constant(2, tf.int64),
+    ...                   streak=tf.constant([1, 0, 0], tf.int64)),
+    ...     interval=2, tolerance=0.1, patience=2)
+    >>> out.state.streak.numpy(), out.freeze.numpy()
+    (array([2, 1, 0]), array([ True, False, False]))
+    """
+    step = tf.cast(observed.step, tf.int64)
+    interval = tf.cast(interval, tf.int64)
+    checked, ratio, updated = _interval_signal(step, observed, state,
+                                               interval)
+    if share:
+        # `updated["reference"]` holds this interval's means on a check.
+        ratio = _share_change(updated["reference"], state.reference,
+                              checked)
+        updated["change"] = tf.where(checked, ratio, state.change)
+    streak = tf.where(checked, tf.where(ratio < tolerance,
+                                        state.streak + 1,
+                                        tf.zeros_like(state.streak)),
+                      state.streak)
+    return CriterionStep(
+        IntervalState(**updated, target=state.target, streak=streak),
+        _prefix(observed.scheduled, step, checked & (streak >= patience)))
 
 
 def unit_norms(unit_grads, frozen):
@@ -569,7 +740,7 @@ class AdaptiveState(keras.layers.Layer):
     `NOT_YET` if not), `target` (int64 `[n]`, pace's target freeze steps),
     `seen`, `checks`, `interval_steps` and `interval` (int64 scalars: steps
     observed, checks done, steps into the current interval, steps per
-    interval of this run). Each is written in the train step with
+    interval of this run; settle keeps its per-unit streaks in `target`). Each is written in the train step with
     `only_first_replica` aggregation: every replica computes the same value
     from all-reduced norms, and one copy is kept in sync.
 
@@ -624,6 +795,9 @@ class AdaptiveState(keras.layers.Layer):
             return
         self.interval.assign(config.check_interval(total_steps))
         if int(keras.ops.convert_to_numpy(self.seen)) == 0:
+            if config.criterion in ("settle", "share"):  # streaks
+                self.target.assign(np.zeros(self.num_units, np.int64))
+                return
             if config.criterion == "pace" and total_steps is None:
                 config.check_interval(None)  # the same clear error
             self.target.assign(config.initial_targets(
@@ -660,8 +834,9 @@ class AdaptiveState(keras.layers.Layer):
         for a fraction of the ops and writes (benchmarks/adaptive/adaptive.md,
         cost)."""
         pace = config.criterion == "pace"
+        settle = config.criterion in ("settle", "share")
         names = ["reference", "change", "checks", "interval_sum",
-                 "interval_steps"] + (["target"] if pace else [])
+                 "interval_steps"] + (["target"] if pace or settle else [])
         # Read here what every step needs; the rest only in the branches.
         current = {name: getattr(self, name).value
                    for name in ("interval_sum", "interval_steps", "interval")}
@@ -679,9 +854,18 @@ class AdaptiveState(keras.layers.Layer):
                 interval_steps=current["interval_steps"],
                 reference=self.reference.value, change=self.change.value,
                 checks=self.checks.value,
-                target=self.target.value if pace else None)
-            out = (pace_step if pace else rank_step)(
-                observed, state, current["interval"], config.percentile)
+                target=self.target.value if pace else None,
+                streak=self.target.value if settle else None)
+            if settle:
+                out = settle_step(observed, state, current["interval"],
+                                  config.tolerance, config.patience,
+                                  share=config.criterion == "share")
+                # settle keeps its streaks in the `target` variable.
+                out = out._replace(state=out.state._replace(
+                    target=out.state.streak))
+            else:
+                out = (pace_step if pace else rank_step)(
+                    observed, state, current["interval"], config.percentile)
             return _fields(out.state, names), out.freeze
 
         def accumulate():
