@@ -566,13 +566,14 @@ class FreezeOutModel(keras.Model):
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if (data_batch is None and iterator is not None
-                and self._distribute_strategy is None):
+                and self._distribute_strategy is None
+                and not tf.distribute.has_strategy()):
             # Shapes and dtypes only, from the data's element spec. Reading
             # a batch would start a pass over the data that no step trains
             # on: a shuffled dataset would reshuffle, and the run would
             # train on other batches than plain Keras, which builds at its
             # first trace from the batch it trains on. (Under a strategy
-            # Keras reads one itself, for plain models too.)
+            # Keras reads one, for plain models too: left as it is.)
             data_batch = _batch_spec(iterator)
             iterator = None
         if self.prefix_cache is not None and self.prefix_cache.pending:
