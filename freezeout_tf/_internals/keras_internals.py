@@ -100,9 +100,12 @@ PRIVATE_NAMES = {
     "_moments": (("unit_mode",), "BatchNormalization's batch moments"),
     "_reduction_axes": (("unit_mode",), "BatchNormalization's moment axes"),
     "_maybe_symbolic_build": (
-        ("model",), "building the optimizer's slots before the first step "
-        "(the cache's first batch: its iterator yields (step, iterator) "
-        "before Keras 3.11, (begin, end, iterator) since)"),
+        ("model",), "building the optimizer's slots before the first step"),
+    "_get_iterator": (
+        ("model",), "fit's symbolic build takes the batch's shapes from the "
+        "dataset's element spec (TFEpochIterator._get_iterator: the dataset "
+        "each epoch iterates); reading a batch instead would open an extra "
+        "pass and reshuffle the data"),
     "_loss_tracker": (("model",), "the loss reported by the train step"),
     "_compute_attention": (
         ("macs",), "counting attention's QK^T and AV MACs"),

@@ -113,6 +113,15 @@ def _unscale_loss_for_distribution(loss):
     return loss * replicas if replicas > 1 else loss
 
 
+def _batch_spec(iterator):
+    """Symbolic stand-ins for a batch of the data `fit` iterates (Keras'
+    epoch iterator; its `_get_iterator` is the dataset each epoch opens a
+    pass over), from the dataset's element spec: no batch is read."""
+    spec = iterator._get_iterator().element_spec
+    return tf.nest.map_structure(
+        lambda s: keras.KerasTensor(s.shape, s.dtype.name), spec)
+
+
 def _mark_shared_layers(parts, configs):
     """Marks a layer called in several parts (a causal LM's reversible
     embedding, in unit 0 and the head) as one shared object in the parts'
@@ -556,17 +565,20 @@ class FreezeOutModel(keras.Model):
                 for i in range(self.num_units)]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self.prefix_cache is not None and self.prefix_cache.pending:
-            # Before training: the cache's checks and size, from one batch.
-            if data_batch is None:
-                # Keras < 3.11 yields (step, it), later (begin, end, it).
-                for *_, it in iterator:
-                    data_batch = next(it)
-                    break
-            self.prefix_cache.prepare(self, data_batch)
-            # Build from this batch: a second one would start another
-            # pass over the data, and reshuffle it.
+        if (data_batch is None and iterator is not None
+                and self._distribute_strategy is None
+                and not tf.distribute.has_strategy()):
+            # Shapes and dtypes only, from the data's element spec. Reading
+            # a batch would start a pass over the data that no step trains
+            # on: a shuffled dataset would reshuffle, and the run would
+            # train on other batches than plain Keras, which builds at its
+            # first trace from the batch it trains on. (Under a strategy
+            # Keras reads one, for plain models too: left as it is.)
+            data_batch = _batch_spec(iterator)
             iterator = None
+        if self.prefix_cache is not None and self.prefix_cache.pending:
+            # Before training: the cache's checks and size.
+            self.prefix_cache.prepare(self, data_batch)
         # Without a distribution strategy Keras (TF backend) defers creating
         # the model, metric and optimizer variables to the first trace of the
         # train function, which tf.function then traces a second time. Build
