@@ -176,8 +176,13 @@ def _project_private_names(trees):
     return names
 
 
+# A named tuple's own methods: public API with a leading underscore (so
+# that they cannot clash with a field's name), not a framework internal.
+_NAMED_TUPLE_API = frozenset({"_replace", "_asdict", "_fields", "_make"})
+
+
 def _is_private(attr):
-    return attr.startswith("_") and (
+    return attr.startswith("_") and attr not in _NAMED_TUPLE_API and (
         attr == "__internal__" or not attr.endswith("__"))
 
 

@@ -1,7 +1,7 @@
 """The `FreezeOut` Keras callback: installs the schedule, tracks freezes."""
 
+import inspect
 import math
-import sys
 import warnings
 
 import keras
@@ -81,7 +81,9 @@ def _fresh_batch_norms(leaves):
 def _stacklevel_outside_frameworks():
     """The `stacklevel` of the first caller outside Keras, TensorFlow and
     this package: a warning then names the line of the user's `fit`."""
-    level, frame = 2, sys._getframe(2)
+    # inspect.currentframe() is this function's frame; two back is the
+    # caller of the function that warns.
+    level, frame = 2, inspect.currentframe().f_back.f_back
     while frame is not None and frame.f_globals.get("__name__", "").split(
             ".")[0] in ("keras", "tensorflow", "freezeout_tf"):
         level, frame = level + 1, frame.f_back

@@ -666,13 +666,13 @@ def estimated_speedup(costs, freeze_steps, total_steps, cached=False):
 def _estimates(task, split, freeze_steps, total_steps):
     """`{"estimated_speedup", "estimated_speedup_cached"}` of a run's
     freeze steps; the task's unit costs counted once."""
-    if getattr(task, "_costs", None) is None:
-        task._costs = unit_flops(split, task.cost_input_shape())
+    if getattr(task, "unit_macs_once", None) is None:
+        task.unit_macs_once = unit_flops(split, task.cost_input_shape())
     return {"estimated_speedup": estimated_speedup(
-                task._costs, freeze_steps, total_steps),
+                task.unit_macs_once, freeze_steps, total_steps),
             "estimated_speedup_cached": estimated_speedup(
-                task._costs, freeze_steps, total_steps, cached=True),
-            "unit_macs": task._costs}
+                task.unit_macs_once, freeze_steps, total_steps, cached=True),
+            "unit_macs": task.unit_macs_once}
 
 
 # One run.
