@@ -35,6 +35,17 @@ class _LoggedCount(float):
     __str__ = __repr__
 
 
+def _settling_fix(steps):
+    """The BatchNormalization that settles within `steps` (the momentum of
+    the original recipe, 0.9, where that is soon enough)."""
+    if steps <= 0:
+        return ("trained statistics (a unit frozen from the start never "
+                "updates them)")
+    momentum = min(0.9, math.floor(100 * 0.01 ** (1 / steps)) / 100)
+    return (f"BatchNormalization(momentum={momentum:g}) (about "
+            f"{settling_steps(momentum)} steps)")
+
+
 class BatchNormLagWarning(UserWarning):
     """A unit freezes before its BatchNormalization's moving statistics
     could have left their initial values (see `FreezeOut`)."""
@@ -392,8 +403,8 @@ class FreezeOut(keras.callbacks.Callback):
             f"BatchNormalization {layer.name!r} (momentum={layer.momentum:g}) "
             f"needs about {needed} for its moving statistics, which a frozen "
             "unit normalizes with, to leave their initial values; the model "
-            "will get worse from there. Fix: BatchNormalization(momentum=0.9)"
-            f" (about {settling_steps(0.9)} steps), or train longer.",
+            f"will get worse from there. Fix: {_settling_fix(at)}, or train "
+            "longer.",
             BatchNormLagWarning, stacklevel=_stacklevel_outside_frameworks())
 
     def on_train_batch_end(self, batch, logs=None):

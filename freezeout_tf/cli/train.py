@@ -11,11 +11,13 @@ milliseconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
 import sys
 import time
+import warnings
 from typing import List, Optional
 
 from freezeout_tf.cli.options import (
@@ -74,7 +76,8 @@ def main(argv: Optional[List[str]] = None, prog: str = PROG) -> int:
     saved = _global_state()
     files = {}  # the run's RunFiles once known, for an interruption
     try:
-        return _run(args, prog, files)
+        with _one_line_warnings(prog):
+            return _run(args, prog, files)
     except UsageError as err:
         return _exit_code(parser, err)
     except KeyboardInterrupt:
@@ -84,6 +87,24 @@ def main(argv: Optional[List[str]] = None, prog: str = PROG) -> int:
         return EXIT_INTERRUPTED
     finally:
         _restore_global_state(saved)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(prog: str):
+    """FreezeOut's own warnings (e.g. `BatchNormLagWarning`) as one
+    `prog: warning: ...` line each, like the command's errors: Python's
+    default format adds the source line of the script's `main` call."""
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.startswith("freezeout_tf."):
+                print(f"{prog}: warning: {message}", file=sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def _interrupted(prog: str, argv: List[str], files) -> str:
