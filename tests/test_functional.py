@@ -392,3 +392,44 @@ def test_container_training_argument_its_layer_does_not_take():
         from_logits=True))
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert model.train_step_traces == 1
+
+
+def test_layers_of_one_name_in_two_nested_models_get_unique_names():
+    # Stable Diffusion 3's VAE: its encoder and its decoder each hold a
+    # layer named "input_projection". Nested models keep their own names
+    # apart, but a unit re-calls the layers in one model, where Keras
+    # refuses a name used twice; the split renames the later layer.
+    def nested(name):
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(4, name="input_projection")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(4)(hidden), name=name)
+
+    inputs = keras.Input((4,))
+    encoder, decoder = nested("encoder"), nested("decoder")
+    outputs = keras.layers.Dense(2)(decoder(encoder(inputs)))
+    model = keras.Model(inputs, outputs)
+    first = decoder.get_layer("input_projection")
+    units, head = split_model(model, num_units=1)
+    names = [layer.name for layer in units[0].layers]
+    assert names.count("input_projection") == 1
+    assert "decoder_input_projection" in names
+    assert first.name == "decoder_input_projection"
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(head(units[0](x)), model(x), rtol=1e-6)
+
+
+def test_nested_model_called_one_rank_off_is_adjusted_as_keras_does():
+    # Stable Diffusion 3 calls its MMDiT, whose timestep input is (None, 1),
+    # on a (None,) timestep: a functional model adds (or squeezes) the last
+    # dimension of size 1. Inlined, the unit must do the same. (Keras's
+    # symbolic call adding a dimension gets its output shape wrong, and its
+    # symbolic shapes after the nested model are the unadjusted ones, so
+    # this squeezes one and checks the first unit.)
+    inner_inputs = keras.Input((3,))
+    inner = keras.Model(inner_inputs, keras.layers.Dense(4)(inner_inputs))
+    inputs = keras.Input((3, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2)(
+        keras.layers.Dense(4)(inner(inputs))))
+    units, _ = split_model(model, num_units=2)
+    x = np.arange(6, dtype="float32").reshape((2, 3, 1))
+    np.testing.assert_allclose(units[0](x), inner(x), rtol=1e-6)

@@ -119,6 +119,7 @@ class _Graph:
             if not kept_whole:
                 break
             whole |= kept_whole
+        _unique_names(every_call)
         # Side tensors: model inputs and weightless functions of them only.
         # With one input, only where the chain needs them: a weightless
         # function of the input (ESM's padding mask) read beside the hidden
@@ -185,7 +186,8 @@ class _Graph:
                     inner_model, inner_args, inner_outputs = inner
                     inner_scope = scope + (id(node),)
                     for t, outer in zip(inner_model.inputs, inner_args):
-                        alias[(inner_scope, id(t))] = key(outer)
+                        alias[(inner_scope, id(t))] = self._adjust_rank(
+                            t, outer, key(outer), owners, calls)
                     self._expand(inner_model, inner_scope, alias,
                                  owners + (node.operation.name,), calls,
                                  whole)
@@ -202,6 +204,27 @@ class _Graph:
                 calls.append(
                     _Call(node.operation, node, inputs, outputs, owners)
                 )
+
+    def _adjust_rank(self, inner, outer, outer_key, owners, calls):
+        """Key of the tensor a nested model's input `inner` reads when it
+        is called on `outer`. A functional model called on a tensor one
+        rank off squeezes or adds its last dimension of size 1 (Keras's
+        `Functional._adjust_input_rank`: SD3 calls its MMDiT, whose
+        timestep input is `(None, 1)`, on a `(None,)` timestep); inlined,
+        the same op is recorded as a call of its own."""
+        rank, ref = len(outer.shape), inner.shape
+        if rank == len(ref) + 1 and outer.shape[-1] == 1:
+            adjusted = keras.ops.squeeze(outer, axis=-1)
+        elif rank == len(ref) - 1 and ref[-1] == 1:
+            adjusted = keras.ops.expand_dims(outer, axis=-1)
+        else:
+            return outer_key
+        op, index, _ = adjusted._keras_history
+        out = ((), id(adjusted))
+        self.tensors[out] = adjusted
+        calls.append(_Call(op, op._inbound_nodes[index], (outer_key,),
+                           (out,), owners))
+        return out
 
     def describe(self, index):
         """Name of chain call `index` for messages (`-1`: the input, `n`:
@@ -376,6 +399,35 @@ class _Graph:
             return [costs[id(c)] for c in self.calls]
 
         return macs.with_free_dimension(count, ops)
+
+
+def _unique_names(calls):
+    """Renames layers so that no two distinct ones share a name.
+
+    Nested models keep their own layer names apart (Stable Diffusion 3's
+    VAE encoder and decoder each hold an `input_projection`), but a unit
+    re-calls the layers of several of them in one functional model, where
+    Keras refuses a name used twice. The later layer gets the name of the
+    model or layer it sits in as a prefix (`decoder_input_projection`),
+    then a number if that is taken too. The layer object is renamed, so
+    the original model reads the new name too; its weights, their paths
+    and its outputs are unchanged."""
+    ops = list({id(c.op): c for c in calls}.values())
+    used = {c.op.name for c in ops}
+    seen = set()
+    for call in ops:
+        name = call.op.name
+        if name not in seen:
+            seen.add(name)
+            continue
+        new = f"{call.owners[-1]}_{name}" if call.owners else name
+        number = 1
+        while new in used:
+            number += 1
+            new = f"{name}_{number}"
+        call.op.name = new
+        used.add(new)
+        seen.add(new)
 
 
 def _live(calls, output_keys):
