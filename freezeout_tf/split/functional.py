@@ -779,6 +779,12 @@ def split_model(model, num_units=None, boundaries=None):
     unit) and the model inputs it reads; pass the model's input names to
     `FreezeOutModel(..., input_names=...)` (`from_model` does).
 
+    Nested models are looked into. Two distinct layers of one name in
+    different nested models (Stable Diffusion 3's VAE encoder and decoder
+    each hold an `input_projection`) would make a unit's model hold a name
+    twice, which Keras refuses: the later layer is renamed, with the name
+    of the model it sits in as a prefix (`decoder_input_projection`).
+
     Args:
         model: a functional `keras.Model` (or a `Sequential` with an
             `Input`), built. Several inputs become side inputs; several
