@@ -433,3 +433,41 @@ def test_nested_model_called_one_rank_off_is_adjusted_as_keras_does():
     units, _ = split_model(model, num_units=2)
     x = np.arange(6, dtype="float32").reshape((2, 3, 1))
     np.testing.assert_allclose(units[0](x), inner(x), rtol=1e-6)
+
+
+class _Table(keras.layers.Layer):
+    """A table of shape (length, 4), not batched, whose recorded symbolic
+    shape has the wrong rank (as Moonshine's rotary table: `(None,)`)."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(4,), initializer="ones")
+
+    def call(self, x):
+        return keras.ops.ones((keras.ops.shape(x)[1], 4)) * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return (None,)
+
+
+class _Block(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4)
+
+    def call(self, x, table):
+        return self.dense(x) + keras.ops.sum(table, axis=0)
+
+
+def test_carried_tensor_recorded_with_a_wrong_rank_gets_its_real_rank():
+    # Moonshine: the encoder's rotary table, read by every encoder block,
+    # is carried from unit to unit; the next unit declared its input with
+    # the recorded rank and refused the tensor.
+    inputs = keras.Input((5, 4))
+    hidden = keras.layers.Dense(4)(inputs)
+    table = _Table()(hidden)
+    hidden = _Block()(_Block()(hidden, table), table)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    freezeout = FreezeOutModel.from_model(model)
+    assert freezeout.num_units == 3
+    x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype("float32")
+    np.testing.assert_allclose(freezeout(x), model(x), rtol=1e-5)

@@ -67,6 +67,7 @@ import inspect
 import types
 
 import keras
+import tensorflow as tf
 
 from freezeout_tf import validation
 from freezeout_tf._internals import keras_internals
@@ -79,6 +80,9 @@ __all__ = ["cut_points", "split_model"]
 # `node` is the Keras node recorded for the call (its arguments say how to
 # call it again); `inputs` and `outputs` are tensor keys; `owners` names the
 # nested models the call sits in, outermost first.
+# A free length for a model no stand-in of `macs.FREE_DIMENSIONS` runs:
+# a waveform of 0.1 s at 16 kHz (Moonshine's strided convolutions).
+_LONG_FREE = 1600
 _Call = collections.namedtuple("_Call", "op node inputs outputs owners")
 
 
@@ -159,6 +163,7 @@ class _Graph:
         # Carried tensors (`_carried`): like side tensors, their uses do not
         # count for cut points; each unit boundary they span passes them on.
         self.carried = _carried(self.calls, self.side, self.output_keys)
+        self._carried_ranks()
         self.last_use = dict(self.producer)
         for i, call in enumerate(self.calls):
             for key in call.inputs:
@@ -384,21 +389,54 @@ class _Graph:
                if isinstance(c.op, keras.layers.Layer)]
 
         def count(free):
-            values = self.zero_inputs(free)
             costs = {}
             with macs.count_macs(ops) as counter:
-                for call in self.all_calls:
-                    counter[0] = 0
-                    args, kwargs = _fill_in(call, values)
-                    if "training" in getattr(call.op, "_call_context_args",
-                                             ()):
-                        kwargs.setdefault("training", False)
-                    outputs = keras.tree.flatten(call.op(*args, **kwargs))
-                    values.update(zip(call.outputs, outputs))
+                def after(call):
                     costs[id(call)] = int(counter[0])
+                    counter[0] = 0
+                self._run(free, after)
             return [costs[id(c)] for c in self.calls]
 
         return macs.with_free_dimension(count, ops)
+
+    def _run(self, free, after=None):
+        """Runs every call eagerly on `zero_inputs(free)`; returns the
+        values by tensor key (`after(call)` is called after each)."""
+        values = self.zero_inputs(free)
+        for call in self.all_calls:
+            args, kwargs = _fill_in(call, values)
+            if "training" in getattr(call.op, "_call_context_args", ()):
+                kwargs.setdefault("training", False)
+            outputs = keras.tree.flatten(call.op(*args, **kwargs))
+            values.update(zip(call.outputs, outputs))
+            if after is not None:
+                after(call)
+        return values
+
+    def _carried_ranks(self):
+        """Corrects the recorded shape of a carried tensor whose rank the
+        symbolic call got wrong (Moonshine's rotary table is recorded as
+        `(None,)` but is `(length, dim)`): a unit would declare its input
+        with that rank and refuse the tensor. Such a tensor is declared
+        with the rank it has when the model runs on zeros, every dimension
+        free. A free length of `macs.FREE_DIMENSIONS` may be too short for
+        a waveform (Moonshine's strided convolutions): a long one is tried
+        last. If none runs, the recorded shapes stay."""
+        if not self.carried:
+            return
+        for free in macs.FREE_DIMENSIONS + (_LONG_FREE,):
+            try:
+                values = self._run(free)
+                break
+            except (ValueError, tf.errors.InvalidArgumentError):
+                continue
+        else:
+            return
+        for k in self.carried:
+            rank = len(values[k].shape)
+            if rank != len(self.tensors[k].shape):
+                self.tensors[k] = keras.KerasTensor(
+                    (None,) * rank, dtype=self.tensors[k].dtype)
 
 
 def _unique_names(calls):
