@@ -435,7 +435,7 @@ def test_nested_model_called_one_rank_off_is_adjusted_as_keras_does():
     np.testing.assert_allclose(units[0](x), inner(x), rtol=1e-6)
 
 
-class _Table(keras.layers.Layer):
+class _WrongRankTable(keras.layers.Layer):
     """A table of shape (length, 4), not batched, whose recorded symbolic
     shape has the wrong rank (as Moonshine's rotary table: `(None,)`)."""
 
@@ -449,7 +449,7 @@ class _Table(keras.layers.Layer):
         return (None,)
 
 
-class _Block(keras.layers.Layer):
+class _TableBlock(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.dense = keras.layers.Dense(4)
@@ -464,8 +464,8 @@ def test_carried_tensor_recorded_with_a_wrong_rank_gets_its_real_rank():
     # the recorded rank and refused the tensor.
     inputs = keras.Input((5, 4))
     hidden = keras.layers.Dense(4)(inputs)
-    table = _Table()(hidden)
-    hidden = _Block()(_Block()(hidden, table), table)
+    table = _WrongRankTable()(hidden)
+    hidden = _TableBlock()(_TableBlock()(hidden, table), table)
     model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
     freezeout = FreezeOutModel.from_model(model)
     assert freezeout.num_units == 3
