@@ -471,3 +471,29 @@ def test_carried_tensor_recorded_with_a_wrong_rank_gets_its_real_rank():
     assert freezeout.num_units == 3
     x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype("float32")
     np.testing.assert_allclose(freezeout(x), model(x), rtol=1e-5)
+
+
+class _BakedEncoder(keras.layers.Layer):
+    """A list of blocks whose call reads a static length, `None` when
+    called symbolically: the recording bakes a length of 0 in (as
+    T5Gemma's decoder layer bakes in a mask of length 0)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [_Block(name=f"block_{i}") for i in range(2)]
+
+    def call(self, x):
+        for block in self.blocks:
+            x, _ = block(x)
+        return x[:, :(x.shape[1] or 0)]
+
+
+def test_container_whose_recording_differs_from_its_call_stays_whole():
+    inputs = keras.Input((None, 6))
+    hidden = _BakedEncoder(name="encoder")(L.Dense(6, name="stem")(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="logits")(hidden))
+    units, head = split_model(model)
+    assert [layer_names(u) for u in units] == [["stem"], ["encoder"]]
+    x = np.random.default_rng(0).random((2, 5, 6)).astype("float32")
+    np.testing.assert_allclose(head(units[1](units[0](x))), model(x),
+                               rtol=1e-6)

@@ -711,9 +711,36 @@ def _traced_container(node):
     except Exception:  # not expressible in Keras layers and ops
         traced = None
     if (traced is None or len(flat) != len(node.outputs) or not kept
-            or {id(w) for w in traced.weights} != {id(w) for w in op.weights}):
+            or {id(w) for w in traced.weights} != {id(w) for w in op.weights}
+            or not _runs_as_recorded(node, traced, kept)):
         return None
     return traced, outer, [node.outputs[i] for i in kept]
+
+
+def _runs_as_recorded(node, traced, kept):
+    """Whether the recording of a container's call runs on zeros and gives
+    outputs of the shapes the layer's own call gives. A symbolic call may
+    bake a value in (T5Gemma's decoder layer records a mask of length 0,
+    and its recording fails when run): the layer then stays one call. A
+    layer that does not run on zeros cannot be judged and passes."""
+    outer = list(node.arguments.keras_tensors)
+    for free in macs.FREE_DIMENSIONS:
+        zeros = [keras.ops.zeros(tuple(free if d is None else d
+                                       for d in t.shape), dtype=t.dtype)
+                 for t in outer]
+        args, kwargs = node.arguments.fill_in(
+            {id(t): z for t, z in zip(outer, zeros)})
+        try:
+            expected = keras.tree.flatten(node.operation(*args, **kwargs))
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError):
+            continue
+        try:
+            got = keras.tree.flatten(traced(zeros, training=False))
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError):
+            return False
+        return [tuple(g.shape) for g in got] == [
+            tuple(expected[i].shape) for i in kept]
+    return True
 
 
 def _record_tensors_only(layer):
