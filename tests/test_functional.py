@@ -392,3 +392,104 @@ def test_container_training_argument_its_layer_does_not_take():
         from_logits=True))
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert model.train_step_traces == 1
+
+
+def test_layers_of_one_name_in_two_nested_models_get_unique_names():
+    # Stable Diffusion 3's VAE: its encoder and its decoder each hold a
+    # layer named "input_projection". Nested models keep their own names
+    # apart, but a unit re-calls the layers in one model, where Keras
+    # refuses a name used twice; the split renames the later layer.
+    def nested(name):
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(4, name="input_projection")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(4)(hidden), name=name)
+
+    inputs = keras.Input((4,))
+    encoder, decoder = nested("encoder"), nested("decoder")
+    outputs = keras.layers.Dense(2)(decoder(encoder(inputs)))
+    model = keras.Model(inputs, outputs)
+    first = decoder.get_layer("input_projection")
+    units, head = split_model(model, num_units=1)
+    names = [layer.name for layer in units[0].layers]
+    assert names.count("input_projection") == 1
+    assert "decoder_input_projection" in names
+    assert first.name == "decoder_input_projection"
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(head(units[0](x)), model(x), rtol=1e-6)
+
+
+def test_nested_model_called_one_rank_off_is_adjusted_as_keras_does():
+    # Stable Diffusion 3 calls its MMDiT, whose timestep input is (None, 1),
+    # on a (None,) timestep: a functional model adds (or squeezes) the last
+    # dimension of size 1. Inlined, the unit must do the same. (Keras's
+    # symbolic call adding a dimension gets its output shape wrong, and its
+    # symbolic shapes after the nested model are the unadjusted ones, so
+    # this squeezes one and checks the first unit.)
+    inner_inputs = keras.Input((3,))
+    inner = keras.Model(inner_inputs, keras.layers.Dense(4)(inner_inputs))
+    inputs = keras.Input((3, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2)(
+        keras.layers.Dense(4)(inner(inputs))))
+    units, _ = split_model(model, num_units=2)
+    x = np.arange(6, dtype="float32").reshape((2, 3, 1))
+    np.testing.assert_allclose(units[0](x), inner(x), rtol=1e-6)
+
+
+class _WrongRankTable(keras.layers.Layer):
+    """A table of shape (length, 4), not batched, whose recorded symbolic
+    shape has the wrong rank (as Moonshine's rotary table: `(None,)`)."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(4,), initializer="ones")
+
+    def call(self, x):
+        return keras.ops.ones((keras.ops.shape(x)[1], 4)) * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return (None,)
+
+
+class _TableBlock(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4)
+
+    def call(self, x, table):
+        return self.dense(x) + keras.ops.sum(table, axis=0)
+
+
+def test_carried_tensor_recorded_with_a_wrong_rank_gets_its_real_rank():
+    # Moonshine: the encoder's rotary table, read by every encoder block,
+    # is carried from unit to unit; the next unit declared its input with
+    # the recorded rank and refused the tensor.
+    inputs = keras.Input((5, 4))
+    hidden = keras.layers.Dense(4)(inputs)
+    table = _WrongRankTable()(hidden)
+    hidden = _TableBlock()(_TableBlock()(hidden, table), table)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    freezeout = FreezeOutModel.from_model(model)
+    assert freezeout.num_units == 3
+    x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype("float32")
+    np.testing.assert_allclose(freezeout(x), model(x), rtol=1e-5)
+
+
+class _BakedEncoder(_Encoder):
+    """A list of blocks whose call reads a static length, `None` when
+    called symbolically: the recording bakes a length of 0 in (as
+    T5Gemma's decoder layer bakes in a mask of length 0)."""
+
+    def call(self, x):
+        for block in self.blocks:
+            x, _ = block(x)
+        return x[:, :(x.shape[1] or 0)]
+
+
+def test_container_whose_recording_differs_from_its_call_stays_whole():
+    inputs = keras.Input((None, 6))
+    hidden = _BakedEncoder(name="encoder")(L.Dense(6, name="stem")(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="logits")(hidden))
+    units, head = split_model(model)
+    assert [layer_names(u) for u in units] == [["stem"], ["encoder"]]
+    x = np.random.default_rng(0).random((2, 5, 6)).astype("float32")
+    np.testing.assert_allclose(head(units[1](units[0](x))), model(x),
+                               rtol=1e-6)

@@ -289,3 +289,16 @@ def test_readme_line_gives_the_share_and_names_each_refusal():
     assert f"{fit_ok} of {tasks} task families" in line, line
     for name in refused:
         assert name in line, name
+
+
+def test_merge_rows_replaces_re_run_families_in_place():
+    kept = [{"name": n, "kind": "CausalLM", "status": "split",
+             "fit": {"ok": False}} for n in ("A", "B", "C")]
+    merged = hub_coverage.merge_rows(
+        kept, [{"name": "B", "kind": "CausalLM", "status": "split",
+                "fit": {"ok": True}}])
+    assert [r["name"] for r in merged] == ["A", "B", "C"]
+    assert [r["fit"]["ok"] for r in merged] == [False, True, False]
+    assert hub_coverage.task_share(merged)[0] == 1
+    with pytest.raises(ValueError, match=r"\['D'\]"):
+        hub_coverage.merge_rows(kept, [{"name": "D"}])

@@ -67,6 +67,7 @@ import inspect
 import types
 
 import keras
+import tensorflow as tf
 
 from freezeout_tf import validation
 from freezeout_tf._internals import keras_internals
@@ -79,6 +80,9 @@ __all__ = ["cut_points", "split_model"]
 # `node` is the Keras node recorded for the call (its arguments say how to
 # call it again); `inputs` and `outputs` are tensor keys; `owners` names the
 # nested models the call sits in, outermost first.
+# A free length for a model no stand-in of `macs.FREE_DIMENSIONS` runs:
+# a waveform of 0.1 s at 16 kHz (Moonshine's strided convolutions).
+_LONG_FREE = 1600
 _Call = collections.namedtuple("_Call", "op node inputs outputs owners")
 
 
@@ -119,6 +123,7 @@ class _Graph:
             if not kept_whole:
                 break
             whole |= kept_whole
+        _unique_names(every_call)
         # Side tensors: model inputs and weightless functions of them only.
         # With one input, only where the chain needs them: a weightless
         # function of the input (ESM's padding mask) read beside the hidden
@@ -158,6 +163,7 @@ class _Graph:
         # Carried tensors (`_carried`): like side tensors, their uses do not
         # count for cut points; each unit boundary they span passes them on.
         self.carried = _carried(self.calls, self.side, self.output_keys)
+        self._carried_ranks()
         self.last_use = dict(self.producer)
         for i, call in enumerate(self.calls):
             for key in call.inputs:
@@ -185,7 +191,8 @@ class _Graph:
                     inner_model, inner_args, inner_outputs = inner
                     inner_scope = scope + (id(node),)
                     for t, outer in zip(inner_model.inputs, inner_args):
-                        alias[(inner_scope, id(t))] = key(outer)
+                        alias[(inner_scope, id(t))] = self._adjust_rank(
+                            t, outer, key(outer), owners, calls)
                     self._expand(inner_model, inner_scope, alias,
                                  owners + (node.operation.name,), calls,
                                  whole)
@@ -202,6 +209,27 @@ class _Graph:
                 calls.append(
                     _Call(node.operation, node, inputs, outputs, owners)
                 )
+
+    def _adjust_rank(self, inner, outer, outer_key, owners, calls):
+        """Key of the tensor a nested model's input `inner` reads when it
+        is called on `outer`. A functional model called on a tensor one
+        rank off squeezes or adds its last dimension of size 1 (Keras's
+        `Functional._adjust_input_rank`: SD3 calls its MMDiT, whose
+        timestep input is `(None, 1)`, on a `(None,)` timestep); inlined,
+        the same op is recorded as a call of its own."""
+        rank, ref = len(outer.shape), inner.shape
+        if rank == len(ref) + 1 and outer.shape[-1] == 1:
+            adjusted = keras.ops.squeeze(outer, axis=-1)
+        elif rank == len(ref) - 1 and ref[-1] == 1:
+            adjusted = keras.ops.expand_dims(outer, axis=-1)
+        else:
+            return outer_key
+        op, index, _ = adjusted._keras_history
+        out = ((), id(adjusted))
+        self.tensors[out] = adjusted
+        calls.append(_Call(op, op._inbound_nodes[index], (outer_key,),
+                           (out,), owners))
+        return out
 
     def describe(self, index):
         """Name of chain call `index` for messages (`-1`: the input, `n`:
@@ -361,21 +389,83 @@ class _Graph:
                if isinstance(c.op, keras.layers.Layer)]
 
         def count(free):
-            values = self.zero_inputs(free)
             costs = {}
             with macs.count_macs(ops) as counter:
-                for call in self.all_calls:
-                    counter[0] = 0
-                    args, kwargs = _fill_in(call, values)
-                    if "training" in getattr(call.op, "_call_context_args",
-                                             ()):
-                        kwargs.setdefault("training", False)
-                    outputs = keras.tree.flatten(call.op(*args, **kwargs))
-                    values.update(zip(call.outputs, outputs))
+                def after(call):
                     costs[id(call)] = int(counter[0])
+                    counter[0] = 0
+                self._run(free, after)
             return [costs[id(c)] for c in self.calls]
 
         return macs.with_free_dimension(count, ops)
+
+    def _run(self, free, after=None):
+        """Runs every call eagerly on `zero_inputs(free)`; returns the
+        values by tensor key (`after(call)` is called after each)."""
+        values = self.zero_inputs(free)
+        for call in self.all_calls:
+            args, kwargs = _fill_in(call, values)
+            if "training" in getattr(call.op, "_call_context_args", ()):
+                kwargs.setdefault("training", False)
+            outputs = keras.tree.flatten(call.op(*args, **kwargs))
+            values.update(zip(call.outputs, outputs))
+            if after is not None:
+                after(call)
+        return values
+
+    def _carried_ranks(self):
+        """Corrects the recorded shape of a carried tensor whose rank the
+        symbolic call got wrong (Moonshine's rotary table is recorded as
+        `(None,)` but is `(length, dim)`): a unit would declare its input
+        with that rank and refuse the tensor. Such a tensor is declared
+        with the rank it has when the model runs on zeros, every dimension
+        free. A free length of `macs.FREE_DIMENSIONS` may be too short for
+        a waveform (Moonshine's strided convolutions): a long one is tried
+        last. If none runs, the recorded shapes stay."""
+        if not self.carried:
+            return
+        for free in macs.FREE_DIMENSIONS + (_LONG_FREE,):
+            try:
+                values = self._run(free)
+                break
+            except (ValueError, tf.errors.InvalidArgumentError):
+                continue
+        else:
+            return
+        for k in self.carried:
+            rank = len(values[k].shape)
+            if rank != len(self.tensors[k].shape):
+                self.tensors[k] = keras.KerasTensor(
+                    (None,) * rank, dtype=self.tensors[k].dtype)
+
+
+def _unique_names(calls):
+    """Renames layers so that no two distinct ones share a name.
+
+    Nested models keep their own layer names apart (Stable Diffusion 3's
+    VAE encoder and decoder each hold an `input_projection`), but a unit
+    re-calls the layers of several of them in one functional model, where
+    Keras refuses a name used twice. The later layer gets the name of the
+    model or layer it sits in as a prefix (`decoder_input_projection`),
+    then a number if that is taken too. The layer object is renamed, so
+    the original model reads the new name too; its weights, their paths
+    and its outputs are unchanged."""
+    ops = list({id(c.op): c for c in calls}.values())
+    used = {c.op.name for c in ops}
+    seen = set()
+    for call in ops:
+        name = call.op.name
+        if name not in seen:
+            seen.add(name)
+            continue
+        new = f"{call.owners[-1]}_{name}" if call.owners else name
+        number = 1
+        while new in used:
+            number += 1
+            new = f"{name}_{number}"
+        call.op.name = new
+        used.add(new)
+        seen.add(new)
 
 
 def _live(calls, output_keys):
@@ -621,9 +711,36 @@ def _traced_container(node):
     except Exception:  # not expressible in Keras layers and ops
         traced = None
     if (traced is None or len(flat) != len(node.outputs) or not kept
-            or {id(w) for w in traced.weights} != {id(w) for w in op.weights}):
+            or {id(w) for w in traced.weights} != {id(w) for w in op.weights}
+            or not _runs_as_recorded(node, traced, kept)):
         return None
     return traced, outer, [node.outputs[i] for i in kept]
+
+
+def _runs_as_recorded(node, traced, kept):
+    """Whether the recording of a container's call runs on zeros and gives
+    outputs of the shapes the layer's own call gives. A symbolic call may
+    bake a value in (T5Gemma's decoder layer records a mask of length 0,
+    and its recording fails when run): the layer then stays one call. A
+    layer that does not run on zeros cannot be judged and passes."""
+    outer = list(node.arguments.keras_tensors)
+    for free in macs.FREE_DIMENSIONS:
+        zeros = [keras.ops.zeros(tuple(free if d is None else d
+                                       for d in t.shape), dtype=t.dtype)
+                 for t in outer]
+        args, kwargs = node.arguments.fill_in(
+            {id(t): z for t, z in zip(outer, zeros)})
+        try:
+            expected = keras.tree.flatten(node.operation(*args, **kwargs))
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError):
+            continue
+        try:
+            got = keras.tree.flatten(traced(zeros, training=False))
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError):
+            return False
+        return [tuple(g.shape) for g in got] == [
+            tuple(expected[i].shape) for i in kept]
+    return True
 
 
 def _record_tensors_only(layer):
@@ -726,6 +843,12 @@ def split_model(model, num_units=None, boundaries=None):
     inputs: `side_inputs.HIDDEN` for the hidden state (all but the first
     unit) and the model inputs it reads; pass the model's input names to
     `FreezeOutModel(..., input_names=...)` (`from_model` does).
+
+    Nested models are looked into. Two distinct layers of one name in
+    different nested models (Stable Diffusion 3's VAE encoder and decoder
+    each hold an `input_projection`) would make a unit's model hold a name
+    twice, which Keras refuses: the later layer is renamed, with the name
+    of the model it sits in as a prefix (`decoder_input_projection`).
 
     Args:
         model: a functional `keras.Model` (or a `Sequential` with an

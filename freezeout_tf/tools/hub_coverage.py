@@ -46,7 +46,7 @@ from freezeout_tf.split import functional
 __all__ = ["TINY", "DEFAULTS", "OVERRIDES", "TASK_BACKBONES",
            "INPUT_SHAPES", "COMPILED_LOSS_ONLY", "Nested", "STATUSES",
            "families", "tiny_kwargs", "try_family", "run", "summary",
-           "task_share", "to_markdown"]
+           "task_share", "merge_rows", "to_markdown"]
 
 TEXT_LENGTH, NUM_CLASSES, EXAMPLES, BATCH, EPOCHS = 8, 3, 8, 4, 3
 AUDIO_LENGTH = 1600
@@ -810,6 +810,36 @@ def task_share(results):
     refused = {r["name"]: r["reason"] for r in tasks
                if r["status"] == "refused"}
     return fit_ok, len(tasks), refused
+
+
+def merge_rows(kept, rerun):
+    """The rows of a kept run with some families re-run.
+
+    Args:
+        kept: `try_family` results of a whole run.
+        rerun: results of a run of some of the same families
+            (`run(selected)`).
+
+    Returns:
+        list: `kept` in its order, each family in `rerun` replaced by its
+        new row.
+
+    Raises:
+        ValueError: a family of `rerun` is not in `kept`.
+
+    Example:
+
+    >>> merge_rows([{"name": "A", "fit": None}, {"name": "B", "fit": None}],
+    ...            [{"name": "B", "fit": {"ok": True}}])[1]["fit"]
+    {'ok': True}
+    """
+    new = {r["name"]: r for r in rerun}
+    unknown = sorted(set(new) - {r["name"] for r in kept})
+    if unknown:
+        raise ValueError(
+            f"Re-run families not in the kept report: {unknown}; merge only "
+            f"rows of families it holds ({len(kept)} rows).")
+    return [new.get(r["name"], r) for r in kept]
 
 
 def to_markdown(results, header=""):
