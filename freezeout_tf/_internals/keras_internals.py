@@ -81,6 +81,14 @@ PRIVATE_NAMES = {
         ("optimizer",), "frozen units' gradients would be all-reduced "
         "under tf.distribute (wasted bandwidth, same result)"),
     "_var_key": (("optimizer",), "variables could not be mapped to units"),
+    "_keras_history": (
+        ("functional",), "a nested model called one rank off (Keras' "
+        "_adjust_input_rank) could not be inlined: the squeeze or "
+        "expand_dims recorded as its own call is found from the symbolic "
+        "tensor's history (tests/test_functional.py: "
+        "test_nested_model_called_one_rank_off_is_adjusted_as_keras_does)"),
+    "_inbound_nodes": (
+        ("functional",), "the same: the node of that recorded call"),
     "_use_weight_decay": (
         ("optimizer",), "exclusions from weight decay would be ignored"),
     "_distribution_strategy": (
