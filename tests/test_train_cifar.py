@@ -864,6 +864,10 @@ def test_piped_output_is_one_plain_line_per_epoch(tmp_path):
     ]
 
 
+# In the slow set (9 s, a whole run under a pseudo-terminal), so that the
+# README's command stays under 10 minutes; the piped run above checks the
+# same script's output in the README's command.
+@pytest.mark.slow
 def test_a_terminal_gets_the_progress_bar(tmp_path):
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
