@@ -366,7 +366,7 @@ def test_ctrl_c_prints_the_checkpoint_and_the_resume_command(
             proc.kill()
             proc.wait()
     assert proc.returncode == options.EXIT_INTERRUPTED, err[-2000:]
-    (line,) = err.splitlines()  # one line: no traceback
+    line = _last_line_after_warnings(err)  # one line: no traceback
     assert line == (
         f"train_cifar.py: interrupted; the last checkpoint is {ckpt}; to "
         f"continue: python {SCRIPT} {' '.join(argv)} --resume"
@@ -598,6 +598,16 @@ def test_bad_input_exits_2_and_writes_nothing(argv, needle, tmp_path, capsys):
     assert not (tmp_path / "tfds").exists()
 
 
+def _last_line_after_warnings(stderr):
+    """The command's one closing line; any line before it must be one of
+    FreezeOut's warnings, one line each (these tiny runs freeze units
+    before their BatchNorm statistics settle)."""
+    *warned, line = stderr.splitlines()
+    assert all(w.startswith("train_cifar.py: warning: FreezeOut: ")
+               for w in warned), warned
+    return line
+
+
 def _run_script(argv, cwd):
     return subprocess.run(
         [sys.executable, SCRIPT] + argv, cwd=cwd, env=_script_env(),
@@ -685,11 +695,7 @@ def test_diverging_run_stops_with_status_3(tmp_path):
         tmp_path,
     )
     assert proc.returncode == 3, proc.stderr[-2000:]
-    # One line (no CUDA noise either), after FreezeOut's warnings, one line
-    # each (this tiny run freezes units before BatchNorm settles).
-    *warned, line = proc.stderr.splitlines()
-    assert all(w.startswith("train_cifar.py: warning: FreezeOut: ")
-               for w in warned), warned
+    line = _last_line_after_warnings(proc.stderr)  # no CUDA noise either
     assert line.startswith("train_cifar.py: error: training diverged: the loss is ")
     assert " at step " in line and "lower --learning-rate" in line
 
