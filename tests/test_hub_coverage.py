@@ -83,6 +83,19 @@ def test_split_records_units_and_refusal_records_the_layer():
     assert "| CausalLM | 0 | 1 | 0 | 0 | 0 | 0 |" in table
 
 
+def test_a_reason_is_one_plain_table_cell():
+    # KerasHub's errors carry terminal colour codes and TensorFlow's
+    # "[Op:Name]", which the strict docs build took for a cross-reference.
+    row = {"name": "X", "kind": "backbone", "status": "not built",
+           "num_units": 0, "units": "", "fit": None, "seconds": 0.1,
+           "reason": "InvalidArgumentError: \x1b[1mshapes [8,2] | [8,1] "
+                     "[Op:LogicalAnd]\x1b[0m"}
+    line = hub_coverage.to_markdown([row]).splitlines()[-1]
+    assert line == ("| X | backbone | not built | InvalidArgumentError: "
+                    "shapes \\[8,2\\] / \\[8,1\\] \\[Op:LogicalAnd\\] "
+                    "| - | 0.1 |")
+
+
 @pytest.mark.parametrize("name,first,second", [
     # Tiny configs (hub_coverage.OVERRIDES): stages or blocks apart.
     ("CSPNetImageClassifier", "stage_0_csp_conv_exp",

@@ -33,6 +33,7 @@ Not imported by `freezeout_tf/__init__` (it imports `keras_hub`);
 
 import contextlib
 import inspect
+import re
 import signal
 import time
 
@@ -842,6 +843,15 @@ def merge_rows(kept, rerun):
     return [new.get(r["name"], r) for r in kept]
 
 
+def _table_text(text):
+    """`text` as one Markdown table cell: no terminal colour codes (Keras'
+    error messages carry them), no column bar, and brackets escaped (the
+    docs build reads `[Op:LogicalAnd]` as a cross-reference)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return (text.replace("|", "/").replace("[", "\\[")
+            .replace("]", "\\]"))
+
+
 def to_markdown(results, header=""):
     """The summary by kind, then one row per family."""
     statuses = list(STATUSES)
@@ -872,9 +882,9 @@ def to_markdown(results, header=""):
             fit_text = fit.get("note", "")
         result = r["status"] + (f" ({r['num_units']} units)"
                                 if r["num_units"] else "")
-        detail = (r["units"] or r["reason"]).replace("|", "/")
+        detail = _table_text(r["units"] or r["reason"])
         if r.get("together"):
-            detail += " — " + r["together"].replace("|", "/")
+            detail += " — " + _table_text(r["together"])
         lines.append(f"| {r['name']} | {r['kind']} | {result} | {detail} | "
                      f"{fit_text} | {r['seconds']} |")
     return "\n".join(lines) + "\n"
