@@ -51,7 +51,7 @@ def test_tiny_kwargs_from_the_signature_and_missing_ones():
     assert "fancy_arg" in result["reason"]
 
 
-def test_split_records_units_and_refusal_records_the_layer():
+def test_split_records_units_and_albert_shares_its_block_in_one_unit():
     split = hub_coverage.try_family(
         "BertTextClassifier", "TextClassifier",
         keras_hub.models.BertTextClassifier, keras_hub.models.BertBackbone,
@@ -71,15 +71,20 @@ def test_split_records_units_and_refusal_records_the_layer():
     assert albert["status"] == "split", albert["reason"]
     assert [p for p in albert["units"].split(" | ")
             if "group_0_inner_layer_0" in p] == ["group_0_inner_layer_0"]
-    # Gemma 3n's text model stays one call: refused, naming it.
+    table = hub_coverage.to_markdown([split, albert])
+    assert "| TextClassifier | 2 | 0 | 0 | 0 | 0 | 0 |" in table
+
+
+def test_refusal_records_the_layer():
+    # Gemma 3n's text model stays one call: refused, naming it. (Not in
+    # keras-hub 0.22: .ci/run's oldest lane leaves this test out.)
     refused = hub_coverage.try_family(
         *next(f for f in hub_coverage.families()
               if f[0] == "Gemma3nCausalLM"), fit=False)
     assert refused["status"] == "refused"
     assert "'text_model'" in refused["reason"]
     assert "\n" not in refused["reason"]
-    table = hub_coverage.to_markdown([split, albert, refused])
-    assert "| TextClassifier | 2 | 0 | 0 | 0 | 0 | 0 |" in table
+    table = hub_coverage.to_markdown([refused])
     assert "| CausalLM | 0 | 1 | 0 | 0 | 0 | 0 |" in table
 
 
