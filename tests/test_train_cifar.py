@@ -246,6 +246,9 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+# In the slow set (28 s with its fixture), so that the README's command
+# stays under 10 minutes on 2 cores; CI runs the slow set too.
+@pytest.mark.slow
 def test_resume_gives_the_same_weights(uninterrupted, tmp_path, capsys):
     out = tmp_path / "out"
     assert (
